@@ -1,0 +1,68 @@
+// Resolved problem description handed from validation to the backends.
+// Plain data (no std:: containers) so it can be passed to a CUDA kernel by value.
+#pragma once
+
+#include <cstdint>
+
+#include "flashsigmoid/flashsigmoid.hpp"
+
+namespace flashsigmoid::detail {
+
+// Strides (in elements) of one [.., N, H, D] operand; the D stride is 1.
+struct OperandStrides {
+  std::int64_t batch = 0;  // 0 for varlen (rows are addressed through cu_seqlens)
+  std::int64_t row = 0;
+  std::int64_t head = 0;
+};
+
+struct AttnParams {
+  DType dtype = DType::float32;
+  Device device{};
+
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* o = nullptr;
+  OperandStrides q_stride, k_stride, v_stride, o_stride;
+
+  std::int64_t batch = 0;
+  std::int64_t seqlen_q = 0;  // dense: Nq; varlen: max_seqlen_q
+  std::int64_t seqlen_k = 0;  // dense: Nk; varlen: max_seqlen_k
+  std::int64_t heads_q = 0;
+  std::int64_t heads_kv = 0;
+  std::int64_t head_dim = 0;
+
+  // Varlen: sequence b spans rows [cu_seqlens[b], cu_seqlens[b+1]). Null when dense.
+  const std::int32_t* cu_seqlens_q = nullptr;
+  const std::int32_t* cu_seqlens_k = nullptr;
+
+  float scale = 1.0f;
+  BiasMode bias_mode = BiasMode::neg_log_seqlen_k;
+  float bias_value = 0.0f;
+  const float* bias = nullptr;  // [Hq] when bias_mode == per_head
+
+  const float* alibi_slopes = nullptr;  // null = no ALiBi
+  std::int64_t alibi_batch_stride = 0;  // 0 for [Hq] slopes, Hq for [B, Hq]
+
+  bool causal = false;
+  std::int64_t window_left = -1;  // -1 = unbounded
+  std::int64_t window_right = -1;
+
+  void* stream = nullptr;
+  bool deterministic = false;
+  int num_threads = 0;
+
+  bool is_varlen() const { return cu_seqlens_q != nullptr; }
+  std::int64_t group_size() const { return heads_q / heads_kv; }
+};
+
+struct BwdParams : AttnParams {
+  const void* dout = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  OperandStrides do_stride, dq_stride, dk_stride, dv_stride;
+  float* dbias = nullptr;  // [Hq], null = not requested
+};
+
+}  // namespace flashsigmoid::detail

@@ -1,0 +1,116 @@
+// The one place that knows how a raw score q.k becomes a sigmoid input:
+// scale, bias, ALiBi and the causal / sliding-window masks. Shared by the CPU
+// and CUDA backends (host + device), so every kernel applies the same rules.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/params.hpp"
+
+#if defined(__CUDACC__)
+#define FS_HD __host__ __device__ __forceinline__
+#else
+#define FS_HD inline
+#endif
+
+namespace flashsigmoid::detail {
+
+// Lengths of sequence b: dense problems use the global lengths, varlen ones read cu_seqlens.
+struct SeqInfo {
+  std::int64_t q_begin = 0;  // first row of this sequence in the packed layout (0 when dense)
+  std::int64_t k_begin = 0;
+  std::int64_t len_q = 0;
+  std::int64_t len_k = 0;
+};
+
+FS_HD SeqInfo seq_info(const AttnParams& p, std::int64_t b) {
+  SeqInfo s;
+  if (p.cu_seqlens_q != nullptr) {
+    s.q_begin = p.cu_seqlens_q[b];
+    s.k_begin = p.cu_seqlens_k[b];
+    s.len_q = p.cu_seqlens_q[b + 1] - s.q_begin;
+    s.len_k = p.cu_seqlens_k[b + 1] - s.k_begin;
+  } else {
+    s.len_q = p.seqlen_q;
+    s.len_k = p.seqlen_k;
+  }
+  return s;
+}
+
+// Per (sequence, head) score transform. Query row i sees key column j iff
+// !masked(i, j); its logit is scale * dot + bias - slope * |i + Nk - Nq - j|.
+struct ScoreTransform {
+  float scale = 1.0f;
+  float bias = 0.0f;
+  float alibi_slope = 0.0f;  // 0 = no ALiBi
+  std::int64_t diag = 0;     // Nk - Nq: query i is aligned with key i + diag (bottom-right)
+  std::int64_t left = -1;    // keys j >= i + diag - left are visible (-1 = unbounded)
+  std::int64_t right = -1;   // keys j <= i + diag + right are visible (-1 = unbounded)
+  std::int64_t len_k = 0;
+
+  FS_HD bool masked(std::int64_t i, std::int64_t j) const {
+    const std::int64_t d = j - (i + diag);
+    return (right >= 0 && d > right) || (left >= 0 && -d > left);
+  }
+
+  FS_HD float logit(float dot, std::int64_t i, std::int64_t j) const {
+    float s = scale * dot + bias;
+    if (alibi_slope != 0.0f) {
+      const std::int64_t d = i + diag - j;
+      s -= alibi_slope * static_cast<float>(d < 0 ? -d : d);
+    }
+    return s;
+  }
+
+  // Visible key columns of query rows [i0, i1): the half-open range [begin, end),
+  // clamped to [0, len_k). Blocks outside it are fully masked and are skipped.
+  FS_HD std::int64_t key_begin(std::int64_t i0) const {
+    if (left < 0) return 0;
+    const std::int64_t b = i0 + diag - left;
+    return b < 0 ? 0 : b;
+  }
+  FS_HD std::int64_t key_end(std::int64_t i1) const {
+    if (right < 0) return len_k;
+    const std::int64_t e = (i1 - 1) + diag + right + 1;
+    return e < 0 ? 0 : (e > len_k ? len_k : e);
+  }
+  // Query rows that can see key columns [j0, j1): used by the backward's key-block loop.
+  FS_HD std::int64_t query_begin(std::int64_t j0) const {
+    if (right < 0) return 0;
+    const std::int64_t b = j0 - diag - right;
+    return b < 0 ? 0 : b;
+  }
+  FS_HD std::int64_t query_end(std::int64_t j1, std::int64_t len_q) const {
+    if (left < 0) return len_q;
+    const std::int64_t e = (j1 - 1) - diag + left + 1;
+    return e < 0 ? 0 : (e > len_q ? len_q : e);
+  }
+};
+
+FS_HD ScoreTransform make_score_transform(const AttnParams& p, const SeqInfo& s, std::int64_t b,
+                                          std::int64_t h) {
+  ScoreTransform t;
+  t.scale = p.scale;
+  switch (p.bias_mode) {
+    case BiasMode::neg_log_seqlen_k:
+      // A length-0 key sequence has no scores at all; keep the bias finite anyway.
+      t.bias = s.len_k > 0 ? -logf(static_cast<float>(s.len_k)) : 0.0f;
+      break;
+    case BiasMode::scalar:
+      t.bias = p.bias_value;
+      break;
+    case BiasMode::per_head:
+      t.bias = p.bias[h];
+      break;
+  }
+  if (p.alibi_slopes != nullptr) t.alibi_slope = p.alibi_slopes[b * p.alibi_batch_stride + h];
+  t.diag = s.len_k - s.len_q;
+  t.left = p.window_left;
+  // Causal is the window (left, 0); any right bound >= 0 is looser than causal's.
+  t.right = p.causal ? 0 : p.window_right;
+  t.len_k = s.len_k;
+  return t;
+}
+
+}  // namespace flashsigmoid::detail

@@ -1,0 +1,4 @@
+#include "backends.hpp"
+namespace flashsigmoid::detail {
+void cpu_backward(const BwdParams&) { throw Error("todo"); }
+}
