@@ -54,13 +54,12 @@ struct ScoreTransform {
     return (right >= 0 && d > right) || (left >= 0 && -d > left);
   }
 
-  FS_HD float logit(float dot, std::int64_t i, std::int64_t j) const {
-    float s = scale * dot + bias;
-    if (alibi_slope != 0.0f) {
-      const std::int64_t d = i + diag - j;
-      s -= alibi_slope * static_cast<float>(d < 0 ? -d : d);
-    }
-    return s;
+  // T is float in the kernels; double in the CPU backend's float64 path. Branch-free
+  // (slope 0 when ALiBi is off) so element loops vectorise.
+  template <typename T>
+  FS_HD T logit(T dot, std::int64_t i, std::int64_t j) const {
+    const std::int64_t d = i + diag - j;
+    return T(scale) * dot + T(bias) - T(alibi_slope) * static_cast<T>(d < 0 ? -d : d);
   }
 
   // Visible key columns of query rows [i0, i1): the half-open range [begin, end),
@@ -74,6 +73,23 @@ struct ScoreTransform {
     if (right < 0) return len_k;
     const std::int64_t e = (i1 - 1) + diag + right + 1;
     return e < 0 ? 0 : (e > len_k ? len_k : e);
+  }
+  // True when every (i, j) with i in [i0, i1), j in [j0, j1) is visible and j1 <= len_k: such a
+  // block needs no per-element mask (kernels apply masked() only to the other, partial blocks).
+  FS_HD bool block_unmasked(std::int64_t i0, std::int64_t i1, std::int64_t j0, std::int64_t j1) const {
+    if (j1 > len_k) return false;
+    if (right >= 0 && (j1 - 1) - (i0 + diag) > right) return false;
+    if (left >= 0 && (i1 - 1 + diag) - j0 > left) return false;
+    return true;
+  }
+  // The same transform with logit() multiplied by c (exact for powers of two): the CUDA kernels
+  // use c = 0.5 so that sigmoid(s) = 0.5 + 0.5 * tanh(logit) costs one FMA less per element.
+  FS_HD ScoreTransform scaled_by(float c) const {
+    ScoreTransform t = *this;
+    t.scale *= c;
+    t.bias *= c;
+    t.alibi_slope *= c;
+    return t;
   }
   // Query rows that can see key columns [j0, j1): used by the backward's key-block loop.
   FS_HD std::int64_t query_begin(std::int64_t j0) const {

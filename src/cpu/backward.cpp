@@ -1,4 +1,157 @@
+// CPU backward, deterministic and without atomics, in two passes that each own what they write:
+//   pass 1, one task per (sequence, kv head, key block): dK and dV of that block, summed over
+//           the query heads of its group and the query blocks that see it;
+//   pass 2, one task per (sequence, query head, query block): dQ of that block and its share
+//           of d(bias), reduced afterwards in a fixed order.
+// Both recompute P = sigmoid(S) and dS = (dO V^T) * P * (1 - P) tile by tile: sigmoid
+// attention needs no saved statistics and no rowsum(dO * O) pre-pass.
+#include <vector>
+
 #include "backends.hpp"
+#include "cpu/score_tile.hpp"
+
 namespace flashsigmoid::detail {
-void cpu_backward(const BwdParams&) { throw Error("todo"); }
+namespace cpu {
+namespace {
+
+// Per-thread tiles of one (query block, key block) step.
+template <typename Acc>
+struct BwdTiles {
+  int D;
+  std::vector<Acc> buf;
+  Acc *Q, *dO, *Kt, *Vt, *K, *S, *dP, *T, *acc, *acc2;
+
+  explicit BwdTiles(int d) : D(d) {
+    const int Bq = kBlockQ, Bk = kBlockK;
+    const int acc_rows = std::max(Bq, Bk);
+    buf.assign(static_cast<std::size_t>(2 * Bq * D + 3 * D * Bk + 3 * Bq * Bk + 2 * acc_rows * D), Acc(0));
+    Q = buf.data();       // [Bq][D]
+    dO = Q + Bq * D;      // [Bq][D]
+    Kt = dO + Bq * D;     // [D][Bk]
+    Vt = Kt + D * Bk;     // [D][Bk]
+    K = Vt + D * Bk;      // [Bk][D]
+    S = K + Bk * D;       // [Bq][Bk]: P
+    dP = S + Bq * Bk;     // [Bq][Bk]: dP, then dS
+    T = dP + Bq * Bk;     // [Bk][Bq]: a transposed P or dS
+    acc = T + Bk * Bq;    // [max(Bq, Bk)][D]: dK (pass 1) or dQ (pass 2)
+    acc2 = acc + acc_rows * D;  // [Bk][D]: dV (pass 1)
+  }
+
+  // With Q, dO, Kt, Vt loaded: S <- P, dP <- dS for rows i0.. and cols j0...
+  void probs_and_dscores(const ScoreTransform& t, std::int64_t i0, std::int64_t j0) {
+    std::fill(S, S + kBlockQ * kBlockK, Acc(0));
+    std::fill(dP, dP + kBlockQ * kBlockK, Acc(0));
+    gemm_acc(Q, D, Kt, kBlockK, S, kBlockK, kBlockQ, kBlockK, D);
+    scores_to_probs(t, i0, kBlockQ, j0, kBlockK, S);
+    gemm_acc(dO, D, Vt, kBlockK, dP, kBlockK, kBlockQ, kBlockK, D);
+    for (int e = 0; e < kBlockQ * kBlockK; ++e) dP[e] *= S[e] * (Acc(1) - S[e]);  // masked: P = 0 -> dS = 0
+  }
+};
+
+template <typename T>
+T* head_rows_out(void* ptr, const OperandStrides& s, std::int64_t b, std::int64_t seq_begin, std::int64_t h) {
+  return static_cast<T*>(ptr) + b * s.batch + seq_begin * s.row + h * s.head;
 }
+
+template <typename T, typename Acc>
+void dkdv_pass(const BwdParams& p) {
+  const int D = static_cast<int>(p.head_dim);
+  const std::int64_t k_blocks = (p.seqlen_k + kBlockK - 1) / kBlockK;
+  const std::int64_t per_seq = p.heads_kv * k_blocks;
+  parallel_for(p.batch * per_seq, p.num_threads, [&](std::int64_t task) {
+    const std::int64_t b = task / per_seq;
+    const std::int64_t kvh = (task % per_seq) % p.heads_kv;
+    const std::int64_t j0 = ((task % per_seq) / p.heads_kv) * kBlockK;  // causal: first blocks see most queries
+    const SeqInfo s = seq_info(p, b);
+    if (j0 >= s.len_k) return;
+
+    BwdTiles<Acc> w(D);
+    const auto k = head_rows<T>(p.k, p.k_stride, b, s.k_begin, kvh, s.len_k);
+    const auto v = head_rows<T>(p.v, p.v_stride, b, s.k_begin, kvh, s.len_k);
+    load_tile_transposed(k, j0, kBlockK, D, w.Kt);
+    load_tile_transposed(v, j0, kBlockK, D, w.Vt);
+    const std::int64_t j_last = std::min<std::int64_t>(j0 + kBlockK, s.len_k);
+
+    for (std::int64_t h = kvh * p.group_size(); h < (kvh + 1) * p.group_size(); ++h) {
+      const ScoreTransform t = make_score_transform(p, s, b, h);
+      const auto q = head_rows<T>(p.q, p.q_stride, b, s.q_begin, h, s.len_q);
+      const auto dout = head_rows<T>(p.dout, p.do_stride, b, s.q_begin, h, s.len_q);
+      const std::int64_t i_end = t.query_end(j_last, s.len_q);
+      for (std::int64_t i0 = t.query_begin(j0); i0 < i_end; i0 += kBlockQ) {
+        load_tile(q, i0, kBlockQ, D, w.Q);
+        load_tile(dout, i0, kBlockQ, D, w.dO);
+        w.probs_and_dscores(t, i0, j0);
+        transpose(w.S, kBlockQ, kBlockK, w.T);
+        gemm_acc(w.T, kBlockQ, w.dO, D, w.acc2, D, kBlockK, D, kBlockQ);  // dV += P^T dO
+        transpose(w.dP, kBlockQ, kBlockK, w.T);
+        gemm_acc(w.T, kBlockQ, w.Q, D, w.acc, D, kBlockK, D, kBlockQ);  // dK += dS^T Q
+      }
+    }
+    store_tile<T>(w.acc, kBlockK, D, Acc(p.scale), head_rows_out<T>(p.dk, p.dk_stride, b, s.k_begin, kvh),
+                  p.dk_stride.row, j0, s.len_k);
+    store_tile<T>(w.acc2, kBlockK, D, Acc(1), head_rows_out<T>(p.dv, p.dv_stride, b, s.k_begin, kvh),
+                  p.dv_stride.row, j0, s.len_k);
+  });
+}
+
+template <typename T, typename Acc>
+void dq_pass(const BwdParams& p) {
+  const int D = static_cast<int>(p.head_dim);
+  const std::int64_t q_blocks = (p.seqlen_q + kBlockQ - 1) / kBlockQ;
+  const std::int64_t per_seq = p.heads_q * q_blocks;
+  const std::int64_t num_tasks = p.batch * per_seq;
+  std::vector<double> dbias_part(p.dbias ? static_cast<std::size_t>(num_tasks) : 0, 0.0);
+
+  parallel_for(num_tasks, p.num_threads, [&](std::int64_t task) {
+    const std::int64_t b = task / per_seq;
+    const std::int64_t h = (task % per_seq) % p.heads_q;
+    const std::int64_t i0 = (q_blocks - 1 - (task % per_seq) / p.heads_q) * kBlockQ;
+    const SeqInfo s = seq_info(p, b);
+    if (i0 >= s.len_q) return;
+    const ScoreTransform t = make_score_transform(p, s, b, h);
+    const std::int64_t kvh = h / p.group_size();
+
+    BwdTiles<Acc> w(D);
+    const auto q = head_rows<T>(p.q, p.q_stride, b, s.q_begin, h, s.len_q);
+    const auto dout = head_rows<T>(p.dout, p.do_stride, b, s.q_begin, h, s.len_q);
+    const auto k = head_rows<T>(p.k, p.k_stride, b, s.k_begin, kvh, s.len_k);
+    const auto v = head_rows<T>(p.v, p.v_stride, b, s.k_begin, kvh, s.len_k);
+    load_tile(q, i0, kBlockQ, D, w.Q);
+    load_tile(dout, i0, kBlockQ, D, w.dO);
+
+    double db = 0.0;
+    const std::int64_t j_end = t.key_end(std::min<std::int64_t>(i0 + kBlockQ, s.len_q));
+    for (std::int64_t j0 = t.key_begin(i0); j0 < j_end; j0 += kBlockK) {
+      load_tile_transposed(k, j0, kBlockK, D, w.Kt);
+      load_tile_transposed(v, j0, kBlockK, D, w.Vt);
+      load_tile(k, j0, kBlockK, D, w.K);
+      w.probs_and_dscores(t, i0, j0);
+      gemm_acc(w.dP, kBlockK, w.K, D, w.acc, D, kBlockQ, D, kBlockK);  // dQ += dS K
+      if (p.dbias) {
+        // Rows past the sequence end have dO = 0, hence dS = 0: summing the whole tile is exact.
+        for (int e = 0; e < kBlockQ * kBlockK; ++e) db += static_cast<double>(w.dP[e]);
+      }
+    }
+    store_tile<T>(w.acc, kBlockQ, D, Acc(p.scale), head_rows_out<T>(p.dq, p.dq_stride, b, s.q_begin, h),
+                  p.dq_stride.row, i0, s.len_q);
+    if (p.dbias) dbias_part[static_cast<std::size_t>(task)] = db;
+  });
+
+  if (p.dbias) {
+    std::vector<double> db(static_cast<std::size_t>(p.heads_q), 0.0);
+    for (std::int64_t task = 0; task < num_tasks; ++task) db[(task % per_seq) % p.heads_q] += dbias_part[task];
+    for (std::int64_t h = 0; h < p.heads_q; ++h) p.dbias[h] = static_cast<float>(db[h]);
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+
+void cpu_backward(const BwdParams& p) {
+  cpu::dispatch_dtype(p.dtype, [&]<typename T, typename Acc>() {
+    cpu::dkdv_pass<T, Acc>(p);
+    cpu::dq_pass<T, Acc>(p);
+  });
+}
+
+}  // namespace flashsigmoid::detail

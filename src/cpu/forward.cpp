@@ -1,4 +1,66 @@
+// CPU forward: one task per (sequence, query head, block of kBlockQ query rows).
+// Each task streams the visible key blocks through two tile GEMMs, so memory is
+// O(block * D) per thread and no N x N buffer exists. P needs no normalisation,
+// so O simply accumulates P V.
+#include <vector>
+
 #include "backends.hpp"
+#include "cpu/score_tile.hpp"
+
 namespace flashsigmoid::detail {
-void cpu_forward(const AttnParams&) { throw Error("todo"); }
+namespace cpu {
+namespace {
+
+template <typename T, typename Acc>
+void forward_impl(const AttnParams& p) {
+  const int D = static_cast<int>(p.head_dim);
+  const std::int64_t q_blocks = (p.seqlen_q + kBlockQ - 1) / kBlockQ;
+  const std::int64_t per_seq = p.heads_q * q_blocks;
+
+  // Task order: last query blocks first (with causal masks they see the most keys).
+  parallel_for(p.batch * per_seq, p.num_threads, [&](std::int64_t task) {
+    const std::int64_t b = task / per_seq;
+    const std::int64_t h = (task % per_seq) % p.heads_q;
+    const std::int64_t qb = q_blocks - 1 - (task % per_seq) / p.heads_q;
+    const SeqInfo s = seq_info(p, b);
+    const std::int64_t i0 = qb * kBlockQ;
+    if (i0 >= s.len_q) return;
+    const ScoreTransform t = make_score_transform(p, s, b, h);
+    const std::int64_t kvh = h / p.group_size();
+
+    thread_local std::vector<Acc> buf;
+    buf.assign(static_cast<std::size_t>(3 * kBlockQ * D + D * kBlockK + kBlockQ * kBlockK), Acc(0));
+    Acc* Q = buf.data();           // [kBlockQ][D]
+    Acc* O = Q + kBlockQ * D;      // [kBlockQ][D]
+    Acc* V = O + kBlockQ * D;      // [kBlockK][D]
+    Acc* Kt = V + kBlockK * D;     // [D][kBlockK]
+    Acc* S = Kt + D * kBlockK;     // [kBlockQ][kBlockK]
+
+    const auto q = head_rows<T>(p.q, p.q_stride, b, s.q_begin, h, s.len_q);
+    const auto k = head_rows<T>(p.k, p.k_stride, b, s.k_begin, kvh, s.len_k);
+    const auto v = head_rows<T>(p.v, p.v_stride, b, s.k_begin, kvh, s.len_k);
+    load_tile(q, i0, kBlockQ, D, Q);
+
+    const std::int64_t i_last = std::min<std::int64_t>(i0 + kBlockQ, s.len_q);
+    const std::int64_t j_end = t.key_end(i_last);
+    for (std::int64_t j0 = t.key_begin(i0); j0 < j_end; j0 += kBlockK) {
+      load_tile_transposed(k, j0, kBlockK, D, Kt);
+      load_tile(v, j0, kBlockK, D, V);
+      std::fill(S, S + kBlockQ * kBlockK, Acc(0));
+      gemm_acc(Q, D, Kt, kBlockK, S, kBlockK, kBlockQ, kBlockK, D);
+      scores_to_probs(t, i0, kBlockQ, j0, kBlockK, S);
+      gemm_acc(S, kBlockK, V, D, O, D, kBlockQ, D, kBlockK);
+    }
+    T* out = static_cast<T*>(p.o) + b * p.o_stride.batch + s.q_begin * p.o_stride.row + h * p.o_stride.head;
+    store_tile<T>(O, kBlockQ, D, Acc(1), out, p.o_stride.row, i0, s.len_q);
+  });
 }
+
+}  // namespace
+}  // namespace cpu
+
+void cpu_forward(const AttnParams& p) {
+  cpu::dispatch_dtype(p.dtype, [&]<typename T, typename Acc>() { cpu::forward_impl<T, Acc>(p); });
+}
+
+}  // namespace flashsigmoid::detail

@@ -1,0 +1,186 @@
+// Building blocks of the CPU backend: a work-stealing parallel loop, strided
+// tile loads/stores between the storage dtype and the accumulation type, a small
+// register-blocked GEMM that the compiler vectorises, and a vectorisable sigmoid.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "common/float_convert.hpp"
+#include "common/params.hpp"
+
+namespace flashsigmoid::detail::cpu {
+
+// Query rows per task / key columns per step. Multiples of the GEMM micro-tile rows (gemm_acc).
+constexpr int kBlockQ = 64;
+constexpr int kBlockK = 64;
+
+// Runs fn(task) for task in [0, num_tasks) on up to num_threads threads; tasks are
+// taken in order from a shared counter, so callers put the longest tasks first.
+template <typename Fn>
+void parallel_for(std::int64_t num_tasks, int num_threads, Fn&& fn) {
+  if (num_tasks <= 0) return;
+  int threads = num_threads > 0 ? num_threads : static_cast<int>(std::thread::hardware_concurrency());
+  threads = static_cast<int>(std::clamp<std::int64_t>(threads, 1, num_tasks));
+  std::atomic<std::int64_t> next{0};
+  auto worker = [&] {
+    for (std::int64_t t = next.fetch_add(1); t < num_tasks; t = next.fetch_add(1)) fn(t);
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(threads - 1);
+  for (int i = 1; i < threads; ++i) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
+}
+
+// Rows [row0, row0 + rows) of one head of one operand, in storage type T.
+template <typename T>
+struct RowSlice {
+  const T* base = nullptr;  // row 0 of this (sequence, head)
+  std::int64_t row_stride = 0;
+  std::int64_t rows = 0;  // valid rows (the sequence length)
+
+  const T* row(std::int64_t r) const { return base + r * row_stride; }
+};
+
+template <typename T>
+RowSlice<T> head_rows(const void* ptr, const OperandStrides& s, std::int64_t b, std::int64_t seq_begin,
+                      std::int64_t h, std::int64_t rows) {
+  const T* base = static_cast<const T*>(ptr) + b * s.batch + seq_begin * s.row + h * s.head;
+  return {base, s.row, rows};
+}
+
+// dst[r][d] = src row (r0 + r), zero past the valid rows.
+template <typename T, typename Acc>
+void load_tile(const RowSlice<T>& src, std::int64_t r0, int n_rows, int dim, Acc* dst) {
+  for (int r = 0; r < n_rows; ++r) {
+    Acc* out = dst + r * dim;
+    if (r0 + r < src.rows) {
+      const T* in = src.row(r0 + r);
+      for (int d = 0; d < dim; ++d) out[d] = load_as<Acc>(in[d]);
+    } else {
+      std::fill(out, out + dim, Acc(0));
+    }
+  }
+}
+
+// dst[d][r] = src row (r0 + r) (transposed), zero past the valid rows.
+template <typename T, typename Acc>
+void load_tile_transposed(const RowSlice<T>& src, std::int64_t r0, int n_rows, int dim, Acc* dst) {
+  for (int r = 0; r < n_rows; ++r) {
+    if (r0 + r < src.rows) {
+      const T* in = src.row(r0 + r);
+      for (int d = 0; d < dim; ++d) dst[d * n_rows + r] = load_as<Acc>(in[d]);
+    } else {
+      for (int d = 0; d < dim; ++d) dst[d * n_rows + r] = Acc(0);
+    }
+  }
+}
+
+// Stores the valid rows of a [n_rows][dim] tile, multiplied by `mul`.
+template <typename T, typename Acc>
+void store_tile(const Acc* src, int n_rows, int dim, Acc mul, T* base, std::int64_t row_stride,
+                std::int64_t r0, std::int64_t valid_rows) {
+  for (int r = 0; r < n_rows && r0 + r < valid_rows; ++r) {
+    T* out = base + (r0 + r) * row_stride;
+    for (int d = 0; d < dim; ++d) out[d] = store_as<T>(src[r * dim + d] * mul);
+  }
+}
+
+// SIMD width in bytes for GCC/Clang vector extensions: the compiler lowers these to
+// AVX-512, AVX2 or SSE as the target allows, so no intrinsics are needed.
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+constexpr int kGemmRows = 8;  // 16 accumulators of the 32 vector registers
+#else
+constexpr int kVectorBytes = 32;
+constexpr int kGemmRows = 4;  // 8 accumulators of the 16 vector registers
+#endif
+
+template <typename Acc>
+struct Vec {
+  using type [[gnu::vector_size(kVectorBytes)]] = Acc;
+  static constexpr int width = kVectorBytes / static_cast<int>(sizeof(Acc));
+  static type load(const Acc* p) {
+    type v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static void store(Acc* p, type v) { __builtin_memcpy(p, &v, sizeof v); }
+};
+
+// C[M][N] += A[M][K] * B[K][N], all row-major; M % kGemmRows == 0 and N % (2 * SIMD width)
+// == 0 (tile sizes and head dims are multiples of 32). A kGemmRows x (2 vectors) block of C
+// stays in registers across the K loop: enough independent FMAs to hide their latency.
+template <typename Acc>
+void gemm_acc(const Acc* __restrict A, int lda, const Acc* __restrict B, int ldb, Acc* __restrict C, int ldc,
+              int M, int N, int K) {
+  using V = Vec<Acc>;
+  constexpr int MR = kGemmRows, W = V::width;
+  for (int i0 = 0; i0 < M; i0 += MR) {
+    for (int j0 = 0; j0 < N; j0 += 2 * W) {
+      typename V::type c[MR][2];
+      for (int r = 0; r < MR; ++r) {
+        c[r][0] = V::load(C + (i0 + r) * ldc + j0);
+        c[r][1] = V::load(C + (i0 + r) * ldc + j0 + W);
+      }
+      for (int k = 0; k < K; ++k) {
+        const typename V::type b0 = V::load(B + k * ldb + j0), b1 = V::load(B + k * ldb + j0 + W);
+        for (int r = 0; r < MR; ++r) {
+          const Acc a = A[(i0 + r) * lda + k];
+          c[r][0] += a * b0;
+          c[r][1] += a * b1;
+        }
+      }
+      for (int r = 0; r < MR; ++r) {
+        V::store(C + (i0 + r) * ldc + j0, c[r][0]);
+        V::store(C + (i0 + r) * ldc + j0 + W, c[r][1]);
+      }
+    }
+  }
+}
+
+template <typename Acc>
+void transpose(const Acc* src, int rows, int cols, Acc* dst) {
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
+}
+
+// exp(x) for float without libm calls, so loops over it vectorise: 2^n * p(r) with
+// n = round(x / ln2), r = x - n ln2 (split in two for precision), p a degree-6
+// Taylor/minimax-style polynomial; about 2 ulp on [-87, 88].
+inline float exp_fast(float x) {
+  x = std::min(88.0f, std::max(-87.0f, x));
+  const float n = std::nearbyint(x * 1.44269504088896341f);
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const std::int32_t e = static_cast<std::int32_t>(n) + 127;
+  return p * bits_float(static_cast<std::uint32_t>(e) << 23);
+}
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + exp_fast(-x)); }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// Calls fn.template operator()<StorageType, AccType>() for the problem's dtype.
+template <typename Fn>
+void dispatch_dtype(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::float32: return fn.template operator()<float, float>();
+    case DType::float16: return fn.template operator()<half_t, float>();
+    case DType::bfloat16: return fn.template operator()<bfloat16_t, float>();
+    case DType::float64: return fn.template operator()<double, double>();
+    default: throw Error("flashsigmoid: internal error: CPU backend got an unsupported dtype");
+  }
+}
+
+}  // namespace flashsigmoid::detail::cpu

@@ -1,0 +1,24 @@
+// Declarations shared by the dispatcher (backend.cu) and the per-head-dim kernel units.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "common/params.hpp"
+
+namespace flashsigmoid::cuda {
+
+inline void check_cuda(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw Error(std::string("flashsigmoid: CUDA error in ") + what + ": " + cudaGetErrorString(err));
+  }
+}
+
+namespace portable {
+// Defined (explicitly instantiated) in the generated fwd_hdim<D>_<dtype>.cu units.
+template <int D, class Element>
+void run_fwd(const detail::AttnParams& p);
+}  // namespace portable
+
+}  // namespace flashsigmoid::cuda
