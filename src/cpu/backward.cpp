@@ -19,12 +19,12 @@ template <typename Acc>
 struct BwdTiles {
   int D;
   std::vector<Acc> buf;
-  Acc *Q, *dO, *Kt, *Vt, *K, *S, *dP, *T, *acc, *acc2;
+  Acc *Q, *dO, *Kt, *Vt, *K, *S, *dP, *acc, *acc2;
 
   explicit BwdTiles(int d) : D(d) {
     const int Bq = kBlockQ, Bk = kBlockK;
     const int acc_rows = std::max(Bq, Bk);
-    buf.assign(static_cast<std::size_t>(2 * Bq * D + 3 * D * Bk + 3 * Bq * Bk + 2 * acc_rows * D), Acc(0));
+    buf.assign(static_cast<std::size_t>(2 * Bq * D + 3 * D * Bk + 2 * Bq * Bk + 2 * acc_rows * D), Acc(0));
     Q = buf.data();       // [Bq][D]
     dO = Q + Bq * D;      // [Bq][D]
     Kt = dO + Bq * D;     // [D][Bk]
@@ -32,8 +32,7 @@ struct BwdTiles {
     K = Vt + D * Bk;      // [Bk][D]
     S = K + Bk * D;       // [Bq][Bk]: P
     dP = S + Bq * Bk;     // [Bq][Bk]: dP, then dS
-    T = dP + Bq * Bk;     // [Bk][Bq]: a transposed P or dS
-    acc = T + Bk * Bq;    // [max(Bq, Bk)][D]: dK (pass 1) or dQ (pass 2)
+    acc = dP + Bq * Bk;    // [max(Bq, Bk)][D]: dK (pass 1) or dQ (pass 2)
     acc2 = acc + acc_rows * D;  // [Bk][D]: dV (pass 1)
   }
 
@@ -81,10 +80,8 @@ void dkdv_pass(const BwdParams& p) {
         load_tile(q, i0, kBlockQ, D, w.Q);
         load_tile(dout, i0, kBlockQ, D, w.dO);
         w.probs_and_dscores(t, i0, j0);
-        transpose(w.S, kBlockQ, kBlockK, w.T);
-        gemm_acc(w.T, kBlockQ, w.dO, D, w.acc2, D, kBlockK, D, kBlockQ);  // dV += P^T dO
-        transpose(w.dP, kBlockQ, kBlockK, w.T);
-        gemm_acc(w.T, kBlockQ, w.Q, D, w.acc, D, kBlockK, D, kBlockQ);  // dK += dS^T Q
+        gemm_acc<true>(w.S, kBlockK, w.dO, D, w.acc2, D, kBlockK, D, kBlockQ);  // dV += P^T dO
+        gemm_acc<true>(w.dP, kBlockK, w.Q, D, w.acc, D, kBlockK, D, kBlockQ);   // dK += dS^T Q
       }
     }
     store_tile<T>(w.acc, kBlockK, D, Acc(p.scale), head_rows_out<T>(p.dk, p.dk_stride, b, s.k_begin, kvh),

@@ -113,10 +113,11 @@ struct Vec {
   static void store(Acc* p, type v) { __builtin_memcpy(p, &v, sizeof v); }
 };
 
-// C[M][N] += A[M][K] * B[K][N], all row-major; M % kGemmRows == 0 and N % (2 * SIMD width)
+// C[M][N] += op(A) * B[K][N], all row-major, op(A) = A[M][K] or, with kTransA, the
+// transpose of A[K][M] (so P^T dO needs no explicit transpose); M % kGemmRows == 0 and N % (2 * SIMD width)
 // == 0 (tile sizes and head dims are multiples of 32). A kGemmRows x (2 vectors) block of C
 // stays in registers across the K loop: enough independent FMAs to hide their latency.
-template <typename Acc>
+template <bool kTransA = false, typename Acc>
 void gemm_acc(const Acc* __restrict A, int lda, const Acc* __restrict B, int ldb, Acc* __restrict C, int ldc,
               int M, int N, int K) {
   using V = Vec<Acc>;
@@ -131,7 +132,7 @@ void gemm_acc(const Acc* __restrict A, int lda, const Acc* __restrict B, int ldb
       for (int k = 0; k < K; ++k) {
         const typename V::type b0 = V::load(B + k * ldb + j0), b1 = V::load(B + k * ldb + j0 + W);
         for (int r = 0; r < MR; ++r) {
-          const Acc a = A[(i0 + r) * lda + k];
+          const Acc a = kTransA ? A[k * lda + i0 + r] : A[(i0 + r) * lda + k];
           c[r][0] += a * b0;
           c[r][1] += a * b1;
         }
@@ -142,12 +143,6 @@ void gemm_acc(const Acc* __restrict A, int lda, const Acc* __restrict B, int ldb
       }
     }
   }
-}
-
-template <typename Acc>
-void transpose(const Acc* src, int rows, int cols, Acc* dst) {
-  for (int r = 0; r < rows; ++r)
-    for (int c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
 }
 
 // exp(x) for float without libm calls, so loops over it vectorise: 2^n * p(r) with
