@@ -1,0 +1,133 @@
+// CUDA forward benchmark of flashsigmoid on SPEC.md's shapes: B*N = 16384, Hq*D = 2048,
+// N in 1k..16k, D 64/128, causal or not, bf16; plus GQA 32:8 at D 128. CUDA events, median of
+// many repetitions after warm-up, rotating over several input sets so L2 is not what is timed.
+// TFLOP/s = 4*B*Hq*Nq*Nk*D / t, halved for causal.
+//   usage: flashsigmoid_cuda_fwd_bench [--reps N] [--quick]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "flashsigmoid/flashsigmoid.hpp"
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
+    std::exit(1);
+  }
+}
+
+// Random bf16 values, normal-ish (sum of uniforms), never zero.
+std::vector<std::uint16_t> random_bf16(std::size_t n, std::uint64_t seed) {
+  std::vector<std::uint16_t> out(n);
+  std::uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    float acc = 0.0f;
+    for (int k = 0; k < 4; ++k) {
+      s ^= s << 13;
+      s ^= s >> 7;
+      s ^= s << 17;
+      acc += float(s >> 40) / float(1 << 24) - 0.5f;
+    }
+    float x = acc * 1.7f;
+    if (x == 0.0f) x = 0.01f;
+    std::uint32_t bits;
+    std::memcpy(&bits, &x, 4);
+    out[i] = std::uint16_t((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int reps = 30;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+  }
+  int dev = 0;
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
+  std::printf("# flashsigmoid CUDA forward, %s (%d SMs), bf16, median of %d reps\n", prop.name,
+              prop.multiProcessorCount, reps);
+
+  constexpr std::int64_t kTokens = 16384, kWidth = 2048;  // B*N and Hq*D
+  constexpr int kSets = 3;
+  // GQA 32:8 at D 128 has Hq*D = 4096: size buffers for the largest q.
+  const std::size_t max_elems = std::size_t(kTokens) * 4096;
+  std::vector<void*> q(kSets), k(kSets), v(kSets);
+  void* o = nullptr;
+  for (int s = 0; s < kSets; ++s) {
+    for (auto* ptr : {&q[s], &k[s], &v[s]}) {
+      check(cudaMalloc(ptr, max_elems * 2), "cudaMalloc");
+      const auto host = random_bf16(max_elems, std::uint64_t(s) * 3 + (ptr == &q[s] ? 0 : ptr == &k[s] ? 1 : 2));
+      check(cudaMemcpy(*ptr, host.data(), max_elems * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
+    }
+  }
+  check(cudaMalloc(&o, max_elems * 2), "cudaMalloc");
+  cudaStream_t stream;
+  check(cudaStreamCreate(&stream), "cudaStreamCreate");
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+
+  struct Shape {
+    int D, N, Hq, Hkv;
+    bool causal;
+  };
+  std::vector<Shape> shapes;
+  const std::vector<int> ns = quick ? std::vector<int>{1024, 8192} : std::vector<int>{1024, 2048, 4096, 8192, 16384};
+  for (int D : {64, 128}) {
+    for (bool causal : {false, true}) {
+      for (int N : ns) shapes.push_back({D, N, int(kWidth / D), int(kWidth / D), causal});
+    }
+  }
+  for (bool causal : {false, true}) {
+    for (int N : {2048, 8192}) shapes.push_back({128, N, 32, 8, causal});
+  }
+
+  std::printf("%4s %6s %6s %4s %4s %4s %10s %10s\n", "D", "causal", "N", "B", "Hq", "Hkv", "ms", "TFLOP/s");
+  for (const Shape& sh : shapes) {
+    const std::int64_t B = kTokens / sh.N;
+    auto view = [&](void* data, int H) {
+      return flashsigmoid::TensorView::contiguous(data, flashsigmoid::DType::bfloat16, {B, sh.N, H, sh.D},
+                                                  {flashsigmoid::DeviceType::cuda, dev});
+    };
+    flashsigmoid::Options opt;
+    opt.causal = sh.causal;
+    opt.stream = stream;
+    auto run = [&](int set) {
+      flashsigmoid::forward(view(q[set], sh.Hq), view(k[set], sh.Hkv), view(v[set], sh.Hkv), view(o, sh.Hq), opt);
+    };
+    try {
+      for (int w = 0; w < 5; ++w) run(w % kSets);
+    } catch (const flashsigmoid::Error& e) {
+      std::printf("%4d %6d %6d: skipped (%s)\n", sh.D, int(sh.causal), sh.N, e.what());
+      continue;
+    }
+    std::vector<float> ms(reps);
+    for (int r = 0; r < reps; ++r) {
+      cudaEventRecord(start, stream);
+      run(r % kSets);
+      cudaEventRecord(stop, stream);
+      check(cudaEventSynchronize(stop), "forward");
+      cudaEventElapsedTime(&ms[r], start, stop);
+    }
+    std::sort(ms.begin(), ms.end());
+    const double t = ms[reps / 2] * 1e-3;
+    const double flops = 4.0 * double(B) * sh.Hq * double(sh.N) * sh.N * sh.D * (sh.causal ? 0.5 : 1.0);
+    std::printf("%4d %6d %6d %4lld %4d %4d %10.3f %10.1f\n", sh.D, int(sh.causal), sh.N, (long long)B, sh.Hq, sh.Hkv,
+                ms[reps / 2], flops / t * 1e-12);
+  }
+  check(cudaGetLastError(), "run");
+  return 0;
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Builds the CUDA backend on a GPU machine and checks it: GPU tests (ctest -L gpu),
+# compute-sanitizer memcheck + racecheck on small shapes, and the forward benchmark.
+# Logs go to $OUT when set (the device tool's output folder), else ./gpu_check_logs.
+#   env: FLASHSIGMOID_CUDA_ARCHS (default 90a), FLASHSIGMOID_HEAD_DIMS (default "64;128"),
+#        EXTRA_CMAKE_ARGS (e.g. "-DFLASHSIGMOID_SIGMOID_EXP=ON"), SKIP_SANITIZER=1, SKIP_BENCH=1.
+# Needs .deps/cutlass (scripts/fetch_cutlass.sh) and, when the machine has no GoogleTest,
+# .deps/googletest (a copy of /usr/src/googletest): carry ".deps" to the GPU machine.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOG="${OUT:-$PWD/gpu_check_logs}"
+mkdir -p "$LOG"
+ARCHS="${FLASHSIGMOID_CUDA_ARCHS:-90a}"
+DIMS="${FLASHSIGMOID_HEAD_DIMS:-64;128}"
+BUILD=build-gpu
+status=0
+
+{ nvidia-smi; nvcc --version; } > "$LOG/machine.txt" 2>&1
+
+cmake_extra=()
+if ! cmake --find-package -DNAME=GTest -DCOMPILER_ID=GNU -DLANGUAGE=CXX -DMODE=EXIST >/dev/null 2>&1; then
+  if [[ -d .deps/googletest ]]; then
+    echo "== building GoogleTest from .deps/googletest"
+    cmake -S .deps/googletest -B /tmp/gtest-build -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_GMOCK=OFF \
+      -DCMAKE_INSTALL_PREFIX=/tmp/gtest -DCMAKE_POSITION_INDEPENDENT_CODE=ON >/dev/null &&
+      cmake --build /tmp/gtest-build -j16 >/dev/null && cmake --install /tmp/gtest-build >/dev/null
+    cmake_extra+=(-DCMAKE_PREFIX_PATH=/tmp/gtest)
+  else
+    echo "no GoogleTest on this machine and no .deps/googletest: the tests cannot build" >&2
+  fi
+fi
+
+echo "== configure + build (archs $ARCHS, head dims $DIMS)"
+cmake -S . -B "$BUILD" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_ARCHS="$ARCHS" \
+  -DFLASHSIGMOID_HEAD_DIMS="$DIMS" -DFLASHSIGMOID_BUILD_TESTS=ON -DFLASHSIGMOID_BUILD_BENCH=OFF \
+  -DFLASHSIGMOID_BUILD_CLI=OFF "${cmake_extra[@]}" ${EXTRA_CMAKE_ARGS:-} 2>&1 | tee "$LOG/build.log" || exit 1
+cmake --build "$BUILD" -j16 2>&1 | tee -a "$LOG/build.log" || exit 1
+
+echo "== GPU tests"
+(cd "$BUILD" && ctest -L gpu --output-on-failure -j8 --timeout 600) 2>&1 | tee "$LOG/ctest_gpu.log" || status=1
+
+TESTS="$BUILD/tests/gpu/flashsigmoid_gpu_tests"
+SMALL='Cases/GpuForward.MatchesReference/basic_bf16_d*:Cases/GpuForward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuForward.MatchesReference/window_bf16_d*:Cases/GpuForward.MatchesReference/nq_gt_nk_bf16_d*:Cases/GpuForward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuForward.MatchesReference/varlen_window_alibi_fp16_d*'
+if [[ -z "${SKIP_SANITIZER:-}" ]]; then
+  for tool in memcheck racecheck; do
+    echo "== compute-sanitizer $tool"
+    compute-sanitizer --tool "$tool" --error-exitcode 3 "$TESTS" --gtest_filter="$SMALL" 2>&1 |
+      tee "$LOG/sanitizer_$tool.log" || status=1
+  done
+fi
+
+if [[ -z "${SKIP_BENCH:-}" ]]; then
+  echo "== forward benchmark"
+  "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" 2>&1 | tee "$LOG/bench_fwd.txt" || status=1
+fi
+exit $status

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Sets up the machine, builds flashsigmoid with its tests into build/, runs the C++ tests
+# (ctest), installs the Python package and runs the Python tests. Exits non-zero when any
+# step fails (the test steps all run even after an earlier test failure).
+# FLASHSIGMOID_CUDA=OFF skips the CUDA backend; without a GPU the Python package is built
+# without it anyway (to save build time), while the C++ build keeps it whenever nvcc exists.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+build="${BUILD_DIR:-$root/build}"
+if [[ -x /usr/local/cuda/bin/nvcc && ":$PATH:" != *":/usr/local/cuda/bin:"* ]]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
+# Configure build/: CUDA AUTO (built whenever nvcc exists, GPU or not) unless FLASHSIGMOID_CUDA
+# says otherwise; ccache when installed.
+configure() {
+  local args=(-S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
+              "-DFLASHSIGMOID_CUDA=${FLASHSIGMOID_CUDA:-AUTO}")
+  if command -v ccache >/dev/null 2>&1; then
+    args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
+  fi
+  cmake "${args[@]}" "$@"
+}
+cd "$root"
+bash scripts/setup.sh
+configure -DFLASHSIGMOID_BUILD_TESTS=ON -DFLASHSIGMOID_BUILD_CLI=ON
+cmake --build "$build" -j2
+
+failed=()
+echo "[test] ctest"
+ctest --test-dir "$build" --output-on-failure -j2 || failed+=(ctest)
+
+echo "[test] pip install the Python package"
+pip_flags=(--no-build-isolation)
+if [[ -e "$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/EXTERNALLY-MANAGED" ]]; then
+  pip_flags+=(--break-system-packages)
+fi
+py_cuda="${FLASHSIGMOID_CUDA:-}"
+if [[ -z "$py_cuda" ]] && ! nvidia-smi -L >/dev/null 2>&1; then py_cuda=OFF; fi
+if FLASHSIGMOID_CUDA="${py_cuda:-AUTO}" python3 -m pip install "${pip_flags[@]}" .; then
+  echo "[test] pytest"
+  python3 -m pytest -q tests/python || failed+=(pytest)
+else
+  failed+=("pip install")
+fi
+
+if ((${#failed[@]})); then
+  echo "[test] FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "[test] all passed"
