@@ -18,6 +18,10 @@ bool same_device(const Device& a, const Device& b) {
 }
 
 void check_rank(const char* name, const TensorView& t, int rank, const char* layout) {
+  if (t.rank < 0 || t.rank > kMaxRank) {
+    fail(std::string(name) + " has an invalid rank " + std::to_string(t.rank) + "; accepted: " +
+         std::to_string(rank) + " " + layout);
+  }
   if (t.rank != rank) {
     std::ostringstream os;
     os << name << " must have rank " << rank << " " << layout << ", got rank " << t.rank << " "
@@ -272,7 +276,7 @@ AttnParams make_params(const TensorView& q, const TensorView& k, const TensorVie
 std::string describe_shape(const TensorView& t) {
   std::ostringstream os;
   os << "[";
-  for (int d = 0; d < t.rank; ++d) os << (d ? ", " : "") << t.shape[d];
+  for (int d = 0; d < std::min(t.rank, kMaxRank); ++d) os << (d ? ", " : "") << t.shape[d];
   os << "]";
   return os.str();
 }

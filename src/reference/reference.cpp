@@ -173,10 +173,13 @@ void parallel_for_pairs(const Problem& p, int threads, Fn&& fn) {
 
 // The attention math on row-major [rows, H, D] arrays of T, for T = double (reference, no
 // rounding) or T = float (plain: `low` rounds matmul operands and results to the input dtype).
+// Scores are materialised for `row_block` query rows at a time (0: all of a sequence's rows,
+// the whole S as a framework would); the reference uses blocks so that long sequences fit.
 template <class T>
 struct Engine {
   const Problem& p;
-  bool low;  // round to p.dtype where a framework would
+  bool low;                      // round to p.dtype where a framework would
+  std::int64_t row_block = 0;    // query rows per materialised score block; 0 = all
 
   T rnd(T x) const { return low ? static_cast<T>(round_to_dtype(x, p.dtype)) : x; }
 
@@ -198,8 +201,8 @@ struct Engine {
     }
     return t;
   }
-  // C[m, n] = sum_d A[m, d] * Bt[d, n]  (A: [M, D], Bt: [D, N]).
-  std::vector<T> matmul_abt(const std::vector<T>& a, const std::vector<T>& bt, std::int64_t m, std::int64_t n) const {
+  // C[m, n] = sum_d A[m, d] * Bt[d, n]  (A: [m, D] rows, Bt: [D, n]).
+  std::vector<T> matmul_abt(const T* a, const std::vector<T>& bt, std::int64_t m, std::int64_t n) const {
     const std::int64_t D = p.dim;
     std::vector<T> c(static_cast<std::size_t>(m * n), T(0));
     for (std::int64_t i = 0; i < m; ++i) {
@@ -213,16 +216,19 @@ struct Engine {
     return c;
   }
 
-  // Sigmoid probabilities P [Lq, Lk] of (sequence s, query head h); masked entries are 0.
-  std::vector<T> probs(std::int64_t s, std::int64_t h, const std::vector<T>& qh, const std::vector<T>& kt) const {
+  // Sigmoid probabilities P [rows, Lk] of query rows [i0, i0 + rows) of (sequence s, query head h);
+  // masked entries are 0. qh: those rows of q, [rows, D].
+  std::vector<T> probs(std::int64_t s, std::int64_t h, std::int64_t i0, std::int64_t rows, const T* qh,
+                       const std::vector<T>& kt) const {
     const Seq& sq = p.seqs[s];
-    std::vector<T> P = matmul_abt(qh, kt, sq.len_q, sq.len_k);
+    std::vector<T> P = matmul_abt(qh, kt, rows, sq.len_k);
     const T scale = static_cast<T>(p.scale);
     const T bias = static_cast<T>(p.bias[s * p.heads_q + h]);
     const T slope = static_cast<T>(p.slope[s * p.heads_q + h]);
-    for (std::int64_t i = 0; i < sq.len_q; ++i) {
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t i = i0 + r;
       for (std::int64_t j = 0; j < sq.len_k; ++j) {
-        T& e = P[i * sq.len_k + j];
+        T& e = P[r * sq.len_k + j];
         if (!p.visible(sq, i, j)) {
           e = T(0);
           continue;
@@ -234,23 +240,30 @@ struct Engine {
     return P;
   }
 
+  std::int64_t block_of(std::int64_t len_q) const { return row_block > 0 ? row_block : std::max<std::int64_t>(len_q, 1); }
+
   void forward(const std::vector<T>& q, const std::vector<T>& k, const std::vector<T>& v, std::vector<T>& o,
                int threads) const {
     const std::int64_t D = p.dim, Hq = p.heads_q, Hkv = p.heads_kv, group = Hq / Hkv;
     parallel_for_pairs(p, threads, [&](std::int64_t s, std::int64_t hk) {
       const Seq& sq = p.seqs[s];
-      const auto kt = transpose(head_rows(k, Hkv, sq.k_row, sq.len_k, hk), sq.len_k);
-      const auto vh = head_rows(v, Hkv, sq.k_row, sq.len_k, hk);
+      const std::int64_t Lk = sq.len_k, blk = block_of(sq.len_q);
+      const auto kt = transpose(head_rows(k, Hkv, sq.k_row, Lk, hk), Lk);
+      const auto vh = head_rows(v, Hkv, sq.k_row, Lk, hk);
       for (std::int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-        auto P = probs(s, h, head_rows(q, Hq, sq.q_row, sq.len_q, h), kt);
-        for (auto& x : P) x = rnd(x);
-        for (std::int64_t i = 0; i < sq.len_q; ++i) {
-          std::vector<T> acc(static_cast<std::size_t>(D), T(0));
-          for (std::int64_t j = 0; j < sq.len_k; ++j) {
-            const T pij = P[i * sq.len_k + j];
-            for (std::int64_t d = 0; d < D; ++d) acc[d] += pij * vh[j * D + d];
+        const auto qh = head_rows(q, Hq, sq.q_row, sq.len_q, h);
+        for (std::int64_t i0 = 0; i0 < sq.len_q; i0 += blk) {
+          const std::int64_t rows = std::min(blk, sq.len_q - i0);
+          auto P = probs(s, h, i0, rows, qh.data() + i0 * D, kt);
+          for (auto& x : P) x = rnd(x);
+          for (std::int64_t r = 0; r < rows; ++r) {
+            std::vector<T> acc(static_cast<std::size_t>(D), T(0));
+            for (std::int64_t j = 0; j < Lk; ++j) {
+              const T pij = P[r * Lk + j];
+              for (std::int64_t d = 0; d < D; ++d) acc[d] += pij * vh[j * D + d];
+            }
+            for (std::int64_t d = 0; d < D; ++d) o[((sq.q_row + i0 + r) * Hq + h) * D + d] = rnd(acc[d]);
           }
-          for (std::int64_t d = 0; d < D; ++d) o[((sq.q_row + i) * Hq + h) * D + d] = rnd(acc[d]);
         }
       }
     });
@@ -263,37 +276,42 @@ struct Engine {
     const std::int64_t D = p.dim, Hq = p.heads_q, Hkv = p.heads_kv, group = Hq / Hkv;
     parallel_for_pairs(p, threads, [&](std::int64_t s, std::int64_t hk) {
       const Seq& sq = p.seqs[s];
-      const std::int64_t Lq = sq.len_q, Lk = sq.len_k;
+      const std::int64_t Lq = sq.len_q, Lk = sq.len_k, blk = block_of(Lq);
+      const T scale = static_cast<T>(p.scale);
       const auto kh = head_rows(k, Hkv, sq.k_row, Lk, hk);
       const auto vh = head_rows(v, Hkv, sq.k_row, Lk, hk);
       const auto kt = transpose(kh, Lk);
       const auto vt = transpose(vh, Lk);
-      const T scale = static_cast<T>(p.scale);
       std::vector<T> dk_acc(static_cast<std::size_t>(Lk * D), T(0)), dv_acc(dk_acc.size(), T(0));
       for (std::int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         const auto qh = head_rows(q, Hq, sq.q_row, Lq, h);
         const auto doh = head_rows(dout, Hq, sq.q_row, Lq, h);
-        const auto P = probs(s, h, qh, kt);
-        auto dS = matmul_abt(doh, vt, Lq, Lk);  // dP = dO V^T
         T db = T(0);
-        for (std::int64_t n = 0; n < Lq * Lk; ++n) {
-          dS[n] = rnd(dS[n] * P[n] * (T(1) - P[n]));  // masked: P == 0, so dS == 0
-          db += dS[n];
+        for (std::int64_t i0 = 0; i0 < Lq; i0 += blk) {
+          const std::int64_t rows = std::min(blk, Lq - i0);
+          const T* qb = qh.data() + i0 * D;
+          const T* dob = doh.data() + i0 * D;
+          const auto P = probs(s, h, i0, rows, qb, kt);
+          auto dS = matmul_abt(dob, vt, rows, Lk);  // dP = dO V^T
+          for (std::int64_t n = 0; n < rows * Lk; ++n) {
+            dS[n] = rnd(dS[n] * P[n] * (T(1) - P[n]));  // masked: P == 0, so dS == 0
+            db += dS[n];
+          }
+          for (std::int64_t r = 0; r < rows; ++r) {
+            std::vector<T> acc(static_cast<std::size_t>(D), T(0));
+            for (std::int64_t j = 0; j < Lk; ++j) {
+              const T ds = dS[r * Lk + j];
+              const T pr = rnd(P[r * Lk + j]);
+              for (std::int64_t d = 0; d < D; ++d) {
+                acc[d] += ds * kh[j * D + d];
+                dk_acc[j * D + d] += ds * qb[r * D + d];
+                dv_acc[j * D + d] += pr * dob[r * D + d];
+              }
+            }
+            for (std::int64_t d = 0; d < D; ++d) dq[((sq.q_row + i0 + r) * Hq + h) * D + d] = rnd(scale * acc[d]);
+          }
         }
         dbias_parts[s * Hq + h] = db;
-        for (std::int64_t i = 0; i < Lq; ++i) {
-          std::vector<T> acc(static_cast<std::size_t>(D), T(0));
-          for (std::int64_t j = 0; j < Lk; ++j) {
-            const T ds = dS[i * Lk + j];
-            const T pr = rnd(P[i * Lk + j]);
-            for (std::int64_t d = 0; d < D; ++d) {
-              acc[d] += ds * kh[j * D + d];
-              dk_acc[j * D + d] += ds * qh[i * D + d];
-              dv_acc[j * D + d] += pr * doh[i * D + d];
-            }
-          }
-          for (std::int64_t d = 0; d < D; ++d) dq[((sq.q_row + i) * Hq + h) * D + d] = rnd(scale * acc[d]);
-        }
       }
       for (std::int64_t j = 0; j < Lk; ++j) {
         for (std::int64_t d = 0; d < D; ++d) {
@@ -305,6 +323,10 @@ struct Engine {
   }
 };
 
+// Query rows per score block in the float64 reference: bounds its memory to 256 * Nk doubles
+// per thread, so that long sequences (e.g. the CLI's checks) fit.
+constexpr std::int64_t kReferenceRowBlock = 256;
+
 template <class T>
 std::vector<T> convert(const std::vector<double>& a) {
   return std::vector<T>(a.begin(), a.end());
@@ -314,7 +336,7 @@ template <class T>
 std::vector<double> run_forward(const TensorView& q, const TensorView& k, const TensorView& v, const Options& o,
                                 bool low, int threads) {
   const Problem p = make_problem(q, k, v, o);
-  const Engine<T> e{p, low};
+  const Engine<T> e{p, low, low ? 0 : kReferenceRowBlock};
   std::vector<T> out(static_cast<std::size_t>(q.numel()), T(0));  // rows outside every sequence stay 0
   e.forward(convert<T>(to_vector(q)), convert<T>(to_vector(k)), convert<T>(to_vector(v)), out, threads);
   return std::vector<double>(out.begin(), out.end());
@@ -328,7 +350,7 @@ Grads run_backward(const TensorView& q, const TensorView& k, const TensorView& v
   for (int d = 0; d < q.rank; ++d) {
     if (dout.shape[d] != q.shape[d]) bad("dout must have q's shape");
   }
-  const Engine<T> e{p, low};
+  const Engine<T> e{p, low, low ? 0 : kReferenceRowBlock};
   std::vector<T> dq(static_cast<std::size_t>(q.numel()), T(0)), dk(static_cast<std::size_t>(k.numel()), T(0)),
       dv(dk.size(), T(0)), parts(p.seqs.size() * static_cast<std::size_t>(p.heads_q), T(0));
   e.backward(convert<T>(to_vector(q)), convert<T>(to_vector(k)), convert<T>(to_vector(v)),

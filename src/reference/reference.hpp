@@ -6,7 +6,9 @@
 // modes, bottom-right causal, sliding window, ALiBi [Hq] or [B, Hq]. Masked entries
 // contribute exactly 0. Inputs are CPU TensorViews of any float dtype, read through
 // their strides. The reference does not re-validate its input beyond what it needs to
-// read it safely; feed it inputs that flashsigmoid::forward accepts.
+// read it safely; feed it inputs that flashsigmoid::forward accepts. Scores are materialised
+// per (sequence, head) in blocks of 256 query rows (memory 256 * Nk doubles per thread); the
+// work is spread over all hardware threads.
 #pragma once
 
 #include <vector>

@@ -1,11 +1,10 @@
 // Small host-side helpers shared by the tests, the CLI's checks and the CPU benchmark:
 // half/bfloat16 conversion, an owning strided host buffer of any dtype with a guard
 // band, random fills, poisoning, and the relative-L2 error measure of SPEC.md.
-// Header-only; nothing here depends on the library's internals.
+// Header-only.
 #pragma once
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -17,49 +16,19 @@
 #include <string>
 #include <vector>
 
+#include "common/float_convert.hpp"
 #include "flashsigmoid/flashsigmoid.hpp"
 
 namespace flashsigmoid::testing {
 
-// ---- scalar conversions (round to nearest, ties to even) -------------------------------
+// ---- scalar conversions (round to nearest, ties to even; subnormals, inf, NaN) -------------
+// The library's own bit-level conversions (common/float_convert.hpp), so that the tests of
+// these helpers test the code the CPU backend uses.
 
-inline std::uint16_t float_to_bf16(float f) {
-  std::uint32_t x = std::bit_cast<std::uint32_t>(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x0040u);  // quiet NaN
-  x += 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<std::uint16_t>(x >> 16);
-}
-
-inline float bf16_to_float(std::uint16_t h) { return std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16); }
-
-inline std::uint16_t float_to_half(float f) {
-  const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
-  const auto sign = static_cast<std::uint16_t>((x >> 16) & 0x8000u);
-  std::uint32_t ax = x & 0x7fffffffu;
-  if (ax > 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));  // NaN
-  if (ax >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // >= 65520 rounds to inf
-  if (ax >= 0x38800000u) {                                                   // normal half (>= 2^-14)
-    ax += 0xfffu + ((ax >> 13) & 1u);
-    ax -= (127u - 15u) << 23;
-    return static_cast<std::uint16_t>(sign | (ax >> 13));
-  }
-  // Subnormal half (or zero): the value in units of 2^-24, rounded to nearest even. The
-  // product is exact (a power-of-two scaling) and below 2^10; 1024 becomes the smallest normal.
-  const float units = std::nearbyint(std::bit_cast<float>(ax) * 16777216.0f);
-  return static_cast<std::uint16_t>(sign | static_cast<std::uint16_t>(units));
-}
-
-inline float half_to_float(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  const std::uint32_t exp = (h >> 10) & 0x1fu;
-  const std::uint32_t mant = h & 0x3ffu;
-  if (exp == 0) {
-    const float mag = std::ldexp(static_cast<float>(mant), -24);
-    return sign ? -mag : mag;
-  }
-  if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mant << 13));
-  return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (mant << 13));
-}
+inline std::uint16_t float_to_bf16(float f) { return detail::to_bfloat16(f).bits; }
+inline float bf16_to_float(std::uint16_t h) { return detail::to_float(detail::bfloat16_t{h}); }
+inline std::uint16_t float_to_half(float f) { return detail::to_half(f).bits; }
+inline float half_to_float(std::uint16_t h) { return detail::to_float(detail::half_t{h}); }
 
 // x rounded to the precision of `dtype` (float16/bfloat16: RNE; float32: to float; float64: as is).
 inline double round_to_dtype(double x, DType dtype) {

@@ -1,0 +1,31 @@
+"""flashsigmoid: sigmoid self-attention, ``O = sigmoid(scale * Q K^T + b + alibi) V``.
+
+PyTorch entry points :func:`sigmoid_attn` and :func:`sigmoid_attn_varlen` are
+``torch.library`` custom ops (``torch.ops.flashsigmoid.fwd`` / ``.bwd``) with
+autograd and fake-tensor support, so they work under ``torch.compile``.
+"""
+
+import torch  # noqa: F401  (loaded first: the CUDA build reuses PyTorch's CUDA runtime)
+
+from . import _C
+from ._C import FlashSigmoidError
+from ._ops import sigmoid_attn, sigmoid_attn_varlen
+
+__version__ = _C.__version__
+
+SUPPORTED_HEAD_DIMS = _C.SUPPORTED_HEAD_DIMS
+
+
+def cuda_available() -> bool:
+    """True when this build carries the CUDA backend and a CUDA device is visible."""
+    return bool(_C.cuda_available())
+
+
+__all__ = [
+    "FlashSigmoidError",
+    "SUPPORTED_HEAD_DIMS",
+    "__version__",
+    "cuda_available",
+    "sigmoid_attn",
+    "sigmoid_attn_varlen",
+]

@@ -1,0 +1,330 @@
+"""PyTorch custom ops around the flashsigmoid C++ library.
+
+The C++ extension (``flashsigmoid._C``) only sees raw data pointers, shapes,
+strides, dtype codes, device and stream. Everything PyTorch-specific lives here:
+``torch.library.custom_op`` registration (namespace ``flashsigmoid``), fake
+(meta) implementations for tracing, and autograd. Input checks happen once, in
+C++; this module only converts arguments.
+"""
+
+import contextlib
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C
+
+_DTYPE_CODES = {
+    torch.float32: _C.DTYPE_FLOAT32,
+    torch.float16: _C.DTYPE_FLOAT16,
+    torch.bfloat16: _C.DTYPE_BFLOAT16,
+    torch.float64: _C.DTYPE_FLOAT64,
+    torch.int32: _C.DTYPE_INT32,
+}
+_DEVICE_CODES = {"cpu": _C.DEVICE_CPU, "cuda": _C.DEVICE_CUDA}
+
+# Test hook: when True, every floating-point output buffer is filled with NaN before
+# the kernel runs, so an element the kernel fails to write shows up as a mismatch.
+_POISON_OUTPUTS = False
+
+
+def _describe(t: Tensor, name: str) -> "_C.Tensor":
+    """A torch tensor -> the C++ TensorView descriptor (pointer, dtype, device, sizes, strides)."""
+    dtype = _DTYPE_CODES.get(t.dtype)
+    if dtype is None:
+        raise _C.FlashSigmoidError(
+            f"flashsigmoid: {name} has dtype {str(t.dtype).replace('torch.', '')}, which flashsigmoid "
+            "does not take; accepted: float32, float16, bfloat16, float64 (cu_seqlens: int32)"
+        )
+    device = _DEVICE_CODES.get(t.device.type)
+    if device is None:
+        raise _C.FlashSigmoidError(
+            f"flashsigmoid: {name} is on device type '{t.device.type}'; accepted: cpu, cuda"
+        )
+    if t.dim() == 0 or t.dim() > 4:
+        raise _C.FlashSigmoidError(
+            f"flashsigmoid: {name} has rank {t.dim()} {list(t.shape)}; accepted: rank 4 "
+            "[batch, seqlen, heads, head_dim], 3 for varlen, 1 or 2 for bias/alibi/cu_seqlens"
+        )
+    index = t.device.index if t.device.index is not None else 0
+    return _C.Tensor(t.data_ptr(), dtype, device, index, list(t.shape), list(t.stride()))
+
+
+def _describe_opt(t: Optional[Tensor], name: str) -> "_C.Tensor":
+    return _C.Tensor() if t is None else _describe(t, name)
+
+
+def _new_like(t: Tensor) -> Tensor:
+    out = torch.empty_like(t)
+    if _POISON_OUTPUTS and out.is_floating_point():
+        out.fill_(float("nan"))
+    return out
+
+
+def _device_guard(q: Tensor):
+    """CUDA: make q's device current for the launch (the stream passed belongs to it)."""
+    if q.device.type == "cuda":
+        return torch.cuda.device(q.device)
+    return contextlib.nullcontext()
+
+
+def _options(
+    q: Tensor,
+    cu_seqlens_q: Optional[Tensor],
+    cu_seqlens_k: Optional[Tensor],
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool,
+    scale: Optional[float],
+    bias_mode: int,
+    bias_value: float,
+    bias: Optional[Tensor],
+    window_left: int,
+    window_right: int,
+    alibi_slopes: Optional[Tensor],
+) -> "_C.Options":
+    o = _C.Options()
+    o.scale = scale
+    o.bias_mode = bias_mode
+    o.bias_value = bias_value
+    o.bias = _describe_opt(bias, "bias")
+    o.causal = causal
+    o.window_left = window_left
+    o.window_right = window_right
+    o.alibi_slopes = _describe_opt(alibi_slopes, "alibi_slopes")
+    o.cu_seqlens_q = _describe_opt(cu_seqlens_q, "cu_seqlens_q")
+    o.cu_seqlens_k = _describe_opt(cu_seqlens_k, "cu_seqlens_k")
+    o.max_seqlen_q = max_seqlen_q
+    o.max_seqlen_k = max_seqlen_k
+    if q.device.type == "cuda":
+        o.stream = torch.cuda.current_stream(q.device).cuda_stream
+    return o
+
+
+# ---------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------
+
+
+@torch.library.custom_op("flashsigmoid::fwd", mutates_args=())
+def _fwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Optional[Tensor],
+    cu_seqlens_k: Optional[Tensor],
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool,
+    scale: Optional[float],
+    bias_mode: int,
+    bias_value: float,
+    bias: Optional[Tensor],
+    window_left: int,
+    window_right: int,
+    alibi_slopes: Optional[Tensor],
+) -> Tensor:
+    out = _new_like(q)
+    opts = _options(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
+                    bias_mode, bias_value, bias, window_left, window_right, alibi_slopes)
+    with _device_guard(q):
+        _C.forward(_describe(q, "q"), _describe(k, "k"), _describe(v, "v"), _describe(out, "out"), opts)
+    return out
+
+
+@_fwd.register_fake
+def _fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
+              bias_mode, bias_value, bias, window_left, window_right, alibi_slopes):
+    return torch.empty_like(q)
+
+
+# ---------------------------------------------------------------------------
+# backward (recomputes P from q, k, v: sigmoid attention needs no saved statistics)
+# ---------------------------------------------------------------------------
+
+
+@torch.library.custom_op("flashsigmoid::bwd", mutates_args=())
+def _bwd(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Optional[Tensor],
+    cu_seqlens_k: Optional[Tensor],
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    causal: bool,
+    scale: Optional[float],
+    bias_mode: int,
+    bias_value: float,
+    bias: Optional[Tensor],
+    window_left: int,
+    window_right: int,
+    alibi_slopes: Optional[Tensor],
+    need_dbias: bool,
+    deterministic: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns (dq, dk, dv, dbias); dbias is an empty fp32 tensor unless need_dbias."""
+    dq, dk, dv = _new_like(q), _new_like(k), _new_like(v)
+    if need_dbias and bias is not None:
+        dbias = _new_like(bias)
+        dbias_view = _describe(dbias, "dbias")
+    else:
+        dbias = q.new_empty((0,), dtype=torch.float32)
+        dbias_view = _C.Tensor()
+    opts = _options(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
+                    bias_mode, bias_value, bias, window_left, window_right, alibi_slopes)
+    opts.deterministic = deterministic
+    with _device_guard(q):
+        _C.backward(_describe(q, "q"), _describe(k, "k"), _describe(v, "v"), _describe(dout, "dout"),
+                    _describe(dq, "dq"), _describe(dk, "dk"), _describe(dv, "dv"), dbias_view, opts)
+    return dq, dk, dv, dbias
+
+
+@_bwd.register_fake
+def _bwd_fake(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+              scale, bias_mode, bias_value, bias, window_left, window_right, alibi_slopes,
+              need_dbias, deterministic):
+    if need_dbias and bias is not None:
+        dbias = torch.empty_like(bias)
+    else:
+        dbias = q.new_empty((0,), dtype=torch.float32)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias
+
+
+# ---------------------------------------------------------------------------
+# autograd
+# ---------------------------------------------------------------------------
+
+_Q, _K, _V, _BIAS = 0, 1, 2, 11  # positions of the differentiable inputs of flashsigmoid::fwd
+
+
+def _setup_context(ctx, inputs, output):
+    (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
+     bias_mode, bias_value, bias, window_left, window_right, alibi_slopes) = inputs
+    ctx.save_for_backward(q, k, v, cu_seqlens_q, cu_seqlens_k, bias, alibi_slopes)
+    ctx.args = (max_seqlen_q, max_seqlen_k, causal, scale, bias_mode, bias_value,
+                window_left, window_right)
+
+
+def _backward(ctx, dout):
+    q, k, v, cu_seqlens_q, cu_seqlens_k, bias, alibi_slopes = ctx.saved_tensors
+    (max_seqlen_q, max_seqlen_k, causal, scale, bias_mode, bias_value,
+     window_left, window_right) = ctx.args
+    needs = ctx.needs_input_grad
+    grads: List[Optional[Tensor]] = [None] * 15
+    if not (needs[_Q] or needs[_K] or needs[_V] or needs[_BIAS]):
+        return tuple(grads)
+    if dout.stride(-1) != 1:  # e.g. the expanded gradient of out.sum()
+        dout = dout.contiguous()
+    need_dbias = bool(needs[_BIAS]) and bias is not None
+    dq, dk, dv, dbias = _bwd(
+        dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
+        bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, need_dbias,
+        torch.are_deterministic_algorithms_enabled())
+    grads[_Q] = dq if needs[_Q] else None
+    grads[_K] = dk if needs[_K] else None
+    grads[_V] = dv if needs[_V] else None
+    grads[_BIAS] = dbias if need_dbias else None
+    return tuple(grads)
+
+
+_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------
+# public functions
+# ---------------------------------------------------------------------------
+
+
+def _bias_args(bias):
+    """bias -> (bias_mode, bias_value, bias_tensor)."""
+    if bias is None:
+        return _C.BIAS_NEG_LOG_SEQLEN_K, 0.0, None
+    if isinstance(bias, Tensor):
+        return _C.BIAS_PER_HEAD, 0.0, bias
+    if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+        raise TypeError(
+            "flashsigmoid: bias must be None (default -log(Nk)), a Python float, or a float32 "
+            f"tensor of shape [Hq]; got {type(bias).__name__}"
+        )
+    return _C.BIAS_SCALAR, float(bias), None
+
+
+def _window_args(window):
+    if (not isinstance(window, (tuple, list)) or len(window) != 2
+            or any(isinstance(w, bool) or not isinstance(w, int) for w in window)):
+        raise TypeError(
+            f"flashsigmoid: window must be a pair of ints (left, right), -1 = unbounded; got {window!r}"
+        )
+    return int(window[0]), int(window[1])
+
+
+def _scale_arg(scale):
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"flashsigmoid: scale must be None or a Python float; got {type(scale).__name__}")
+    return float(scale)
+
+
+def sigmoid_attn(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    scale: Optional[float] = None,
+    bias=None,
+    window: Tuple[int, int] = (-1, -1),
+    alibi_slopes: Optional[Tensor] = None,
+) -> Tensor:
+    """Sigmoid self-attention: ``out = sigmoid(scale * q k^T + b + alibi) v``.
+
+    Args:
+        q: ``[B, Nq, Hq, D]``; k, v: ``[B, Nk, Hkv, D]`` with ``Hq % Hkv == 0`` (GQA/MQA).
+            Same dtype and device; last dimension contiguous. CPU: float32, float16,
+            bfloat16, float64; CUDA: float16, bfloat16.
+        causal: causal mask, aligned bottom-right when ``Nq != Nk``.
+        scale: score scale, default ``1/sqrt(D)``.
+        bias: ``None`` -> ``-log(Nk)`` (the default); a Python float -> that constant;
+            a float32 tensor ``[Hq]`` -> a per-head (learnable) bias, whose gradient is returned.
+        window: sliding window ``(left, right)``; ``-1`` = unbounded. Combines with ``causal``.
+        alibi_slopes: optional float32 ``[Hq]`` or ``[B, Hq]``: adds ``-slope * |i + Nk - Nq - j|``.
+
+    Returns:
+        ``[B, Nq, Hq, D]`` in q's dtype.
+    """
+    bias_mode, bias_value, bias_t = _bias_args(bias)
+    wl, wr = _window_args(window)
+    return _fwd(q, k, v, None, None, 0, 0, bool(causal), _scale_arg(scale), bias_mode, bias_value,
+                bias_t, wl, wr, alibi_slopes)
+
+
+def sigmoid_attn_varlen(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    causal: bool = False,
+    scale: Optional[float] = None,
+    bias=None,
+    window: Tuple[int, int] = (-1, -1),
+    alibi_slopes: Optional[Tensor] = None,
+) -> Tensor:
+    """Sigmoid self-attention over packed variable-length sequences.
+
+    q: ``[total_q, Hq, D]``; k, v: ``[total_k, Hkv, D]``; ``cu_seqlens_q/k``: int32 ``[B + 1]``
+    prefix sums of the sequence lengths, on the tensors' device; ``max_seqlen_q/k`` bound every
+    length. The default bias is ``-log(Nk)`` with each sequence's own ``Nk``. Other keywords as
+    in :func:`sigmoid_attn` (``alibi_slopes`` ``[B, Hq]`` indexes the sequence).
+    """
+    bias_mode, bias_value, bias_t = _bias_args(bias)
+    wl, wr = _window_args(window)
+    return _fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+                bool(causal), _scale_arg(scale), bias_mode, bias_value, bias_t, wl, wr, alibi_slopes)

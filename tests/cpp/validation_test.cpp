@@ -1,0 +1,353 @@
+// Every rejected input throws flashsigmoid::Error with a message that names the problem.
+// Each test starts from a valid problem (ValidInputIsAccepted proves it is one) and breaks one thing.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "flashsigmoid/flashsigmoid.hpp"
+#include "reference/testing.hpp"
+
+#ifndef FLASHSIGMOID_TEST_WITH_CUDA
+#define FLASHSIGMOID_TEST_WITH_CUDA 0
+#endif
+
+namespace {
+
+using flashsigmoid::BiasMode;
+using flashsigmoid::Device;
+using flashsigmoid::DeviceType;
+using flashsigmoid::DType;
+using flashsigmoid::Gradients;
+using flashsigmoid::Options;
+using flashsigmoid::TensorView;
+using flashsigmoid::testing::HostTensor;
+
+// Runs f; returns the text of the flashsigmoid::Error it throws ("" when it throws nothing, so the
+// expectation below fails with a readable message). Other exception types fail the test.
+std::string error_text(const std::function<void()>& f) {
+  std::string text;
+  EXPECT_THROW(
+      {
+        try {
+          f();
+        } catch (const flashsigmoid::Error& e) {
+          text = e.what();
+          throw;
+        }
+      },
+      flashsigmoid::Error);
+  return text;
+}
+
+#define EXPECT_ERROR(statement, substring)                                                              \
+  do {                                                                                                  \
+    const std::string text_ = error_text([&] { statement; });                                          \
+    EXPECT_NE(text_.find(substring), std::string::npos) << "error text: \"" << text_ << "\"\nexpected it to contain: \"" \
+                                                        << (substring) << "\"";                         \
+  } while (0)
+
+HostTensor filled(DType t, std::vector<std::int64_t> shape) {
+  HostTensor x(t, std::move(shape));
+  if (t != DType::int32) x.fill_normal(1234);
+  return x;
+}
+
+// A valid dense problem: q [2, 8, 4, 64], k/v [2, 10, 2, 64] (GQA 4:2), float32 on the CPU.
+struct Dense : ::testing::Test {
+  HostTensor q = filled(DType::float32, {2, 8, 4, 64});
+  HostTensor k = filled(DType::float32, {2, 10, 2, 64});
+  HostTensor v = filled(DType::float32, {2, 10, 2, 64});
+  HostTensor out = HostTensor(DType::float32, {2, 8, 4, 64});
+  HostTensor dout = filled(DType::float32, {2, 8, 4, 64});
+  HostTensor dq = HostTensor(DType::float32, {2, 8, 4, 64});
+  HostTensor dk = HostTensor(DType::float32, {2, 10, 2, 64});
+  HostTensor dv = HostTensor(DType::float32, {2, 10, 2, 64});
+  HostTensor dbias = HostTensor(DType::float32, {4});
+  HostTensor bias = filled(DType::float32, {4});
+  Options o;
+
+  void fwd() { flashsigmoid::forward(q, k, v, out, o); }
+  void bwd(TensorView db = {}) { flashsigmoid::backward(q, k, v, dout, Gradients{dq, dk, dv, db}, o); }
+  // fwd with replaced views
+  void fwd(const TensorView& q_, const TensorView& k_, const TensorView& v_, const TensorView& out_) {
+    flashsigmoid::forward(q_, k_, v_, out_, o);
+  }
+};
+
+TEST_F(Dense, ValidInputIsAccepted) {
+  EXPECT_NO_THROW(fwd());
+  EXPECT_NO_THROW(bwd());
+  o.bias_mode = BiasMode::per_head;
+  o.bias = bias;
+  EXPECT_NO_THROW(bwd(dbias));
+}
+
+TEST_F(Dense, WrongRank) {
+  HostTensor q3 = filled(DType::float32, {16, 4, 64});
+  EXPECT_ERROR(fwd(q3, k, v, out), "q must have rank 4 [batch, seqlen, heads, head_dim], got rank 3 [16, 4, 64]");
+}
+
+TEST_F(Dense, KAndVShapesDiffer) {
+  HostTensor v2 = filled(DType::float32, {2, 11, 2, 64});
+  EXPECT_ERROR(fwd(q, k, v2, out), "v must have the shape of k [2, 10, 2, 64], got [2, 11, 2, 64]");
+}
+
+TEST_F(Dense, OutShapeDiffersFromQ) {
+  HostTensor out2(DType::float32, {2, 9, 4, 64});
+  EXPECT_ERROR(fwd(q, k, v, out2), "out must have the shape of q [2, 8, 4, 64], got [2, 9, 4, 64]");
+}
+
+TEST_F(Dense, BackwardGradientShapesDiffer) {
+  dq = HostTensor(DType::float32, {2, 8, 2, 64});
+  EXPECT_ERROR(bwd(), "dq must have the shape of q");
+  dq = HostTensor(DType::float32, {2, 8, 4, 64});
+  dk = HostTensor(DType::float32, {2, 9, 2, 64});
+  EXPECT_ERROR(bwd(), "dk must have the shape of k");
+  dk = HostTensor(DType::float32, {2, 10, 2, 64});
+  dout = filled(DType::float32, {1, 8, 4, 64});
+  EXPECT_ERROR(bwd(), "dout must have the shape of q");
+}
+
+TEST_F(Dense, BatchMismatch) {
+  HostTensor k3 = filled(DType::float32, {3, 10, 2, 64}), v3 = filled(DType::float32, {3, 10, 2, 64});
+  EXPECT_ERROR(fwd(q, k3, v3, out), "k has batch 3 but q has batch 2");
+}
+
+TEST_F(Dense, HeadDimMismatch) {
+  HostTensor k32 = filled(DType::float32, {2, 10, 2, 32}), v32 = filled(DType::float32, {2, 10, 2, 32});
+  EXPECT_ERROR(fwd(q, k32, v32, out), "k has head_dim 32 but q has head_dim 64");
+}
+
+TEST_F(Dense, DtypeMismatch) {
+  HostTensor kb = filled(DType::bfloat16, {2, 10, 2, 64});
+  EXPECT_ERROR(fwd(q, kb, v, out), "k has dtype bfloat16 but q has dtype float32");
+  HostTensor outh(DType::float16, {2, 8, 4, 64});
+  EXPECT_ERROR(fwd(q, k, v, outh), "out has dtype float16 but q has dtype float32");
+}
+
+TEST_F(Dense, UnsupportedDtypeOnCpu) {
+  HostTensor qi = filled(DType::int32, {2, 8, 4, 64}), ki = filled(DType::int32, {2, 10, 2, 64}),
+             vi = filled(DType::int32, {2, 10, 2, 64}), oi = filled(DType::int32, {2, 8, 4, 64});
+  EXPECT_ERROR(fwd(qi, ki, vi, oi), "q has dtype int32; accepted on cpu: float32, float16, bfloat16, float64");
+}
+
+TEST_F(Dense, DeviceMismatch) {
+  TensorView kc = k.view();
+  kc.device = Device{DeviceType::cuda, 0};  // host memory behind it: validation must fail before any use
+  EXPECT_ERROR(fwd(q, kc, v, out), "k is on cuda:0 but q is on cpu; all tensors must be on one device");
+  TensorView oc = out.view();
+  oc.device = Device{DeviceType::cuda, 1};
+  EXPECT_ERROR(fwd(q, k, v, oc), "out is on cuda:1 but q is on cpu");
+}
+
+TEST_F(Dense, CudaTensorsNeedFloat16OrBfloat16) {
+  auto on_cuda = [](TensorView t) {
+    t.device = Device{DeviceType::cuda, 0};
+    return t;
+  };
+  EXPECT_ERROR(fwd(on_cuda(q), on_cuda(k), on_cuda(v), on_cuda(out)),
+               "q has dtype float32; accepted on cuda: float16, bfloat16");
+}
+
+TEST_F(Dense, CudaTensorsWithoutCudaBackend) {
+  if (FLASHSIGMOID_TEST_WITH_CUDA) {
+    GTEST_SKIP() << "this build has the CUDA backend; tests/gpu covers CUDA tensors";
+  }
+  EXPECT_FALSE(flashsigmoid::cuda_available());
+  auto on_cuda = [](const HostTensor& h) {  // host buffers labelled cuda: never dereferenced
+    TensorView t = h.view();
+    t.device = Device{DeviceType::cuda, 0};
+    return t;
+  };
+  HostTensor qh(DType::float16, {2, 8, 4, 64}), kh(DType::float16, {2, 10, 2, 64}),
+      vh(DType::float16, {2, 10, 2, 64}), oh(DType::float16, {2, 8, 4, 64});
+  EXPECT_ERROR(fwd(on_cuda(qh), on_cuda(kh), on_cuda(vh), on_cuda(oh)), "no CUDA backend");
+  HostTensor dqh(DType::float16, {2, 8, 4, 64}), dkh(DType::float16, {2, 10, 2, 64}), dvh(DType::float16, {2, 10, 2, 64});
+  EXPECT_ERROR(flashsigmoid::backward(on_cuda(qh), on_cuda(kh), on_cuda(vh), on_cuda(oh),
+                                      Gradients{on_cuda(dqh), on_cuda(dkh), on_cuda(dvh), {}}, o),
+               "no CUDA backend");
+  EXPECT_TRUE(oh.guard_intact());
+}
+
+TEST_F(Dense, UnsupportedHeadDim) {
+  HostTensor q80 = filled(DType::float32, {2, 8, 4, 80}), k80 = filled(DType::float32, {2, 10, 2, 80}),
+             v80 = filled(DType::float32, {2, 10, 2, 80}), o80(DType::float32, {2, 8, 4, 80});
+  EXPECT_ERROR(fwd(q80, k80, v80, o80), "head_dim 80 is not supported; accepted: 32, 64, 96, 128, 256");
+}
+
+TEST_F(Dense, QueryHeadsNotAMultipleOfKvHeads) {
+  HostTensor k3 = filled(DType::float32, {2, 10, 3, 64}), v3 = filled(DType::float32, {2, 10, 3, 64});
+  EXPECT_ERROR(fwd(q, k3, v3, out),
+               "the number of query heads (4) must be a positive multiple of the number of key/value heads (3)");
+}
+
+TEST_F(Dense, LastDimensionNotContiguous) {
+  HostTensor wide = filled(DType::float32, {2, 8, 4, 128});
+  TensorView qs = wide.view();
+  qs.shape[3] = 64;
+  qs.stride[3] = 2;
+  EXPECT_ERROR(fwd(qs, k, v, out), "q must be contiguous in its last (head_dim) dimension, got stride 2");
+}
+
+TEST_F(Dense, NegativeStride) {
+  TensorView qn = q.view();
+  qn.data = static_cast<float*>(qn.data) + 7 * qn.stride[1];  // row 7 first, walking backwards
+  qn.stride[1] = -qn.stride[1];
+  EXPECT_ERROR(fwd(qn, k, v, out), "q has a negative stride in dimension 1");
+}
+
+TEST_F(Dense, NullDataPointer) {
+  TensorView qn = q.view();
+  qn.data = nullptr;
+  EXPECT_ERROR(fwd(qn, k, v, out), "q has a null data pointer");
+  TensorView on = out.view();
+  on.data = nullptr;
+  EXPECT_ERROR(fwd(q, k, v, on), "out has a null data pointer");
+}
+
+TEST_F(Dense, InvalidWindow) {
+  o.window_left = -2;
+  EXPECT_ERROR(fwd(), "window (-2, -1) is invalid; each side must be >= 0, or -1 for unbounded");
+  o.window_left = 3;
+  o.window_right = -7;
+  EXPECT_ERROR(fwd(), "window (3, -7) is invalid");
+}
+
+TEST_F(Dense, BadAlibiShape) {
+  HostTensor a3 = filled(DType::float32, {3});
+  o.alibi_slopes = a3;
+  EXPECT_ERROR(fwd(), "alibi_slopes must have shape [4] or [2, 4], got [3]");
+  HostTensor a24 = filled(DType::float32, {4, 2});
+  o.alibi_slopes = a24;
+  EXPECT_ERROR(fwd(), "alibi_slopes must have shape [4] or [2, 4], got [4, 2]");
+}
+
+TEST_F(Dense, AlibiMustBeFloat32) {
+  HostTensor a = filled(DType::float16, {4});
+  o.alibi_slopes = a;
+  EXPECT_ERROR(fwd(), "alibi_slopes must be float32, got float16");
+}
+
+TEST_F(Dense, PerHeadBiasMissing) {
+  o.bias_mode = BiasMode::per_head;
+  EXPECT_ERROR(fwd(), "bias_mode per_head needs a bias tensor of shape [Hq]");
+}
+
+TEST_F(Dense, PerHeadBiasWrongShape) {
+  o.bias_mode = BiasMode::per_head;
+  HostTensor b3 = filled(DType::float32, {3});
+  o.bias = b3;
+  EXPECT_ERROR(fwd(), "bias must have shape [4] (one value per query head), got [3]");
+}
+
+TEST_F(Dense, BiasTensorWithoutPerHeadMode) {
+  o.bias = bias;
+  EXPECT_ERROR(fwd(), "a bias tensor was given but bias_mode is not per_head");
+}
+
+TEST_F(Dense, DbiasWithoutPerHeadMode) {
+  EXPECT_ERROR(bwd(dbias), "dbias was given but bias_mode is not per_head");
+  o.bias_mode = BiasMode::scalar;
+  EXPECT_ERROR(bwd(dbias), "dbias was given but bias_mode is not per_head");
+}
+
+TEST_F(Dense, DbiasWrongShape) {
+  o.bias_mode = BiasMode::per_head;
+  o.bias = bias;
+  HostTensor db2(DType::float32, {2});
+  EXPECT_ERROR(bwd(db2), "dbias must have shape [4], got [2]");
+}
+
+TEST_F(Dense, NonFiniteScale) {
+  o.scale = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_ERROR(fwd(), "scale must be finite");
+}
+
+TEST_F(Dense, NegativeThreadCount) {
+  o.num_threads = -1;
+  EXPECT_ERROR(fwd(), "num_threads must be >= 0");
+}
+
+// A valid varlen problem: two sequences, q rows {0..8, 8..16}, k rows {0..10, 10..20}.
+struct Varlen : ::testing::Test {
+  HostTensor q = filled(DType::float32, {16, 4, 64});
+  HostTensor k = filled(DType::float32, {20, 2, 64});
+  HostTensor v = filled(DType::float32, {20, 2, 64});
+  HostTensor out = HostTensor(DType::float32, {16, 4, 64});
+  HostTensor cu_q = flashsigmoid::testing::make_cu_seqlens({8, 8});
+  HostTensor cu_k = flashsigmoid::testing::make_cu_seqlens({10, 10});
+  Options o;
+
+  void SetUp() override {
+    o.cu_seqlens_q = cu_q;
+    o.cu_seqlens_k = cu_k;
+    o.max_seqlen_q = 8;
+    o.max_seqlen_k = 10;
+  }
+  void fwd() { flashsigmoid::forward(q, k, v, out, o); }
+  static HostTensor cu(std::vector<double> values, DType t = DType::int32) {
+    HostTensor c(t, {static_cast<std::int64_t>(values.size())});
+    c.fill(values);
+    return c;
+  }
+};
+
+TEST_F(Varlen, ValidInputIsAccepted) { EXPECT_NO_THROW(fwd()); }
+
+TEST_F(Varlen, WrongRank) {
+  HostTensor q4 = filled(DType::float32, {1, 16, 4, 64});
+  EXPECT_ERROR(flashsigmoid::forward(q4, k, v, out, o),
+               "q must have rank 3 [total, heads, head_dim] (varlen), got rank 4");
+}
+
+TEST_F(Varlen, CuSeqlensNotStartingAtZero) {
+  const HostTensor c = cu({1, 8, 16});
+  o.cu_seqlens_q = c;
+  EXPECT_ERROR(fwd(), "cu_seqlens_q[0] must be 0, got 1");
+}
+
+TEST_F(Varlen, CuSeqlensDecreasing) {
+  const HostTensor c = cu({0, 6, 4});
+  o.cu_seqlens_q = c;
+  EXPECT_ERROR(fwd(), "cu_seqlens_q must be non-decreasing, but sequence 1 has length -2");
+}
+
+TEST_F(Varlen, CuSeqlensPastTheEnd) {
+  const HostTensor c = cu({0, 10, 22});
+  o.cu_seqlens_k = c;
+  o.max_seqlen_k = 12;
+  EXPECT_ERROR(fwd(), "cu_seqlens_k ends at 22 but the packed tensor has only 20 rows");
+}
+
+TEST_F(Varlen, CuSeqlensWrongDtype) {
+  const HostTensor c = cu({0, 8, 16}, DType::float32);
+  o.cu_seqlens_q = c;
+  EXPECT_ERROR(fwd(), "cu_seqlens_q must be int32, got float32");
+}
+
+TEST_F(Varlen, CuSeqlensSizeMismatch) {
+  const HostTensor c = cu({0, 5, 10, 20});
+  o.cu_seqlens_k = c;
+  EXPECT_ERROR(fwd(), "cu_seqlens_k has 4 entries but cu_seqlens_q has 3; both must be [batch + 1]");
+}
+
+TEST_F(Varlen, SequenceLongerThanMaxSeqlen) {
+  o.max_seqlen_q = 7;
+  EXPECT_ERROR(fwd(), "cu_seqlens_q: sequence 0 has length 8 > max_seqlen 7");
+}
+
+TEST_F(Varlen, CuSeqlensKMissing) {
+  o.cu_seqlens_k = TensorView{};
+  EXPECT_ERROR(fwd(), "cu_seqlens_k is required for varlen");
+}
+
+TEST_F(Varlen, AlibiBatchShapeUsesSequenceCount) {
+  HostTensor a = filled(DType::float32, {3, 4});
+  o.alibi_slopes = a;
+  EXPECT_ERROR(fwd(), "alibi_slopes must have shape [4] or [2, 4], got [3, 4]");
+}
+
+}  // namespace
