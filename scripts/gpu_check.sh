@@ -33,15 +33,17 @@ fi
 echo "== configure + build (archs $ARCHS, head dims $DIMS)"
 cmake -S . -B "$BUILD" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_ARCHS="$ARCHS" \
   -DFLASHSIGMOID_HEAD_DIMS="$DIMS" -DFLASHSIGMOID_BUILD_TESTS=ON -DFLASHSIGMOID_BUILD_BENCH=OFF \
-  -DFLASHSIGMOID_BUILD_CLI=OFF "${cmake_extra[@]}" ${EXTRA_CMAKE_ARGS:-} 2>&1 | tee "$LOG/build.log" || exit 1
+  -DFLASHSIGMOID_BUILD_CLI=ON "${cmake_extra[@]}" ${EXTRA_CMAKE_ARGS:-} 2>&1 | tee "$LOG/build.log" || exit 1
 cmake --build "$BUILD" -j16 2>&1 | tee -a "$LOG/build.log" || exit 1
 
 echo "== GPU tests"
 (cd "$BUILD" && ctest -L gpu --output-on-failure -j8 --timeout 600) 2>&1 | tee "$LOG/ctest_gpu.log" || status=1
 
 TESTS="$BUILD/tests/gpu/flashsigmoid_gpu_tests"
+SAN_D="${SANITIZER_HEAD_DIM:-64}"
 SMALL='Cases/GpuForward.MatchesReference/basic_bf16_d*:Cases/GpuForward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuForward.MatchesReference/window_bf16_d*:Cases/GpuForward.MatchesReference/nq_gt_nk_bf16_d*:Cases/GpuForward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuForward.MatchesReference/varlen_window_alibi_fp16_d*'
 if [[ -z "${SKIP_SANITIZER:-}" ]]; then
+  SMALL="${SMALL//_d\*/_d$SAN_D}"
   for tool in memcheck racecheck; do
     echo "== compute-sanitizer $tool"
     compute-sanitizer --tool "$tool" --error-exitcode 3 "$TESTS" --gtest_filter="$SMALL" 2>&1 |
@@ -53,4 +55,10 @@ if [[ -z "${SKIP_BENCH:-}" ]]; then
   echo "== forward benchmark"
   "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" 2>&1 | tee "$LOG/bench_fwd.txt" || status=1
 fi
+if [[ -z "${SKIP_BENCH:-}" ]]; then
+  echo "== peers (PyTorch SDPA flash / cuDNN, plain sigmoid, cuBLAS GEMM)"
+  python3 bench/peers_sdpa.py 2>&1 | tee "$LOG/bench_peers.txt" || status=1
+fi
+echo "== CLI main job"
+"$BUILD/tools/cli/flashsigmoid" run --no-backward 2>&1 | tee "$LOG/cli_run.txt" || status=1
 exit $status

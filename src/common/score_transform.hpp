@@ -82,6 +82,41 @@ struct ScoreTransform {
     if (left >= 0 && (i1 - 1 + diag) - j0 > left) return false;
     return true;
   }
+  // One tile of scores whose element (0, 0) is (i0, j0), in 32-bit tile-local coordinates
+  // (r, c) = (i - i0, j - j0): the same rules as masked() / logit() plus the sequence end
+  // (c >= cols), cheap enough to evaluate per register in a kernel. Exact while |i - j| and the
+  // window bounds stay below 2^29 (longer distances are clamped, still masked / unmasked alike).
+  struct Tile {
+    float scale, bias, alibi_slope;
+    int off;          // j0 - i0 - diag, clamped: (c - r) + off == j - (i + diag)
+    int left, right;  // window bounds, clamped; -1 = unbounded
+    int cols;         // len_k - j0, clamped: columns c >= cols are past the sequence end
+    FS_HD bool masked(int r, int c) const {
+      const int d = c - r + off;
+      return c >= cols || (right >= 0 && d > right) || (left >= 0 && -d > left);
+    }
+    FS_HD float logit(float dot, int r, int c) const {
+      float s = scale * dot + bias;
+      if (alibi_slope != 0.0f) {
+        const int d = c - r + off;
+        s -= alibi_slope * static_cast<float>(d < 0 ? -d : d);
+      }
+      return s;
+    }
+  };
+  FS_HD Tile tile(std::int64_t i0, std::int64_t j0) const {
+    constexpr std::int64_t kBig = std::int64_t(1) << 30;
+    auto clamp = [](std::int64_t x, std::int64_t lo, std::int64_t hi) { return x < lo ? lo : (x > hi ? hi : x); };
+    Tile t;
+    t.scale = scale;
+    t.bias = bias;
+    t.alibi_slope = alibi_slope;
+    t.off = static_cast<int>(clamp(j0 - i0 - diag, -kBig, kBig));
+    t.left = static_cast<int>(left < 0 ? -1 : clamp(left, 0, kBig / 2));
+    t.right = static_cast<int>(right < 0 ? -1 : clamp(right, 0, kBig / 2));
+    t.cols = static_cast<int>(clamp(len_k - j0, -kBig, kBig));
+    return t;
+  }
   // The same transform with logit() multiplied by c (exact for powers of two): the CUDA kernels
   // use c = 0.5 so that sigmoid(s) = 0.5 + 0.5 * tanh(logit) costs one FMA less per element.
   FS_HD ScoreTransform scaled_by(float c) const {

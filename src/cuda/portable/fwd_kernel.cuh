@@ -14,36 +14,32 @@
 namespace flashsigmoid::cuda::portable {
 
 // S (fp32, in place) -> P = sigmoid(logit). Blocks that are fully visible skip the per-element
-// mask; ALiBi needs the (row, col) of each element, the plain path does not.
+// mask; ALiBi needs the (row, col) of each element, the plain path does not. Coordinates are
+// tile-local 32-bit ints (ScoreTransform::Tile) to keep the register count down.
 template <class AccS, class CoordS>
 __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS, const detail::ScoreTransform& st,
                                                 std::int64_t i0, std::int64_t j0, bool full_block) {
-  if (full_block && st.alibi_slope == 0.0f) {
-    detail::ScoreTransform plain = st;
+  const detail::ScoreTransform::Tile tile = st.tile(i0, j0);
+  if (full_block && tile.alibi_slope == 0.0f) {
+    detail::ScoreTransform::Tile plain = tile;
     plain.alibi_slope = 0.0f;  // a compile-time-visible zero: logit() is one FMA here
     CUTE_UNROLL
     for (int i = 0; i < size(acc_s); ++i) acc_s(i) = sigmoid_of_half_logit(plain.logit(acc_s(i), 0, 0));
-  } else if (full_block) {
-    CUTE_UNROLL
-    for (int i = 0; i < size(acc_s); ++i) {
-      const std::int64_t row = i0 + get<0>(tScS(i));
-      const std::int64_t col = j0 + get<1>(tScS(i));
-      acc_s(i) = sigmoid_of_half_logit(st.logit(acc_s(i), row, col));
-    }
   } else {
     CUTE_UNROLL
     for (int i = 0; i < size(acc_s); ++i) {
-      const std::int64_t row = i0 + get<0>(tScS(i));
-      const std::int64_t col = j0 + get<1>(tScS(i));
-      // Masked and past-the-end keys contribute exactly 0 (zero-filled V rows keep 0 * x finite).
-      const bool hidden = col >= st.len_k || st.masked(row, col);
-      acc_s(i) = hidden ? 0.0f : sigmoid_of_half_logit(st.logit(acc_s(i), row, col));
+      const int r = get<0>(tScS(i));
+      const int c = get<1>(tScS(i));
+      // ALiBi, or a partial block. Masked and past-the-end keys contribute exactly 0
+      // (their V rows are zero-filled, so 0 * V stays finite).
+      acc_s(i) = !full_block && tile.masked(r, c) ? 0.0f : sigmoid_of_half_logit(tile.logit(acc_s(i), r, c));
     }
   }
 }
 
 template <class Traits>
-__global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_constant__ detail::AttnParams p) {
+__global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocks)
+    fwd_kernel(const __grid_constant__ detail::AttnParams p) {
   using Element = typename Traits::Element;
   constexpr int BM = Traits::kBlockM;
   constexpr int BN = Traits::kBlockN;
