@@ -4,22 +4,22 @@
 // kBlockN rows. Shared memory: Q (kBlockM x D) + 2 stages of K + 2 stages of V (kBlockN x D each);
 // the epilogue reuses Q's space for O. Warps are stacked along M (16 rows per warp per MMA tile),
 // so with 4 warps and kBlockM = 128 each thread holds 32 x kBlockN / 32 scores and 32 x D / 32
-// output accumulators in fp32 registers (FwdTile below picks 8 warps: 16 rows each).
+// output accumulators in fp32 registers (FwdTile below picks the warps per head dim).
 #pragma once
 
 #include "cuda/common/mma_copy.cuh"
 
 namespace flashsigmoid::cuda::portable {
 
-// Default tiles per head dim. 8 warps stacked along M (16 query rows each): with 4 warps
-// (FlashAttention-2's sm80 choice) ptxas spilled at D 64 (128 x 128) and D 128 (128 x 64), since
-// each thread would hold 32 rows of S and O. Expected per thread: D <= 64: 128 x 128, S 64 + O 32
-// fp32 regs (235 regs, no spill); D 96/128: 128 x 64, S 32 + O 64 (226 regs, no spill); D 256:
-// 128 x 32, S 16 + O 128, 128 KB of shared memory (fits A100's 163 KB). One 8-warp CTA per SM at
-// these register counts. Shared memory: Q + 2 stages of K and V, e.g. 96 KB at D 128.
-// To be tuned on the H200: FLASHSIGMOID_FWD_WARPS / FLASHSIGMOID_FWD_MINBLOCKS override the warp
-// count and the CTAs-per-SM register cap (e.g. -DCMAKE_CUDA_FLAGS=-DFLASHSIGMOID_FWD_MINBLOCKS=2:
-// D 128 then fits 128 regs with ~170 B of spills).
+// Default tiles per head dim, chosen by measurement on the H200 (bench/NOTES.md, 2026-11-28):
+// kBlockM = 128 query rows per CTA, warps stacked along M.
+// - D <= 64: 128 x 128 tiles, 8 warps (16 rows each), register cap for 2 CTAs per SM (128 regs,
+//   a few hundred bytes of spills): 245 vs 187 TFLOP/s for 1 CTA per SM at D 64, N 8k.
+// - D 96/128: 128 x 64 tiles, 4 warps (32 rows each, as FlashAttention-2): each warp reuses its
+//   ldmatrix'd K/V fragments over twice the rows; ~0.9 KB of spills, yet 300 vs 227 TFLOP/s.
+// - D 256: 128 x 32 tiles, 8 warps, 1 CTA per SM (4 warps would hold 256 O registers a thread).
+// FLASHSIGMOID_FWD_WARPS / FLASHSIGMOID_FWD_MINBLOCKS override both for tuning runs
+// (scripts/gpu_variants.sh).
 template <int D>
 struct FwdTile {
   static constexpr int kBlockM = 128;
@@ -27,12 +27,12 @@ struct FwdTile {
 #ifdef FLASHSIGMOID_FWD_WARPS
   static constexpr int kNWarps = FLASHSIGMOID_FWD_WARPS;
 #else
-  static constexpr int kNWarps = 8;
+  static constexpr int kNWarps = (D == 96 || D == 128) ? 4 : 8;
 #endif
 #ifdef FLASHSIGMOID_FWD_MINBLOCKS
   static constexpr int kMinBlocks = FLASHSIGMOID_FWD_MINBLOCKS;
 #else
-  static constexpr int kMinBlocks = 1;
+  static constexpr int kMinBlocks = D <= 64 ? 2 : 1;
 #endif
 };
 
