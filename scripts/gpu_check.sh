@@ -4,7 +4,7 @@
 # Logs go to $OUT when set (the device tool's output folder), else ./gpu_check_logs.
 #   env: FLASHSIGMOID_CUDA_ARCHS (default 90a), FLASHSIGMOID_HEAD_DIMS (default "64;128"),
 #        EXTRA_CMAKE_ARGS (e.g. "-DFLASHSIGMOID_SIGMOID_EXP=ON"), SKIP_SANITIZER=1, SKIP_BENCH=1.
-# Needs .deps/cutlass (scripts/fetch_cutlass.sh) and, when the machine has no GoogleTest,
+# Needs .deps: run scripts/prepare_device.sh here first (CUTLASS headers and, as the machine has no GoogleTest,
 # .deps/googletest (a copy of /usr/src/googletest): carry ".deps" to the GPU machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Prepares .deps (git-ignored) for a run on the GPU machine, which has no network and no
+# GoogleTest: the CUTLASS/CuTe headers (scripts/fetch_cutlass.sh) and a copy of Debian's
+# GoogleTest sources (package googletest), which scripts/gpu_check.sh builds there.
+# Then call the device tool with carry [".deps"] and `bash scripts/gpu_check.sh`.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bash "$root/scripts/fetch_cutlass.sh"
+if [[ ! -f "$root/.deps/googletest/CMakeLists.txt" ]]; then
+  if [[ ! -f /usr/src/googletest/CMakeLists.txt ]]; then
+    apt-get update -qq && apt-get install -y -qq googletest
+  fi
+  rm -rf "$root/.deps/googletest"
+  cp -r /usr/src/googletest "$root/.deps/googletest"
+fi
+echo "prepared $root/.deps: $(ls "$root/.deps" | tr '\n' ' ')"
