@@ -5,25 +5,9 @@
 # FLASHSIGMOID_CUDA=OFF skips the CUDA backend; without a GPU the Python package is built
 # without it anyway (to save build time), while the C++ build keeps it whenever nvcc exists.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-build="${BUILD_DIR:-$root/build}"
-if [[ -x /usr/local/cuda/bin/nvcc && ":$PATH:" != *":/usr/local/cuda/bin:"* ]]; then
-  export PATH="/usr/local/cuda/bin:$PATH"
-fi
-# Configure build/: CUDA AUTO (built whenever nvcc exists, GPU or not) unless FLASHSIGMOID_CUDA
-# says otherwise; ccache when installed.
-configure() {
-  local args=(-S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
-              "-DFLASHSIGMOID_CUDA=${FLASHSIGMOID_CUDA:-AUTO}")
-  if command -v ccache >/dev/null 2>&1; then
-    args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
-  fi
-  cmake "${args[@]}" "$@"
-}
+source "$(dirname "$0")/common.sh"
 cd "$root"
 bash scripts/setup.sh
-have_gpu=0
-if nvidia-smi -L >/dev/null 2>&1; then have_gpu=1; fi
 cuda_args=()
 if ((!have_gpu)); then
   # No GPU (CI): compile a small representative set of CUDA kernels so CI stays short;
