@@ -1,7 +1,8 @@
 # CUDA backend sources. Included from the top-level CMakeLists when CUDA is on.
 #
-# One generated translation unit per (head dim, dtype) of the portable forward, so the kernels
-# compile in parallel; FLASHSIGMOID_HEAD_DIMS picks which head dims are instantiated.
+# One generated translation unit per (head dim, dtype) of the portable forward and one of the
+# portable backward, so the kernels compile in parallel; FLASHSIGMOID_HEAD_DIMS picks which head
+# dims are instantiated.
 set(_fs_valid_head_dims 32 64 96 128 256)
 set(_fs_gen_dir ${PROJECT_BINARY_DIR}/generated/cuda)
 set(_fs_built "")
@@ -16,9 +17,11 @@ foreach(_fs_hd IN LISTS FLASHSIGMOID_HEAD_DIMS)
     else()
       set(FS_ELEMENT "cutlass::half_t")
     endif()
-    configure_file(${PROJECT_SOURCE_DIR}/src/cuda/portable/fwd_inst.cu.in
-                   ${_fs_gen_dir}/fwd_hdim${_fs_hd}_${_fs_dt}.cu @ONLY)
-    target_sources(flashsigmoid PRIVATE ${_fs_gen_dir}/fwd_hdim${_fs_hd}_${_fs_dt}.cu)
+    foreach(_fs_dir fwd bwd)
+      configure_file(${PROJECT_SOURCE_DIR}/src/cuda/portable/${_fs_dir}_inst.cu.in
+                     ${_fs_gen_dir}/${_fs_dir}_hdim${_fs_hd}_${_fs_dt}.cu @ONLY)
+      target_sources(flashsigmoid PRIVATE ${_fs_gen_dir}/${_fs_dir}_hdim${_fs_hd}_${_fs_dt}.cu)
+    endforeach()
   endforeach()
   target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_CUDA_HDIM_${_fs_hd}=1)
   list(APPEND _fs_built ${_fs_hd})

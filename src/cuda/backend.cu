@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include <cutlass/numeric_types.h>
 
@@ -46,28 +47,43 @@ void check_alignment(const char* name, const void* ptr, const OperandStrides& s)
   }
 }
 
-template <class Element>
-void forward_dtype(const AttnParams& p) {
-  switch (p.head_dim) {
+// Calls f(std::integral_constant<int, D>{}) for the built head dim D == head_dim; the forward and
+// the backward share this list and its error.
+template <class F>
+void dispatch_head_dim(std::int64_t head_dim, F&& f) {
+  switch (head_dim) {
 #ifdef FLASHSIGMOID_CUDA_HDIM_32
-    case 32: return cuda::portable::run_fwd<32, Element>(p);
+    case 32: return f(std::integral_constant<int, 32>{});
 #endif
 #ifdef FLASHSIGMOID_CUDA_HDIM_64
-    case 64: return cuda::portable::run_fwd<64, Element>(p);
+    case 64: return f(std::integral_constant<int, 64>{});
 #endif
 #ifdef FLASHSIGMOID_CUDA_HDIM_96
-    case 96: return cuda::portable::run_fwd<96, Element>(p);
+    case 96: return f(std::integral_constant<int, 96>{});
 #endif
 #ifdef FLASHSIGMOID_CUDA_HDIM_128
-    case 128: return cuda::portable::run_fwd<128, Element>(p);
+    case 128: return f(std::integral_constant<int, 128>{});
 #endif
 #ifdef FLASHSIGMOID_CUDA_HDIM_256
-    case 256: return cuda::portable::run_fwd<256, Element>(p);
+    case 256: return f(std::integral_constant<int, 256>{});
 #endif
     default:
-      throw Error("flashsigmoid: head_dim " + std::to_string(p.head_dim) +
+      throw Error("flashsigmoid: head_dim " + std::to_string(head_dim) +
                   " was not built in this library; built: " FLASHSIGMOID_CUDA_BUILT_HEAD_DIMS
                   " (configure with -DFLASHSIGMOID_HEAD_DIMS=...)");
+  }
+}
+
+// Calls f(Element{}) for the CUTLASS element type of dtype (fp16 / bf16 only).
+template <class F>
+void dispatch_dtype(DType dtype, const char* what, F&& f) {
+  if (dtype == DType::bfloat16) {
+    f(cutlass::bfloat16_t{});
+  } else if (dtype == DType::float16) {
+    f(cutlass::half_t{});
+  } else {
+    throw Error(std::string("flashsigmoid: the CUDA ") + what + " takes float16 or bfloat16, got " +
+                to_string(dtype));
   }
 }
 
@@ -86,17 +102,26 @@ void cuda_forward(const AttnParams& p) {
   check_alignment("v", p.v, p.v_stride);
   check_alignment("out", p.o, p.o_stride);
   DeviceGuard guard(p.device.index);
-  if (p.dtype == DType::bfloat16) {
-    forward_dtype<cutlass::bfloat16_t>(p);
-  } else if (p.dtype == DType::float16) {
-    forward_dtype<cutlass::half_t>(p);
-  } else {
-    throw Error(std::string("flashsigmoid: the CUDA forward takes float16 or bfloat16, got ") + to_string(p.dtype));
-  }
+  dispatch_dtype(p.dtype, "forward", [&](auto element) {
+    using Element = decltype(element);
+    dispatch_head_dim(p.head_dim, [&](auto d) { cuda::portable::run_fwd<decltype(d)::value, Element>(p); });
+  });
 }
 
-void cuda_backward(const BwdParams&) {
-  throw Error("flashsigmoid: the CUDA backward kernels are not implemented yet; pass cpu tensors");
+// Deterministic whatever p.deterministic says: every output element is owned by one CTA (no atomics).
+void cuda_backward(const BwdParams& p) {
+  check_alignment("q", p.q, p.q_stride);
+  check_alignment("k", p.k, p.k_stride);
+  check_alignment("v", p.v, p.v_stride);
+  check_alignment("dout", p.dout, p.do_stride);
+  check_alignment("dq", p.dq, p.dq_stride);
+  check_alignment("dk", p.dk, p.dk_stride);
+  check_alignment("dv", p.dv, p.dv_stride);
+  DeviceGuard guard(p.device.index);
+  dispatch_dtype(p.dtype, "backward", [&](auto element) {
+    using Element = decltype(element);
+    dispatch_head_dim(p.head_dim, [&](auto d) { cuda::portable::run_bwd<decltype(d)::value, Element>(p); });
+  });
 }
 
 }  // namespace flashsigmoid::detail

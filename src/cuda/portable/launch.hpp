@@ -19,6 +19,9 @@ namespace portable {
 // Defined (explicitly instantiated) in the generated fwd_hdim<D>_<dtype>.cu units.
 template <int D, class Element>
 void run_fwd(const detail::AttnParams& p);
+// Defined in the generated bwd_hdim<D>_<dtype>.cu units.
+template <int D, class Element>
+void run_bwd(const detail::BwdParams& p);
 }  // namespace portable
 
 }  // namespace flashsigmoid::cuda
