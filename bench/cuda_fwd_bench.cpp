@@ -1,8 +1,9 @@
-// CUDA forward benchmark of flashsigmoid on SPEC.md's shapes: B*N = 16384, Hq*D = 2048,
-// N in 1k..16k, D 64/128, causal or not, bf16; plus GQA 32:8 at D 128. CUDA events, median of
-// many repetitions after warm-up, rotating over several input sets so L2 is not what is timed.
-// TFLOP/s = 4*B*Hq*Nq*Nk*D / t, halved for causal.
-//   usage: flashsigmoid_cuda_fwd_bench [--reps N] [--quick]
+// CUDA forward (or, with --backward, backward) benchmark of flashsigmoid on SPEC.md's shapes:
+// B*N = 16384, Hq*D = 2048, N in 1k..16k, D 64/128, causal or not, bf16; plus GQA 32:8 at D 128.
+// CUDA events, median of many repetitions after warm-up, rotating over several input sets so L2
+// is not what is timed. TFLOP/s = 4*B*Hq*Nq*Nk*D / t, halved for causal; the backward counts 2.5x
+// that (SPEC.md).
+//   usage: flashsigmoid_cuda_fwd_bench [--reps N] [--quick] [--backward] [--deterministic]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -50,14 +51,19 @@ std::vector<std::uint16_t> random_bf16(std::size_t n, std::uint64_t seed) {
 int main(int argc, char** argv) {
   int reps = 30;
   bool quick = false;
+  bool backward = false;
+  bool deterministic = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     if (!std::strcmp(argv[i], "--quick")) quick = true;
+    if (!std::strcmp(argv[i], "--backward")) backward = true;
+    if (!std::strcmp(argv[i], "--deterministic")) deterministic = true;
   }
+  const char* pass = backward ? "backward" : "forward";
   int dev = 0;
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
-  std::printf("# flashsigmoid CUDA forward, %s (%d SMs), bf16, median of %d reps\n", prop.name,
+  std::printf("# flashsigmoid CUDA %s, %s (%d SMs), bf16, median of %d reps\n", pass, prop.name,
               prop.multiProcessorCount, reps);
 
   constexpr std::int64_t kTokens = 16384, kWidth = 2048;  // B*N and Hq*D
@@ -74,6 +80,13 @@ int main(int argc, char** argv) {
     }
   }
   check(cudaMalloc(&o, max_elems * 2), "cudaMalloc");
+  // Backward: dO (random) and the three gradients.
+  void *dout = nullptr, *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  if (backward) {
+    for (void** ptr : {&dout, &dq, &dk, &dv}) check(cudaMalloc(ptr, max_elems * 2), "cudaMalloc");
+    const auto host = random_bf16(max_elems, 99);
+    check(cudaMemcpy(dout, host.data(), max_elems * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
+  }
   cudaStream_t stream;
   check(cudaStreamCreate(&stream), "cudaStreamCreate");
   cudaEvent_t start, stop;
@@ -105,8 +118,15 @@ int main(int argc, char** argv) {
     flashsigmoid::Options opt;
     opt.causal = sh.causal;
     opt.stream = stream;
+    opt.deterministic = deterministic;
     auto run = [&](int set) {
-      flashsigmoid::forward(view(q[set], sh.Hq), view(k[set], sh.Hkv), view(v[set], sh.Hkv), view(o, sh.Hq), opt);
+      if (backward) {
+        const flashsigmoid::Gradients g{view(dq, sh.Hq), view(dk, sh.Hkv), view(dv, sh.Hkv), {}};
+        flashsigmoid::backward(view(q[set], sh.Hq), view(k[set], sh.Hkv), view(v[set], sh.Hkv), view(dout, sh.Hq), g,
+                               opt);
+      } else {
+        flashsigmoid::forward(view(q[set], sh.Hq), view(k[set], sh.Hkv), view(v[set], sh.Hkv), view(o, sh.Hq), opt);
+      }
     };
     try {
       for (int w = 0; w < 5; ++w) run(w % kSets);
@@ -119,12 +139,13 @@ int main(int argc, char** argv) {
       cudaEventRecord(start, stream);
       run(r % kSets);
       cudaEventRecord(stop, stream);
-      check(cudaEventSynchronize(stop), "forward");
+      check(cudaEventSynchronize(stop), pass);
       cudaEventElapsedTime(&ms[r], start, stop);
     }
     std::sort(ms.begin(), ms.end());
     const double t = ms[reps / 2] * 1e-3;
-    const double flops = 4.0 * double(B) * sh.Hq * double(sh.N) * sh.N * sh.D * (sh.causal ? 0.5 : 1.0);
+    const double flops = 4.0 * double(B) * sh.Hq * double(sh.N) * sh.N * sh.D * (sh.causal ? 0.5 : 1.0) *
+                         (backward ? 2.5 : 1.0);
     std::printf("%4d %6d %6d %4lld %4d %4d %10.3f %10.1f\n", sh.D, int(sh.causal), sh.N, (long long)B, sh.Hq, sh.Hkv,
                 ms[reps / 2], flops / t * 1e-12);
   }

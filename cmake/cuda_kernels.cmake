@@ -34,6 +34,13 @@ if(FLASHSIGMOID_SIGMOID_EXP)
   target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_SIGMOID_EXP=1)
 endif()
 
+# The portable backward is compiled always; it is dispatched only with this option until it
+# has passed the GPU tests (scripts/gpu_check.sh turns it on).
+option(FLASHSIGMOID_CUDA_BACKWARD "Dispatch CUDA tensors' backward to the (not yet GPU-validated) portable kernels" OFF)
+if(FLASHSIGMOID_CUDA_BACKWARD)
+  target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_CUDA_BACKWARD_ENABLED=1)
+endif()
+
 target_sources(flashsigmoid PRIVATE src/cuda/backend.cu)
 target_include_directories(flashsigmoid PRIVATE ${CUTLASS_INCLUDE_DIR})
 target_link_libraries(flashsigmoid PUBLIC CUDA::cudart)

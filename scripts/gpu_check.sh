@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Builds the CUDA backend on a GPU machine and checks it: GPU tests (ctest -L gpu),
-# compute-sanitizer memcheck + racecheck on small shapes, and the forward benchmark.
+# compute-sanitizer memcheck + racecheck on small shapes, the forward and backward benchmarks,
+# the Python package's tests, the single-process harness and the CLI.
 # Logs go to $OUT when set (the device tool's output folder), else ./gpu_check_logs.
 #   env: FLASHSIGMOID_CUDA_ARCHS (default 90a), FLASHSIGMOID_HEAD_DIMS (default "64;128"),
-#        EXTRA_CMAKE_ARGS (e.g. "-DFLASHSIGMOID_SIGMOID_EXP=ON"), SKIP_SANITIZER=1, SKIP_BENCH=1.
+#        EXTRA_CMAKE_ARGS (e.g. "-DFLASHSIGMOID_SIGMOID_EXP=ON"), SKIP_SANITIZER=1, SKIP_BENCH=1,
+#        SKIP_PYTHON=1, HARNESS_ARGS (extra flags for bench/harness.py, e.g. "--quick"),
+#        COMMIT (the commit the harness records; the GPU machine's copy has no .git).
 # Needs .deps: run scripts/prepare_device.sh here first (CUTLASS headers and, as the machine has no GoogleTest,
 # .deps/googletest (a copy of /usr/src/googletest): carry ".deps" to the GPU machine.
 set -uo pipefail
@@ -31,7 +34,7 @@ if ! cmake --find-package -DNAME=GTest -DCOMPILER_ID=GNU -DLANGUAGE=CXX -DMODE=E
 fi
 
 echo "== configure + build (archs $ARCHS, head dims $DIMS)"
-cmake -S . -B "$BUILD" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_ARCHS="$ARCHS" \
+cmake -S . -B "$BUILD" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_BACKWARD=ON -DFLASHSIGMOID_CUDA_ARCHS="$ARCHS" \
   -DFLASHSIGMOID_HEAD_DIMS="$DIMS" -DFLASHSIGMOID_BUILD_TESTS=ON -DFLASHSIGMOID_BUILD_BENCH=OFF \
   -DFLASHSIGMOID_BUILD_CLI=ON "${cmake_extra[@]}" ${EXTRA_CMAKE_ARGS:-} 2>&1 | tee "$LOG/build.log" || exit 1
 cmake --build "$BUILD" -j16 2>&1 | tee -a "$LOG/build.log" || exit 1
@@ -41,7 +44,7 @@ echo "== GPU tests"
 
 TESTS="$BUILD/tests/gpu/flashsigmoid_gpu_tests"
 SAN_D="${SANITIZER_HEAD_DIM:-64}"
-SMALL='Cases/GpuForward.MatchesReference/basic_bf16_d*:Cases/GpuForward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuForward.MatchesReference/window_bf16_d*:Cases/GpuForward.MatchesReference/nq_gt_nk_bf16_d*:Cases/GpuForward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuForward.MatchesReference/varlen_window_alibi_fp16_d*'
+SMALL='Cases/GpuForward.MatchesReference/basic_bf16_d*:Cases/GpuForward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuForward.MatchesReference/window_bf16_d*:Cases/GpuForward.MatchesReference/nq_gt_nk_bf16_d*:Cases/GpuForward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuForward.MatchesReference/varlen_window_alibi_fp16_d*:Cases/GpuBackward.MatchesReference/basic_bf16_d*:Cases/GpuBackward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuBackward.MatchesReference/window_bf16_d*:Cases/GpuBackward.MatchesReference/gqa_bf16_d*:Cases/GpuBackward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuBackward.MatchesReference/varlen_window_bias_fp16_d*'
 if [[ -z "${SKIP_SANITIZER:-}" ]]; then
   SMALL="${SMALL//_d\*/_d$SAN_D}"
   for tool in memcheck racecheck; do
@@ -54,11 +57,24 @@ fi
 if [[ -z "${SKIP_BENCH:-}" ]]; then
   echo "== forward benchmark"
   "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" 2>&1 | tee "$LOG/bench_fwd.txt" || status=1
+  echo "== backward benchmark"
+  "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" --backward 2>&1 | tee "$LOG/bench_bwd.txt" || status=1
+fi
+if [[ -z "${SKIP_PYTHON:-}" ]]; then
+  # The Python package with the same kernels, then its tests (GPU ones included).
+  echo "== Python package (pip install) and pytest"
+  FLASHSIGMOID_CUDA=ON CMAKE_ARGS="-DFLASHSIGMOID_CUDA_BACKWARD=ON -DFLASHSIGMOID_CUDA_ARCHS=$ARCHS -DFLASHSIGMOID_HEAD_DIMS=$DIMS" \
+    python3 -m pip install -q --no-build-isolation . > "$LOG/pip_install.log" 2>&1 || { status=1; tail -20 "$LOG/pip_install.log"; }
+  python3 -m pytest -q tests/python 2>&1 | tee "$LOG/pytest.log" | tail -15 || status=1
 fi
 if [[ -z "${SKIP_BENCH:-}" ]]; then
-  echo "== peers (PyTorch SDPA flash / cuDNN, plain sigmoid, cuBLAS GEMM)"
-  python3 bench/peers_sdpa.py 2>&1 | tee "$LOG/bench_peers.txt" || status=1
+  # One process: flashsigmoid (when the Python package is installed; else reported n/a), SDPA flash / cuDNN,
+  # triton-sigmoid (when installed), plain sigmoid, cuBLAS GEMM; writes .md/.json/.png into $LOG/harness.
+  # COMMIT (env) names the commit, since the GPU machine's copy has no .git.
+  echo "== benchmark harness (bench/harness.py ${HARNESS_ARGS:-})"
+  python3 bench/harness.py --out "$LOG/harness" ${COMMIT:+--commit "$COMMIT"} ${HARNESS_ARGS:-} 2>&1 |
+    tee "$LOG/bench_harness.txt" || status=1
 fi
 echo "== CLI main job"
-"$BUILD/tools/cli/flashsigmoid" run --no-backward 2>&1 | tee "$LOG/cli_run.txt" || status=1
+"$BUILD/tools/cli/flashsigmoid" run 2>&1 | tee "$LOG/cli_run.txt" || status=1
 exit $status

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "device_buffer.hpp"
+#include "device_problem.hpp"  // DeviceProblem, the shared case list, kBuiltHeadDims, tolerance
 #include "flashsigmoid/flashsigmoid.hpp"
 #include "problem.hpp"  // tests/cpp: Case, make_problem, describe, test_seed
 #include "reference/reference.hpp"
@@ -23,37 +24,12 @@ using flashsigmoid::Options;
 using flashsigmoid::TensorView;
 using flashsigmoid::testing::HostTensor;
 using flashsigmoid::testing::Layout;
+using fs_gpu::DeviceProblem;
 using fs_gpu::DeviceTensor;
+using fs_gpu::kBuiltHeadDims;
+using fs_gpu::tolerance;
 using fs_test::Alibi;
 using fs_test::Case;
-
-// Head dims compiled into this build (from FLASHSIGMOID_HEAD_DIMS).
-const std::vector<int> kBuiltHeadDims = {FLASHSIGMOID_TEST_HEAD_DIMS};
-
-double tolerance(DType t) { return t == DType::bfloat16 ? 1e-2 : 2e-3; }
-
-// The problem's tensors mirrored on the GPU, and the options pointing at them.
-struct DeviceProblem {
-  DeviceTensor q, k, v, cu_q, cu_k, bias, alibi;
-  Options o;
-  explicit DeviceProblem(const fs_test::Problem& p) : q(p.q), k(p.k), v(p.v) {
-    o = p.o;
-    if (p.o.cu_seqlens_q.defined()) {
-      cu_q = DeviceTensor(p.cu_q);
-      cu_k = DeviceTensor(p.cu_k);
-      o.cu_seqlens_q = cu_q;
-      o.cu_seqlens_k = cu_k;
-    }
-    if (p.o.bias.defined()) {
-      bias = DeviceTensor(p.bias);
-      o.bias = bias;
-    }
-    if (p.o.alibi_slopes.defined()) {
-      alibi = DeviceTensor(p.alibi);
-      o.alibi_slopes = alibi;
-    }
-  }
-};
 
 void check_forward(const Case& c) {
   const std::uint64_t seed = fs_test::test_seed();
@@ -76,59 +52,7 @@ void check_forward(const Case& c) {
   EXPECT_TRUE(dout.guard_intact(bytes)) << "bytes outside the output view were written";
 }
 
-std::vector<Case> forward_cases() {
-  std::vector<Case> base;
-  auto add = [&](std::string name, auto&& edit) {
-    Case c;
-    c.name = std::move(name);
-    edit(c);
-    base.push_back(c);
-  };
-  add("basic", [](Case& c) { c.B = 2; c.Nq = c.Nk = 130; });
-  add("one_block", [](Case& c) { c.B = 1; c.Nq = c.Nk = 64; });
-  add("tiny", [](Case& c) { c.B = 3; c.Nq = 1; c.Nk = 1; });
-  add("short_q", [](Case& c) { c.Nq = 5; c.Nk = 3; });
-  add("nq_lt_nk", [](Case& c) { c.Nq = 77; c.Nk = 513; });
-  add("nq_gt_nk", [](Case& c) { c.Nq = 300; c.Nk = 45; });
-  add("causal", [](Case& c) { c.Nq = c.Nk = 257; c.causal = true; });
-  add("causal_nq_lt_nk", [](Case& c) { c.Nq = 100; c.Nk = 300; c.causal = true; });
-  add("causal_nq_gt_nk", [](Case& c) { c.Nq = 300; c.Nk = 100; c.causal = true; });  // rows with no keys
-  add("window", [](Case& c) { c.Nq = c.Nk = 300; c.window_left = 32; c.window_right = 16; });
-  add("window_left_causal", [](Case& c) { c.Nq = c.Nk = 333; c.window_left = 64; c.causal = true; });
-  add("window_right_only", [](Case& c) { c.Nq = 200; c.Nk = 260; c.window_right = 20; });
-  add("window_zero", [](Case& c) { c.Nq = c.Nk = 150; c.window_left = 0; c.window_right = 0; });
-  add("alibi_per_head", [](Case& c) { c.Nq = c.Nk = 200; c.alibi = Alibi::per_head; });
-  add("alibi_per_batch_causal", [](Case& c) { c.Nq = 90; c.Nk = 170; c.causal = true; c.alibi = Alibi::per_batch; });
-  add("bias_scalar", [](Case& c) { c.Nq = c.Nk = 140; c.bias_mode = BiasMode::scalar; c.bias_value = -3.5f; });
-  add("bias_per_head", [](Case& c) { c.Hq = 4; c.Hkv = 4; c.Nq = c.Nk = 140; c.bias_mode = BiasMode::per_head; });
-  add("scale", [](Case& c) { c.Nq = c.Nk = 100; c.scale = 0.3f; });
-  add("gqa", [](Case& c) { c.Hq = 8; c.Hkv = 2; c.Nq = 70; c.Nk = 190; });
-  add("mqa_causal", [](Case& c) { c.Hq = 4; c.Hkv = 1; c.Nq = c.Nk = 160; c.causal = true; });
-  add("heads_major", [](Case& c) { c.Hq = 4; c.Hkv = 2; c.Nq = c.Nk = 129; c.layout = Layout::heads_major; });
-  add("long_causal", [](Case& c) { c.B = 1; c.Hq = c.Hkv = 1; c.Nq = c.Nk = 1500; c.causal = true; });
-  add("empty_keys", [](Case& c) { c.Nq = 20; c.Nk = 0; });
-  add("varlen", [](Case& c) { c.Hq = 4; c.Hkv = 2; c.lens_q = {37, 0, 200, 129}; c.lens_k = {50, 10, 180, 129}; });
-  add("varlen_causal", [](Case& c) { c.lens_q = {1, 65, 300}; c.lens_k = {1, 200, 300}; c.causal = true; });
-  add("varlen_window_alibi", [](Case& c) {
-    c.lens_q = {130, 3, 64}; c.lens_k = {130, 0, 100}; c.window_left = 17; c.window_right = 5; c.alibi = Alibi::per_batch;
-  });
-  add("varlen_gqa_bias", [](Case& c) {
-    c.Hq = 6; c.Hkv = 3; c.lens_q = {70, 129}; c.lens_k = {90, 64}; c.bias_mode = BiasMode::per_head;
-  });
-
-  std::vector<Case> cases;
-  for (int D : kBuiltHeadDims) {
-    for (DType t : {DType::bfloat16, DType::float16}) {
-      for (Case c : base) {
-        c.D = D;
-        c.dtype = t;
-        c.name += std::string(t == DType::bfloat16 ? "_bf16" : "_fp16") + "_d" + std::to_string(D);
-        cases.push_back(c);
-      }
-    }
-  }
-  return cases;
-}
+std::vector<Case> forward_cases() { return fs_gpu::expand_cases(fs_gpu::base_cases()); }
 
 class GpuForward : public ::testing::TestWithParam<Case> {};
 
