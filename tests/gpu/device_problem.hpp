@@ -3,6 +3,8 @@
 // sequences, window, ALiBi, bias modes) expanded over {bf16, fp16} x the built head dims.
 #pragma once
 
+#include <algorithm>
+
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,6 +22,14 @@ using fs_test::Case;
 
 // Head dims compiled into this build (from FLASHSIGMOID_HEAD_DIMS).
 inline const std::vector<int> kBuiltHeadDims = {FLASHSIGMOID_TEST_HEAD_DIMS};
+
+// A supported head dim that this build did not instantiate, or 0 when every one is built.
+inline int unbuilt_head_dim() {
+  for (int D : flashsigmoid::kSupportedHeadDims) {
+    if (std::find(kBuiltHeadDims.begin(), kBuiltHeadDims.end(), D) == kBuiltHeadDims.end()) return D;
+  }
+  return 0;
+}
 
 // SPEC.md's relative-L2 bounds per input dtype.
 inline double tolerance(DType t) { return t == DType::bfloat16 ? 1e-2 : 2e-3; }
