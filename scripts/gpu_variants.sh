@@ -2,7 +2,7 @@
 # Times build variants of the portable forward side by side (one GPU call): each variant is
 # configured with its own CUDA flags, all are built in parallel, then each runs the forward
 # benchmark. Used for tuning; results go to bench/NOTES.md and bench/results/.
-#   env: VARIANTS ("name:flags name:flags ..."), FLASHSIGMOID_HEAD_DIMS (default "64;128"),
+#   env: VARIANTS ("name:flags name:flags ...", several flags joined by "_": "x:-DA=1_-DB=2"), FLASHSIGMOID_HEAD_DIMS (default "64;128"),
 #        BENCH_ARGS (default --quick). Needs .deps (carry it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,7 @@ if ! cmake --find-package -DNAME=GTest -DCOMPILER_ID=GNU -DLANGUAGE=CXX -DMODE=E
 fi
 for v in $VARIANTS; do
   name="${v%%:*}" flags="${v#*:}"
+  flags="${flags//_-D/ -D}"  # "_-D" separates several flags inside one variant
   (cmake -S . -B "build-var-$name" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_ARCHS=90a \
      -DFLASHSIGMOID_HEAD_DIMS="$DIMS" -DFLASHSIGMOID_BUILD_TESTS=ON -DFLASHSIGMOID_BUILD_CLI=OFF \
      -DFLASHSIGMOID_BUILD_BENCH=OFF "${prefix[@]}" "-DCMAKE_CUDA_FLAGS=$flags -Xptxas=-v" >/dev/null &&

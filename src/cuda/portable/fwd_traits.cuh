@@ -18,12 +18,16 @@ namespace flashsigmoid::cuda::portable {
 // - D 96/128: 128 x 64 tiles, 4 warps (32 rows each, as FlashAttention-2): each warp reuses its
 //   ldmatrix'd K/V fragments over twice the rows; ~0.9 KB of spills, yet 300 vs 227 TFLOP/s.
 // - D 256: 128 x 32 tiles, 8 warps, 1 CTA per SM (4 warps would hold 256 O registers a thread).
-// FLASHSIGMOID_FWD_WARPS / FLASHSIGMOID_FWD_MINBLOCKS override both for tuning runs
+// FLASHSIGMOID_FWD_BLOCKN / _WARPS / _MINBLOCKS override the choice for tuning runs
 // (scripts/gpu_variants.sh).
 template <int D>
 struct FwdTile {
   static constexpr int kBlockM = 128;
+#ifdef FLASHSIGMOID_FWD_BLOCKN
+  static constexpr int kBlockN = FLASHSIGMOID_FWD_BLOCKN;
+#else
   static constexpr int kBlockN = D <= 64 ? 128 : (D == 256 ? 32 : 64);
+#endif
 #ifdef FLASHSIGMOID_FWD_WARPS
   static constexpr int kNWarps = FLASHSIGMOID_FWD_WARPS;
 #else
