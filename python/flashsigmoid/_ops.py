@@ -99,6 +99,8 @@ def _options(
     o.max_seqlen_k = max_seqlen_k
     if q.device.type == "cuda":
         o.stream = torch.cuda.current_stream(q.device).cuda_stream
+    else:
+        o.num_threads = torch.get_num_threads()  # honour torch.set_num_threads on the CPU backend
     return o
 
 

@@ -114,3 +114,20 @@ def test_direct_op_is_registered():
     assert hasattr(torch.ops.flashsigmoid, "fwd") and hasattr(torch.ops.flashsigmoid, "bwd")
     assert isinstance(fs.__version__, str) and fs.__version__
     assert issubclass(fs.FlashSigmoidError, ValueError)
+
+
+def test_cpu_backend_follows_torch_num_threads():
+    """The CPU backend takes its thread count from torch.get_num_threads(), and the result
+    does not depend on it (the CPU backend is deterministic)."""
+    q = torch.randn(1, 130, 4, 64)
+    k = torch.randn(1, 130, 2, 64)
+    v = torch.randn(1, 130, 2, 64)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fs.sigmoid_attn(q, k, v, causal=True)
+        torch.set_num_threads(2)
+        two = fs.sigmoid_attn(q, k, v, causal=True)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
