@@ -116,9 +116,9 @@ def test_direct_op_is_registered():
     assert issubclass(fs.FlashSigmoidError, ValueError)
 
 
-def test_cpu_backend_follows_torch_num_threads():
-    """The CPU backend takes its thread count from torch.get_num_threads(), and the result
-    does not depend on it (the CPU backend is deterministic)."""
+def test_cpu_result_independent_of_torch_num_threads():
+    """The ops pass torch.get_num_threads() to the CPU backend; its result must not depend on
+    the thread count (the CPU backend is deterministic)."""
     q = torch.randn(1, 130, 4, 64)
     k = torch.randn(1, 130, 2, 64)
     v = torch.randn(1, 130, 2, 64)
