@@ -30,26 +30,27 @@ void forward_impl(const AttnParams& p) {
 
     thread_local std::vector<Acc> buf;
     buf.assign(static_cast<std::size_t>(3 * kBlockQ * D + D * kBlockK + kBlockQ * kBlockK), Acc(0));
-    Acc* Q = buf.data();           // [kBlockQ][D]
-    Acc* O = Q + kBlockQ * D;      // [kBlockQ][D]
+    Acc* Qt = buf.data();          // [D][kBlockQ]: transposed once per task
+    Acc* O = Qt + kBlockQ * D;     // [kBlockQ][D]
     Acc* V = O + kBlockQ * D;      // [kBlockK][D]
-    Acc* Kt = V + kBlockK * D;     // [D][kBlockK]
-    Acc* S = Kt + D * kBlockK;     // [kBlockQ][kBlockK]
+    Acc* K = V + kBlockK * D;      // [kBlockK][D]
+    Acc* St = K + D * kBlockK;     // [kBlockK][kBlockQ]: S^T, then P^T
 
     const auto q = head_rows<T>(p.q, p.q_stride, b, s.q_begin, h, s.len_q);
     const auto k = head_rows<T>(p.k, p.k_stride, b, s.k_begin, kvh, s.len_k);
     const auto v = head_rows<T>(p.v, p.v_stride, b, s.k_begin, kvh, s.len_k);
-    load_tile(q, i0, kBlockQ, D, Q);
+    load_tile_transposed(q, i0, kBlockQ, D, Qt);
 
     const std::int64_t i_last = std::min<std::int64_t>(i0 + kBlockQ, s.len_q);
     const std::int64_t j_end = t.key_end(i_last);
     for (std::int64_t j0 = t.key_begin(i0); j0 < j_end; j0 += kBlockK) {
-      load_tile_transposed(k, j0, kBlockK, D, Kt);
+      // S^T = K Q^T keeps both K and V loads contiguous (only Q, once, is transposed).
+      load_tile(k, j0, kBlockK, D, K);
       load_tile(v, j0, kBlockK, D, V);
-      std::fill(S, S + kBlockQ * kBlockK, Acc(0));
-      gemm_acc(Q, D, Kt, kBlockK, S, kBlockK, kBlockQ, kBlockK, D);
-      scores_to_probs(t, i0, kBlockQ, j0, kBlockK, S);
-      gemm_acc(S, kBlockK, V, D, O, D, kBlockQ, D, kBlockK);
+      std::fill(St, St + kBlockK * kBlockQ, Acc(0));
+      gemm_acc(K, D, Qt, kBlockQ, St, kBlockQ, kBlockK, kBlockQ, D);
+      scores_to_probs<true>(t, i0, kBlockQ, j0, kBlockK, St);
+      gemm_acc<true>(St, kBlockQ, V, D, O, D, kBlockQ, D, kBlockK);  // O += (P^T)^T V
     }
     T* out = static_cast<T*>(p.o) + b * p.o_stride.batch + s.q_begin * p.o_stride.row + h * p.o_stride.head;
     store_tile<T>(O, kBlockQ, D, Acc(1), out, p.o_stride.row, i0, s.len_q);
