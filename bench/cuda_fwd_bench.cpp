@@ -3,7 +3,12 @@
 // CUDA events, median of many repetitions after warm-up, rotating over several input sets so L2
 // is not what is timed. TFLOP/s = 4*B*Hq*Nq*Nk*D / t, halved for causal; the backward counts 2.5x
 // that (SPEC.md).
+// The "kernel" column names the forward kernel that ran ("hopper" or "portable": the dispatch picks
+// the Hopper kernel on sm_90 devices in builds with FLASHSIGMOID_HOPPER=ON). --kernel portable forces
+// the portable forward (through FLASHSIGMOID_FORWARD_KERNEL=portable); --kernel both times each shape
+// with the automatic choice and then with the portable kernel, in the same process.
 //   usage: flashsigmoid_cuda_fwd_bench [--reps N] [--quick] [--backward] [--deterministic]
+//                                      [--kernel auto|portable|both]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -14,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/hopper/launch.hpp"  // flashsigmoid::cuda::last_forward_kernel
 #include "flashsigmoid/flashsigmoid.hpp"
 
 namespace {
@@ -53,13 +59,24 @@ int main(int argc, char** argv) {
   bool quick = false;
   bool backward = false;
   bool deterministic = false;
+  std::string kernel_arg = "auto";
   for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--kernel") && i + 1 < argc) kernel_arg = argv[++i];
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--backward")) backward = true;
     if (!std::strcmp(argv[i], "--deterministic")) deterministic = true;
   }
   const char* pass = backward ? "backward" : "forward";
+  std::vector<std::string> kernel_modes;
+  if (kernel_arg == "both") {
+    kernel_modes = {"auto", "portable"};
+  } else if (kernel_arg == "auto" || kernel_arg == "portable") {
+    kernel_modes = {kernel_arg};
+  } else {
+    std::fprintf(stderr, "--kernel takes auto, portable or both, got %s\n", kernel_arg.c_str());
+    return 2;
+  }
   int dev = 0;
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
@@ -108,8 +125,25 @@ int main(int argc, char** argv) {
     for (int N : {2048, 8192}) shapes.push_back({128, N, 32, 8, causal});
   }
 
-  std::printf("%4s %6s %6s %4s %4s %4s %10s %10s\n", "D", "causal", "N", "B", "Hq", "Hkv", "ms", "TFLOP/s");
+  // Each shape once per kernel mode, the modes of one shape back to back.
+  struct Run {
+    Shape shape;
+    std::string mode;
+  };
+  std::vector<Run> runs;
   for (const Shape& sh : shapes) {
+    for (const std::string& mode : kernel_modes) runs.push_back({sh, mode});
+  }
+
+  std::printf("%4s %6s %6s %4s %4s %4s %10s %10s  %s\n", "D", "causal", "N", "B", "Hq", "Hkv", "ms", "TFLOP/s",
+              "kernel");
+  for (const Run& job : runs) {
+    const Shape& sh = job.shape;
+    if (job.mode == "portable") {
+      setenv("FLASHSIGMOID_FORWARD_KERNEL", "portable", 1);
+    } else {
+      unsetenv("FLASHSIGMOID_FORWARD_KERNEL");
+    }
     const std::int64_t B = kTokens / sh.N;
     auto view = [&](void* data, int H) {
       return flashsigmoid::TensorView::contiguous(data, flashsigmoid::DType::bfloat16, {B, sh.N, H, sh.D},
@@ -134,6 +168,7 @@ int main(int argc, char** argv) {
       std::printf("%4d %6d %6d: skipped (%s)\n", sh.D, int(sh.causal), sh.N, e.what());
       continue;
     }
+    const std::string kernel = backward ? "portable" : flashsigmoid::cuda::last_forward_kernel();
     std::vector<float> ms(reps);
     for (int r = 0; r < reps; ++r) {
       cudaEventRecord(start, stream);
@@ -146,8 +181,8 @@ int main(int argc, char** argv) {
     const double t = ms[reps / 2] * 1e-3;
     const double flops = 4.0 * double(B) * sh.Hq * double(sh.N) * sh.N * sh.D * (sh.causal ? 0.5 : 1.0) *
                          (backward ? 2.5 : 1.0);
-    std::printf("%4d %6d %6d %4lld %4d %4d %10.3f %10.1f\n", sh.D, int(sh.causal), sh.N, (long long)B, sh.Hq, sh.Hkv,
-                ms[reps / 2], flops / t * 1e-12);
+    std::printf("%4d %6d %6d %4lld %4d %4d %10.3f %10.1f  %s\n", sh.D, int(sh.causal), sh.N, (long long)B, sh.Hq,
+                sh.Hkv, ms[reps / 2], flops / t * 1e-12, kernel.c_str());
   }
   check(cudaGetLastError(), "run");
   return 0;

@@ -6,7 +6,10 @@
 #   env: FLASHSIGMOID_CUDA_ARCHS (default 90a), FLASHSIGMOID_HEAD_DIMS (default "64;128"),
 #        EXTRA_CMAKE_ARGS (e.g. "-DFLASHSIGMOID_SIGMOID_EXP=ON"), SKIP_SANITIZER=1, SKIP_BENCH=1,
 #        SKIP_PYTHON=1, HARNESS_ARGS (extra flags for bench/harness.py, e.g. "--quick"),
-#        COMMIT (the commit the harness records; the GPU machine's copy has no .git).
+#        COMMIT (the commit the harness records; the GPU machine's copy has no .git),
+#        FWD_BENCH_ARGS (extra flags for the forward benchmark, e.g. "--kernel both").
+# Hopper forward (issue 4, not yet validated): EXTRA_CMAKE_ARGS="-DFLASHSIGMOID_HOPPER=ON" FWD_BENCH_ARGS="--kernel both"
+#   (the GPU tests then run every forward case through it, plus tests/gpu/hopper_forward_test.cpp).
 # Needs .deps: run scripts/prepare_device.sh here first (CUTLASS headers and, as the machine has no GoogleTest,
 # .deps/googletest (a copy of /usr/src/googletest): carry ".deps" to the GPU machine.
 set -uo pipefail
@@ -44,7 +47,7 @@ echo "== GPU tests"
 
 TESTS="$BUILD/tests/gpu/flashsigmoid_gpu_tests"
 SAN_D="${SANITIZER_HEAD_DIM:-64}"
-SMALL='Cases/GpuForward.MatchesReference/basic_bf16_d*:Cases/GpuForward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuForward.MatchesReference/window_bf16_d*:Cases/GpuForward.MatchesReference/nq_gt_nk_bf16_d*:Cases/GpuForward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuForward.MatchesReference/varlen_window_alibi_fp16_d*:Cases/GpuBackward.MatchesReference/basic_bf16_d*:Cases/GpuBackward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuBackward.MatchesReference/window_bf16_d*:Cases/GpuBackward.MatchesReference/gqa_bf16_d*:Cases/GpuBackward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuBackward.MatchesReference/varlen_window_bias_fp16_d*'
+SMALL='Cases/GpuForward.MatchesReference/basic_bf16_d*:Cases/GpuForward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuForward.MatchesReference/window_bf16_d*:Cases/GpuForward.MatchesReference/nq_gt_nk_bf16_d*:Cases/GpuForward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuForward.MatchesReference/varlen_window_alibi_fp16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_gqa_window_fp16_d*:Cases/GpuBackward.MatchesReference/basic_bf16_d*:Cases/GpuBackward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuBackward.MatchesReference/window_bf16_d*:Cases/GpuBackward.MatchesReference/gqa_bf16_d*:Cases/GpuBackward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuBackward.MatchesReference/varlen_window_bias_fp16_d*'
 if [[ -z "${SKIP_SANITIZER:-}" ]]; then
   SMALL="${SMALL//_d\*/_d$SAN_D}"
   for tool in memcheck racecheck; do
@@ -56,14 +59,14 @@ fi
 
 if [[ -z "${SKIP_BENCH:-}" ]]; then
   echo "== forward benchmark"
-  "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" 2>&1 | tee "$LOG/bench_fwd.txt" || status=1
+  "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" ${FWD_BENCH_ARGS:-} 2>&1 | tee "$LOG/bench_fwd.txt" || status=1
   echo "== backward benchmark"
   "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" --backward 2>&1 | tee "$LOG/bench_bwd.txt" || status=1
 fi
 if [[ -z "${SKIP_PYTHON:-}" ]]; then
   # The Python package with the same kernels, then its tests (GPU ones included).
   echo "== Python package (pip install) and pytest"
-  FLASHSIGMOID_CUDA=ON CMAKE_ARGS="-DFLASHSIGMOID_CUDA_BACKWARD=ON -DFLASHSIGMOID_CUDA_ARCHS=$ARCHS -DFLASHSIGMOID_HEAD_DIMS=$DIMS" \
+  FLASHSIGMOID_CUDA=ON CMAKE_ARGS="-DFLASHSIGMOID_CUDA_BACKWARD=ON -DFLASHSIGMOID_CUDA_ARCHS=$ARCHS -DFLASHSIGMOID_HEAD_DIMS=$DIMS ${EXTRA_CMAKE_ARGS:-}" \
     python3 -m pip install -q --no-build-isolation . > "$LOG/pip_install.log" 2>&1 || { status=1; tail -20 "$LOG/pip_install.log"; }
   python3 -m pytest -q tests/python 2>&1 | tee "$LOG/pytest.log" | tail -15 || status=1
 fi

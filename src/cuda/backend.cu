@@ -1,18 +1,34 @@
 // CUDA backend entry: device queries and kernel dispatch.
 #include <cuda_runtime.h>
 
+#include <array>
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
 #include <cutlass/numeric_types.h>
 
 #include "backends.hpp"
+#include "cuda/hopper/launch.hpp"
 #include "cuda/portable/launch.hpp"
 
 // FLASHSIGMOID_CUDA_HDIM_<D> and FLASHSIGMOID_CUDA_BUILT_HEAD_DIMS come from cmake/cuda_kernels.cmake.
 #ifndef FLASHSIGMOID_CUDA_BUILT_HEAD_DIMS
 #define FLASHSIGMOID_CUDA_BUILT_HEAD_DIMS "none"
+#endif
+
+#if defined(FLASHSIGMOID_HOPPER_HDIM_64)
+#define FLASHSIGMOID_HOPPER_HDIM_64_BUILT true
+#else
+#define FLASHSIGMOID_HOPPER_HDIM_64_BUILT false
+#endif
+#if defined(FLASHSIGMOID_HOPPER_HDIM_128)
+#define FLASHSIGMOID_HOPPER_HDIM_128_BUILT true
+#else
+#define FLASHSIGMOID_HOPPER_HDIM_128_BUILT false
 #endif
 
 namespace flashsigmoid::detail {
@@ -87,6 +103,53 @@ void dispatch_dtype(DType dtype, const char* what, F&& f) {
   }
 }
 
+thread_local const char* g_last_forward_kernel = "none";
+
+#if defined(FLASHSIGMOID_HOPPER_ENABLED)
+// True when device `index` has compute capability 9.0 (H100/H200: the sm_90a kernels run there).
+// Cached per device: the first call asks the runtime.
+bool is_sm90(int index) {
+  static std::array<std::atomic<int>, 64> cache{};  // 0 unknown, 1 no, 2 yes
+  if (index < 0 || index >= int(cache.size())) return false;
+  int v = cache[index].load(std::memory_order_relaxed);
+  if (v == 0) {
+    int major = 0, minor = 0;
+    cuda::check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index),
+                     "cudaDeviceGetAttribute(compute capability)");
+    cuda::check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index),
+                     "cudaDeviceGetAttribute(compute capability)");
+    v = (major == 9 && minor == 0) ? 2 : 1;
+    cache[index].store(v, std::memory_order_relaxed);
+  }
+  return v == 2;
+}
+
+// FLASHSIGMOID_FORWARD_KERNEL=portable (read at every call) forces the portable forward, so the
+// benchmark can time both kernels in one process.
+bool hopper_forward_allowed() {
+  const char* env = std::getenv("FLASHSIGMOID_FORWARD_KERNEL");
+  return env == nullptr || std::strcmp(env, "portable") != 0;
+}
+#endif
+
+// Runs the Hopper forward when this build dispatches to it and it covers the problem (head dims
+// 64 / 128, dense, at least one key (a TMA descriptor needs a non-empty tensor), an sm_90 device);
+// returns false to leave the problem to the portable kernel.
+template <int D, class Element>
+bool try_hopper_forward([[maybe_unused]] const AttnParams& p) {
+#if defined(FLASHSIGMOID_HOPPER_ENABLED)
+  constexpr bool kBuilt =
+      (D == 64 && FLASHSIGMOID_HOPPER_HDIM_64_BUILT) || (D == 128 && FLASHSIGMOID_HOPPER_HDIM_128_BUILT);
+  if constexpr (kBuilt) {
+    if (!p.is_varlen() && p.seqlen_k > 0 && hopper_forward_allowed() && is_sm90(p.device.index)) {
+      cuda::hopper::run_fwd<D, Element>(p);
+      return true;
+    }
+  }
+#endif
+  return false;
+}
+
 }  // namespace
 
 bool cuda_backend_built() { return true; }
@@ -104,7 +167,15 @@ void cuda_forward(const AttnParams& p) {
   DeviceGuard guard(p.device.index);
   dispatch_dtype(p.dtype, "forward", [&](auto element) {
     using Element = decltype(element);
-    dispatch_head_dim(p.head_dim, [&](auto d) { cuda::portable::run_fwd<decltype(d)::value, Element>(p); });
+    dispatch_head_dim(p.head_dim, [&](auto d) {
+      constexpr int D = decltype(d)::value;
+      if (try_hopper_forward<D, Element>(p)) {
+        g_last_forward_kernel = "hopper";
+      } else {
+        cuda::portable::run_fwd<D, Element>(p);
+        g_last_forward_kernel = "portable";
+      }
+    });
   });
 }
 
@@ -131,3 +202,7 @@ void cuda_backward(const BwdParams& p) {
 }
 
 }  // namespace flashsigmoid::detail
+
+namespace flashsigmoid::cuda {
+const char* last_forward_kernel() { return detail::g_last_forward_kernel; }
+}  // namespace flashsigmoid::cuda

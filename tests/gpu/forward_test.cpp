@@ -12,6 +12,7 @@
 
 #include "device_buffer.hpp"
 #include "device_problem.hpp"  // DeviceProblem, the shared case list, kBuiltHeadDims, tolerance
+#include "forward_check.hpp"   // check_forward
 #include "flashsigmoid/flashsigmoid.hpp"
 #include "problem.hpp"  // tests/cpp: Case, make_problem, describe, test_seed
 #include "reference/reference.hpp"
@@ -31,26 +32,7 @@ using fs_gpu::tolerance;
 using fs_test::Alibi;
 using fs_test::Case;
 
-void check_forward(const Case& c) {
-  const std::uint64_t seed = fs_test::test_seed();
-  SCOPED_TRACE(fs_test::describe(c) + ", seed " + std::to_string(seed));
-  const fs_test::Problem p = fs_test::make_problem(c, seed);
-  const std::vector<double> ref = flashsigmoid::reference::forward(p.q, p.k, p.v, p.o);
-  const std::vector<double> plain = flashsigmoid::reference::plain_forward(p.q, p.k, p.v, p.o);
-
-  DeviceProblem d(p);
-  const HostTensor out = p.like_q();  // NaN-poisoned view, canary guard band
-  DeviceTensor dout(out);
-  flashsigmoid::forward(d.q, d.k, d.v, dout, d.o);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << cudaGetErrorString(cudaGetLastError());
-
-  std::vector<unsigned char> bytes = dout.download();
-  const double err = flashsigmoid::testing::rel_l2(ref, dout.host_view(bytes));
-  const double plain_err = flashsigmoid::testing::rel_l2(ref, plain);
-  EXPECT_LE(err, tolerance(c.dtype)) << "rel L2 vs float64 reference (plain materialising: " << plain_err << ")";
-  EXPECT_LE(err, std::max(2.0 * plain_err, 1e-6)) << "worse than 2x the plain implementation's " << plain_err;
-  EXPECT_TRUE(dout.guard_intact(bytes)) << "bytes outside the output view were written";
-}
+using fs_gpu::check_forward;
 
 std::vector<Case> forward_cases() { return fs_gpu::expand_cases(fs_gpu::base_cases()); }
 

@@ -1,0 +1,75 @@
+// Hopper (sm_90a) sigmoid-attention forward: TMA + mbarrier pipeline, warp specialisation
+// (1 producer warpgroup, 2 consumer warpgroups with setmaxnreg), wgmma for S = Q K^T (SS) and
+// O += P V (RS, P from registers). No row max, no row sum, no rescaling: partial sums over key
+// blocks simply add. Non-persistent: one CTA per (query block, head, batch).
+//
+// Only sm_90a device code is generated (cmake/cuda_kernels.cmake compiles these units for arch
+// 90a only); the body is guarded so that any other device pass compiles to an empty kernel.
+#pragma once
+
+#include <cstdint>
+
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "cuda/hopper/fwd_epilogue.cuh"
+#include "cuda/hopper/fwd_mainloop.cuh"
+#include "cuda/hopper/fwd_traits.cuh"
+
+namespace flashsigmoid::cuda::hopper {
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_constant__ FwdParams<Traits> prm) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Element = typename Traits::Element;
+  using SharedStorage = typename Traits::SharedStorage;
+  using PipelineKV = typename Traits::PipelineKV;
+  extern __shared__ unsigned char smem_raw[];
+  // The 128-byte swizzle repeats every 1024 bytes: TMA and wgmma need the tiles 1024-aligned.
+  SharedStorage& ss = *reinterpret_cast<SharedStorage*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) &
+                                                         ~std::uintptr_t(1023));
+  const detail::AttnParams& p = prm.p;
+
+  const WorkTile w = make_work_tile<Traits>(p);
+  if (w.rows <= 0) return;  // the whole CTA (varlen: sequence shorter than max_seqlen_q)
+
+  const int warp_group = threadIdx.x / 128;  // 0: producer, 1..2: consumers
+  const bool producer = warp_group == 0;
+
+  // ---- barriers (see fwd_mainloop.cuh for who arrives and who waits) ----
+  if (threadIdx.x == 0) ss.barrier_q.init(1);  // the producer thread's arrive_and_expect_tx
+  typename PipelineKV::Params pipe_params;
+  pipe_params.role = producer ? PipelineKV::ThreadCategory::Producer : PipelineKV::ThreadCategory::Consumer;
+  pipe_params.is_leader = threadIdx.x == 0;  // the one thread that arms the full barriers
+  pipe_params.num_consumers = Traits::kNConsumerThreads;  // empty barriers: one arrival per consumer thread
+  pipe_params.transaction_bytes = Traits::kTmaBytesKV;
+  // The constructors initialise the barriers (warp 0, one elected lane) and fence the init.
+  PipelineKV pipe_k(ss.pipe_k, pipe_params, Shape<_1, _1, _1>{});
+  PipelineKV pipe_v(ss.pipe_v, pipe_params, Shape<_1, _1, _1>{});
+  cutlass::arch::fence_barrier_init();
+  __syncthreads();  // every barrier is initialised before anyone arrives or waits
+
+  if (producer) {
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (threadIdx.x == 0 && w.n_blocks > 0) {
+      cute::prefetch_tma_descriptor(prm.tma_q.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(prm.tma_k.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(prm.tma_v.get_tma_descriptor());
+      produce<Traits>(prm, ss, pipe_k, pipe_v, w);
+    }
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+    const int ctid = int(threadIdx.x) - 128;
+    typename Traits::TiledMmaPV mma_pv;
+    Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>{});
+    clear(acc_o);
+    if (w.n_blocks > 0) consume<Traits>(ss, pipe_k, pipe_v, w, acc_o, ctid);
+
+    const detail::SeqInfo seq = detail::seq_info(p, w.b);
+    Element* o_tile = static_cast<Element*>(p.o) + w.b * p.o_stride.batch + (seq.q_begin + w.m0) * p.o_stride.row +
+                      w.h * p.o_stride.head;
+    store_output<Traits>(acc_o, ss, o_tile, p.o_stride.row, w.rows, ctid);
+  }
+#endif
+}
+
+}  // namespace flashsigmoid::cuda::hopper

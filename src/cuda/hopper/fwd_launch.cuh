@@ -1,0 +1,67 @@
+// Host side of the Hopper forward: TMA descriptors, grid, shared-memory opt-in, launch on
+// params.stream. No allocation and no synchronisation, so the launch can be captured in a CUDA
+// graph (the descriptors travel inside the kernel parameters).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "cuda/hopper/fwd_kernel.cuh"
+#include "cuda/hopper/launch.hpp"
+#include "cuda/portable/launch.hpp"  // check_cuda
+
+namespace flashsigmoid::cuda::hopper {
+
+// A (rows, D, heads, batch) view of one operand for make_tma_copy. TMA wants every global stride
+// a multiple of 16 bytes (backend.cu's check_alignment guarantees it); a mode of extent 1 is never
+// indexed past 0, so its stride (which may be 0 or anything for such a mode) is replaced by one
+// TMA accepts.
+template <class Traits>
+auto tma_view(const void* ptr, std::int64_t rows, std::int64_t heads, std::int64_t batch,
+              const detail::OperandStrides& s) {
+  using Element = typename Traits::Element;
+  auto safe = [](std::int64_t extent, std::int64_t stride) { return extent == 1 ? std::int64_t(8) : stride; };
+  auto shape = typename Traits::ShapeQKV{int32_t(rows), int32_t(Traits::kHeadDim), int32_t(heads), int32_t(batch)};
+  auto stride = typename Traits::StrideQKV{safe(rows, s.row), _1{}, safe(heads, s.head), safe(batch, s.batch)};
+  return make_tensor(make_gmem_ptr(static_cast<const Element*>(ptr)), make_layout(shape, stride));
+}
+
+template <int D, class Element>
+void run_fwd(const detail::AttnParams& p) {
+  using Traits = FwdTraits<D, Element>;
+  constexpr int kSmem = Traits::kSmemBytes;
+  if (p.is_varlen()) throw Error("flashsigmoid: internal error: the Hopper forward does not take varlen problems");
+  const std::int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
+  if (m_blocks == 0 || p.batch == 0) return;  // nothing to write
+  if (m_blocks > 0x7fffffff || p.heads_q > 65535 || p.batch > 65535 || p.seqlen_q > 0x7fffffff ||
+      p.seqlen_k > 0x7fffffff) {
+    throw Error("flashsigmoid: Hopper forward problem too large (" + std::to_string(m_blocks) + " query blocks, " +
+                std::to_string(p.heads_q) + " heads, batch " + std::to_string(p.batch) +
+                "); accepted: heads and batch <= 65535, sequence lengths < 2^31");
+  }
+
+  FwdParams<Traits> prm{};
+  prm.p = p;
+  auto gQ = tma_view<Traits>(p.q, p.seqlen_q, p.heads_q, p.batch, p.q_stride);
+  auto gK = tma_view<Traits>(p.k, p.seqlen_k, p.heads_kv, p.batch, p.k_stride);
+  auto gV = tma_view<Traits>(p.v, p.seqlen_k, p.heads_kv, p.batch, p.v_stride);
+  prm.shape_q = gQ.shape();
+  prm.shape_k = gK.shape();
+  prm.tma_q = make_tma_copy(SM90_TMA_LOAD{}, gQ, typename Traits::SmemLayoutQ{},
+                            Shape<Int<Traits::kBlockM>, Int<D>>{}, _1{});
+  prm.tma_k = make_tma_copy(SM90_TMA_LOAD{}, gK, take<0, 2>(typename Traits::SmemLayoutK{}),
+                            Shape<Int<Traits::kBlockN>, Int<D>>{}, _1{});
+  prm.tma_v = make_tma_copy(SM90_TMA_LOAD{}, gV, take<0, 2>(typename Traits::SmemLayoutV{}),
+                            Shape<Int<Traits::kBlockN>, Int<D>>{}, _1{});
+
+  auto kernel = &fwd_kernel<Traits>;
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
+             "cudaFuncSetAttribute(Hopper forward shared memory)");
+  const dim3 grid(unsigned(m_blocks), unsigned(p.heads_q), unsigned(p.batch));
+  kernel<<<grid, Traits::kNThreads, kSmem, static_cast<cudaStream_t>(p.stream)>>>(prm);
+  check_cuda(cudaGetLastError(), "Hopper forward kernel launch");
+}
+
+}  // namespace flashsigmoid::cuda::hopper

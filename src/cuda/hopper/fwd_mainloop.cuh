@@ -1,0 +1,205 @@
+// Hopper forward mainloop: the producer (TMA loads) and the consumers (two wgmma GEMMs and the
+// sigmoid per key block).
+//
+// Barrier protocol (all mbarriers live in SharedStorage, initialised before the role split):
+//
+//   barrier_q (ClusterTransactionBarrier, arrival count 1, used once: phase 0)
+//     arrives: the producer thread, arrive_and_expect_tx(kTmaBytesQ), then the TMA load of Q
+//              completes the transaction bytes.
+//     waits:   every consumer thread, wait(0), before its first S GEMM.
+//   pipe_k.full[s] / pipe_v.full[s] (PipelineTmaAsync, arrival count 1 = the producer thread)
+//     arrives: the producer thread in producer_acquire (arrive_and_expect_tx(kTmaBytesKV)); the TMA
+//              load of that K (V) block completes the bytes.
+//     waits:   every consumer thread in consumer_wait(state), before the S (PV) GEMM of that block.
+//   pipe_k.empty[s] / pipe_v.empty[s] (arrival count kNConsumerThreads = 256)
+//     arrives: every consumer thread in consumer_release(state), after warpgroup_wait<0>() shows
+//              its warpgroup's wgmma reading that stage has finished.
+//     waits:   the producer thread in producer_acquire(state), before refilling that stage (the
+//              producer's state starts at phase 1, so the first kStages acquires pass at once).
+//
+// Producer and consumers walk the same key blocks [n_begin, n_begin + n_blocks) (WorkTile below,
+// computed identically by both roles), so every full barrier phase is completed exactly once and
+// waited on exactly once by each consumer thread; a CTA with n_blocks == 0 touches no barrier
+// but never loads Q either (its consumers write zeros).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "common/score_transform.hpp"
+#include "cuda/common/mma_copy.cuh"
+#include "cuda/common/sigmoid.cuh"
+#include "cuda/hopper/fwd_traits.cuh"
+#include "cuda/portable/fwd_kernel.cuh"  // portable::scores_to_probs: the one score -> P step
+
+namespace flashsigmoid::cuda::hopper {
+
+// One CTA's work: query block m_block of (batch b, head h) and its visible key blocks.
+struct WorkTile {
+  int m_block = 0, h = 0, b = 0;
+  std::int64_t m0 = 0;    // first query row of the tile (within the sequence)
+  std::int64_t rows = 0;  // valid query rows in the tile (<= kBlockM); <= 0: nothing to do
+  int n_begin = 0;        // first visible key block
+  int n_blocks = 0;       // visible key blocks (0: the output rows are zeros)
+  detail::ScoreTransform st;  // pre-scaled by 0.5: logit() returns s / 2, the argument of tanh
+};
+
+template <class Traits>
+__device__ __forceinline__ WorkTile make_work_tile(const detail::AttnParams& p) {
+  constexpr int BM = Traits::kBlockM;
+  constexpr int BN = Traits::kBlockN;
+  WorkTile w;
+  // Causal: the last query blocks see the most keys, so they are scheduled first.
+  w.m_block = p.causal ? int(gridDim.x - 1 - blockIdx.x) : int(blockIdx.x);
+  w.h = blockIdx.y;
+  w.b = blockIdx.z;
+  const detail::SeqInfo seq = detail::seq_info(p, w.b);
+  w.m0 = std::int64_t(w.m_block) * BM;
+  w.rows = seq.len_q - w.m0 < BM ? seq.len_q - w.m0 : BM;
+  if (w.rows <= 0) return w;
+  w.st = detail::make_score_transform(p, seq, w.b, w.h).scaled_by(0.5f);
+  const std::int64_t key_lo = w.st.key_begin(w.m0);
+  const std::int64_t key_hi = w.st.key_end(w.m0 + w.rows);
+  w.n_begin = int(key_lo / BN);
+  w.n_blocks = key_hi > key_lo ? int((key_hi + BN - 1) / BN) - w.n_begin : 0;
+  return w;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Producer: a single thread (threadIdx.x == 0, lane 0 of warp 0) issues every TMA load.
+template <class Traits>
+__device__ __forceinline__ void produce(const FwdParams<Traits>& prm, typename Traits::SharedStorage& ss,
+                                        typename Traits::PipelineKV& pipe_k, typename Traits::PipelineKV& pipe_v,
+                                        const WorkTile& w) {
+  constexpr int BM = Traits::kBlockM;
+  constexpr int BN = Traits::kBlockN;
+  constexpr int D = Traits::kHeadDim;
+  const int hk = w.h / int(prm.p.heads_q / prm.p.heads_kv);  // GQA / MQA
+
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
+
+  // Coordinate tensors of the TMA descriptors: (rows, D, heads, batch).
+  Tensor mQ = prm.tma_q.get_tma_tensor(prm.shape_q);
+  Tensor mK = prm.tma_k.get_tma_tensor(prm.shape_k);
+  Tensor mV = prm.tma_v.get_tma_tensor(prm.shape_k);
+  Tensor gQ = local_tile(mQ(_, _, w.h, w.b), Shape<Int<BM>, Int<D>>{}, make_coord(w.m_block, _0{}));  // (BM, D)
+  Tensor gK = local_tile(mK(_, _, hk, w.b), Shape<Int<BN>, Int<D>>{}, make_coord(_, _0{}));  // (BN, D, nblk)
+  Tensor gV = local_tile(mV(_, _, hk, w.b), Shape<Int<BN>, Int<D>>{}, make_coord(_, _0{}));  // (BN, D, nblk)
+
+  auto [tQgQ, tQsQ] = tma_partition(prm.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+  auto [tKgK, tKsK] = tma_partition(prm.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+  auto [tVgV, tVsV] = tma_partition(prm.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+
+  // Q: once. barrier_q expects kTmaBytesQ; the TMA completes them.
+  ss.barrier_q.arrive_and_expect_tx(Traits::kTmaBytesQ);
+  copy(prm.tma_q.with(reinterpret_cast<cutlass::arch::ClusterTransactionBarrier::ValueType&>(ss.barrier_q)), tQgQ,
+       tQsQ);
+
+  // K and V blocks: producer_acquire waits until the stage is empty (all 256 consumer threads
+  // released it) and arms the stage's full barrier with kTmaBytesKV; the TMA completes them.
+  auto state_k = cutlass::make_producer_start_state<typename Traits::PipelineKV>();
+  auto state_v = cutlass::make_producer_start_state<typename Traits::PipelineKV>();
+  for (int it = 0; it < w.n_blocks; ++it) {
+    const int n = w.n_begin + it;
+    pipe_k.producer_acquire(state_k);
+    copy(prm.tma_k.with(*pipe_k.producer_get_barrier(state_k)), tKgK(_, n), tKsK(_, state_k.index()));
+    ++state_k;
+    pipe_v.producer_acquire(state_v);
+    copy(prm.tma_v.with(*pipe_v.producer_get_barrier(state_v)), tVgV(_, n), tVsV(_, state_v.index()));
+    ++state_v;
+  }
+  // No producer_tail: the CTA is not in a cluster, and its consumers wait for every load, so the
+  // CTA cannot exit with a TMA load in flight.
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumers.
+
+// acc (+)= A B over the K mode of the fragments, as one wgmma batch of this warpgroup. Does not
+// wait: the caller calls warpgroup_wait<0>() before reading acc or releasing the operands.
+template <bool kZeroInit, class TiledMma, class FragA, class FragB, class Acc>
+__device__ __forceinline__ void wgmma_gemm(TiledMma& mma, const FragA& a, const FragB& b, Acc& acc) {
+  warpgroup_fence_operand(acc);
+  warpgroup_arrive();
+  if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
+  CUTE_UNROLL
+  for (int k = 0; k < size<2>(a); ++k) {
+    cute::gemm(mma, a(_, _, k), b(_, _, k), acc);
+    mma.accumulate_ = GMMA::ScaleOut::One;
+  }
+  warpgroup_commit_batch();
+  warpgroup_fence_operand(acc);
+}
+
+// The fp32 accumulator of a 64 x N wgmma holds, per thread, ((2 cols, 2 row halves, N/8 column
+// groups), 1, 1). The register A operand of a 64 x 16 (x K-block) wgmma is ((2, 2, 2), 1, K/16)
+// with the same (col pair, row half, 8-column half) order, so splitting the column groups into
+// (2, N/16) turns S's accumulator into P's A operand without moving a register.
+template <class AccLayout>
+__device__ __forceinline__ constexpr auto acc_layout_as_a_operand(AccLayout acc) {
+  static_assert(decltype(rank<0>(acc))::value == 3, "expects a wgmma accumulator layout");
+  static_assert(decltype(size<2>(acc))::value == 1, "expects one wgmma atom along N");
+  auto v = get<0>(acc);
+  auto groups = logical_divide(get<2>(v), cute::Layout<_2>{});  // (2, N/16)
+  return make_layout(make_layout(get<0>(v), get<1>(v), get<0>(groups)), get<1>(acc), get<1>(groups));
+}
+
+// Runs the key loop of one consumer thread (ctid in [0, kNConsumerThreads)) into acc_o.
+template <class Traits, class AccO>
+__device__ __forceinline__ void consume(typename Traits::SharedStorage& ss, typename Traits::PipelineKV& pipe_k,
+                                        typename Traits::PipelineKV& pipe_v, const WorkTile& w, AccO& acc_o,
+                                        int ctid) {
+  using Element = typename Traits::Element;
+  constexpr int BM = Traits::kBlockM;
+  constexpr int BN = Traits::kBlockN;
+
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
+  Tensor sVt = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutVt{});
+
+  typename Traits::TiledMmaQK mma_qk;
+  typename Traits::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(ctid);
+  auto thr_pv = mma_pv.get_thread_slice(ctid);
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // wgmma descriptors (this warpgroup's 64 rows)
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
+  // (row, col) inside the 128 x kBlockN score tile of each accumulator register.
+  Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<BM>, Int<BN>>{}));
+
+  ss.barrier_q.wait(0);  // Q has landed
+
+  typename Traits::PipelineState state_k;  // consumers start at stage 0, phase 0
+  typename Traits::PipelineState state_v;
+  for (int it = 0; it < w.n_blocks; ++it) {
+    const std::int64_t j0 = std::int64_t(w.n_begin + it) * BN;
+
+    // S = Q K^T
+    Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<BM>, Int<BN>>{});
+    pipe_k.consumer_wait(state_k);
+    wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
+    warpgroup_wait<0>();
+    pipe_k.consumer_release(state_k);  // this thread is done with K(it)
+    ++state_k;
+
+    // P = sigmoid(transform(S)) in registers, then the A operand of the PV wgmma.
+    portable::scores_to_probs(acc_s, tScS, w.st, w.m0, j0, w.st.block_unmasked(w.m0, w.m0 + w.rows, j0, j0 + BN));
+    Tensor rP = convert_fragment<Element>(acc_s);
+    Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));
+    static_assert(decltype(size(tOrP))::value * 128 == BM / Traits::kNConsumerWarpGroups * BN &&
+                  decltype(size<2>(tOrP))::value == BN / 16, "P is not laid out as the PV wgmma's A operand");
+    static_assert(std::is_same_v<decltype(shape(tOrP)), decltype(partition_shape_A(mma_pv, Shape<Int<BM>, Int<BN>>{}))>,
+                  "P is not laid out as the PV wgmma's A operand");
+
+    // O += P V
+    pipe_v.consumer_wait(state_v);
+    wgmma_gemm<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
+    warpgroup_wait<0>();
+    pipe_v.consumer_release(state_v);  // this thread is done with V(it) (and with rP)
+    ++state_v;
+  }
+}
+
+}  // namespace flashsigmoid::cuda::hopper

@@ -1,0 +1,105 @@
+// GPU tests of the Hopper (sm_90a) forward: the shared case list (every option, odd shapes,
+// guard bands, poisoned outputs: device_problem.hpp / forward_check.hpp) plus longer sequences
+// that wrap the K/V pipeline several times, each also checking which kernel ran. Skipped, with the
+// reason, when the build does not dispatch to the Hopper kernel (FLASHSIGMOID_HOPPER=OFF), when
+// no GPU is visible, or when the device is not sm_90.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cuda/hopper/launch.hpp"  // flashsigmoid::cuda::last_forward_kernel
+#include "device_problem.hpp"
+#include "forward_check.hpp"
+
+namespace {
+
+using fs_test::Alibi;
+using fs_test::Case;
+
+// Why the Hopper tests cannot run in this build / on this machine; empty when they can.
+std::string hopper_skip_reason() {
+#if !defined(FLASHSIGMOID_HOPPER_ENABLED)
+  return "this build does not dispatch to the Hopper forward (configure with -DFLASHSIGMOID_HOPPER=ON)";
+#else
+  if (!fs_gpu::has_device()) return "no CUDA device";
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0);
+  if (major != 9 || minor != 0) {
+    return "device 0 is sm_" + std::to_string(major) + std::to_string(minor) + ", the Hopper kernel needs sm_90";
+  }
+  return "";
+#endif
+}
+
+#define FS_SKIP_WITHOUT_HOPPER()                                 \
+  do {                                                           \
+    const std::string why_ = hopper_skip_reason();               \
+    if (!why_.empty()) GTEST_SKIP() << why_;                     \
+  } while (0)
+
+// The kernel backend.cu's dispatch must pick for this case.
+const char* expected_kernel(const Case& c) {
+  const char* forced = std::getenv("FLASHSIGMOID_FORWARD_KERNEL");
+  if (forced != nullptr && std::strcmp(forced, "portable") == 0) return "portable";
+  if (c.varlen()) return "portable";             // the Hopper kernel is dense-only (launch.hpp)
+  if (c.Nk == 0) return "portable";              // no key tensor for a TMA descriptor
+  if (c.D != 64 && c.D != 128) return "portable";  // head dims the Hopper kernel has
+  return "hopper";
+}
+
+std::vector<Case> hopper_cases() {
+  std::vector<Case> base = fs_gpu::base_cases();
+  auto add = [&](std::string name, auto&& edit) {
+    Case c;
+    c.name = std::move(name);
+    edit(c);
+    base.push_back(c);
+  };
+  // Many key blocks: the 2-3 stage K/V pipeline wraps several times (barrier phases flip).
+  add("hopper_long", [](Case& c) { c.B = 1; c.Hq = c.Hkv = 2; c.Nq = c.Nk = 1100; });
+  add("hopper_long_nq_lt_nk", [](Case& c) { c.B = 1; c.Nq = 200; c.Nk = 2049; });
+  add("hopper_long_gqa_window", [](Case& c) {
+    c.B = 1; c.Hq = 4; c.Hkv = 1; c.Nq = c.Nk = 1500; c.window_left = 300; c.window_right = 40;
+  });
+  add("hopper_long_causal_alibi", [](Case& c) {
+    c.B = 2; c.Nq = c.Nk = 777; c.causal = true; c.alibi = Alibi::per_head;
+  });
+  std::vector<Case> cases;
+  for (const Case& c : fs_gpu::expand_cases(base)) {
+    if (c.D == 64 || c.D == 128) cases.push_back(c);
+  }
+  return cases;
+}
+
+class HopperForward : public ::testing::TestWithParam<Case> {};
+
+TEST_P(HopperForward, MatchesReference) {
+  FS_SKIP_WITHOUT_HOPPER();
+  const Case& c = GetParam();
+  if (c.D == 0) GTEST_SKIP() << "this build has neither head dim 64 nor 128";
+  fs_gpu::check_forward(c);
+  EXPECT_STREQ(flashsigmoid::cuda::last_forward_kernel(), expected_kernel(c));
+}
+
+// GTest needs at least one case; a build without head dims 64/128 gets a placeholder that skips.
+std::vector<Case> hopper_cases_or_placeholder() {
+  std::vector<Case> cases = hopper_cases();
+  if (cases.empty()) {
+    Case c;
+    c.name = "no_hopper_head_dim_built";
+    c.D = 0;
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, HopperForward, ::testing::ValuesIn(hopper_cases_or_placeholder()),
+                         [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+}  // namespace
