@@ -4,7 +4,6 @@
 #pragma once
 
 #include <algorithm>
-
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,6 +28,17 @@ inline int unbuilt_head_dim() {
     if (std::find(kBuiltHeadDims.begin(), kBuiltHeadDims.end(), D) == kBuiltHeadDims.end()) return D;
   }
   return 0;
+}
+
+// Runs f, which must throw flashsigmoid::Error whose message contains `needle`.
+template <class F>
+void expect_error(F&& f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "expected flashsigmoid::Error containing '" << needle << "'";
+  } catch (const flashsigmoid::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
 }
 
 // SPEC.md's relative-L2 bounds per input dtype.
