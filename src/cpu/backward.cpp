@@ -19,30 +19,43 @@ template <typename Acc>
 struct BwdTiles {
   int D;
   std::vector<Acc> buf;
-  Acc *Q, *dO, *Kt, *Vt, *K, *S, *dP, *acc, *acc2;
+  Acc *Q, *dO, *Kt, *Vt, *Qt, *dOt, *K, *V, *S, *dP, *acc, *acc2;
 
   explicit BwdTiles(int d) : D(d) {
     const int Bq = kBlockQ, Bk = kBlockK;
     const int acc_rows = std::max(Bq, Bk);
-    buf.assign(static_cast<std::size_t>(2 * Bq * D + 3 * D * Bk + 2 * Bq * Bk + 2 * acc_rows * D), Acc(0));
-    Q = buf.data();       // [Bq][D]
-    dO = Q + Bq * D;      // [Bq][D]
-    Kt = dO + Bq * D;     // [D][Bk]
-    Vt = Kt + D * Bk;     // [D][Bk]
-    K = Vt + D * Bk;      // [Bk][D]
-    S = K + Bk * D;       // [Bq][Bk]: P
-    dP = S + Bq * Bk;     // [Bq][Bk]: dP, then dS
-    acc = dP + Bq * Bk;    // [max(Bq, Bk)][D]: dK (pass 1) or dQ (pass 2)
+    buf.assign(static_cast<std::size_t>(4 * Bq * D + 4 * D * Bk + 2 * Bq * Bk + 2 * acc_rows * D), Acc(0));
+    Q = buf.data();       // [Bq][D]   pass 1
+    dO = Q + Bq * D;      // [Bq][D]   pass 1
+    Kt = dO + Bq * D;     // [D][Bk]   pass 1
+    Vt = Kt + D * Bk;     // [D][Bk]   pass 1
+    Qt = Vt + D * Bk;     // [D][Bq]   pass 2
+    dOt = Qt + D * Bq;    // [D][Bq]   pass 2
+    K = dOt + D * Bq;     // [Bk][D]   pass 2
+    V = K + Bk * D;       // [Bk][D]   pass 2
+    S = V + Bk * D;       // P: [Bq][Bk] (pass 1) or P^T: [Bk][Bq] (pass 2)
+    dP = S + Bq * Bk;     // dP then dS, laid out like S
+    acc = dP + Bq * Bk;   // [max(Bq, Bk)][D]: dK (pass 1) or dQ (pass 2)
     acc2 = acc + acc_rows * D;  // [Bk][D]: dV (pass 1)
   }
 
-  // With Q, dO, Kt, Vt loaded: S <- P, dP <- dS for rows i0.. and cols j0...
+  // Query rows i0.. x key columns j0..: S <- P and dP <- dS. Pass 1 (kKeyMajor false) works
+  // from Q, dO, Kt, Vt, whose transposes it loads once per key block; pass 2 (kKeyMajor) makes
+  // the transposed tiles P^T = K Q^T and dP^T = V dO^T, so only Q and dO, loaded once per query
+  // block, are transposed, and the K and V loads of every step stay contiguous.
+  template <bool kKeyMajor>
   void probs_and_dscores(const ScoreTransform& t, std::int64_t i0, std::int64_t j0) {
     std::fill(S, S + kBlockQ * kBlockK, Acc(0));
     std::fill(dP, dP + kBlockQ * kBlockK, Acc(0));
-    gemm_acc(Q, D, Kt, kBlockK, S, kBlockK, kBlockQ, kBlockK, D);
-    scores_to_probs(t, i0, kBlockQ, j0, kBlockK, S);
-    gemm_acc(dO, D, Vt, kBlockK, dP, kBlockK, kBlockQ, kBlockK, D);
+    if constexpr (kKeyMajor) {
+      gemm_acc(K, D, Qt, kBlockQ, S, kBlockQ, kBlockK, kBlockQ, D);
+      scores_to_probs<true>(t, i0, kBlockQ, j0, kBlockK, S);
+      gemm_acc(V, D, dOt, kBlockQ, dP, kBlockQ, kBlockK, kBlockQ, D);
+    } else {
+      gemm_acc(Q, D, Kt, kBlockK, S, kBlockK, kBlockQ, kBlockK, D);
+      scores_to_probs(t, i0, kBlockQ, j0, kBlockK, S);
+      gemm_acc(dO, D, Vt, kBlockK, dP, kBlockK, kBlockQ, kBlockK, D);
+    }
     for (int e = 0; e < kBlockQ * kBlockK; ++e) dP[e] *= S[e] * (Acc(1) - S[e]);  // masked: P = 0 -> dS = 0
   }
 };
@@ -79,7 +92,7 @@ void dkdv_pass(const BwdParams& p) {
       for (std::int64_t i0 = t.query_begin(j0); i0 < i_end; i0 += kBlockQ) {
         load_tile(q, i0, kBlockQ, D, w.Q);
         load_tile(dout, i0, kBlockQ, D, w.dO);
-        w.probs_and_dscores(t, i0, j0);
+        w.template probs_and_dscores<false>(t, i0, j0);
         gemm_acc<true>(w.S, kBlockK, w.dO, D, w.acc2, D, kBlockK, D, kBlockQ);  // dV += P^T dO
         gemm_acc<true>(w.dP, kBlockK, w.Q, D, w.acc, D, kBlockK, D, kBlockQ);   // dK += dS^T Q
       }
@@ -113,17 +126,16 @@ void dq_pass(const BwdParams& p) {
     const auto dout = head_rows<T>(p.dout, p.do_stride, b, s.q_begin, h, s.len_q);
     const auto k = head_rows<T>(p.k, p.k_stride, b, s.k_begin, kvh, s.len_k);
     const auto v = head_rows<T>(p.v, p.v_stride, b, s.k_begin, kvh, s.len_k);
-    load_tile(q, i0, kBlockQ, D, w.Q);
-    load_tile(dout, i0, kBlockQ, D, w.dO);
+    load_tile_transposed(q, i0, kBlockQ, D, w.Qt);
+    load_tile_transposed(dout, i0, kBlockQ, D, w.dOt);
 
     double db = 0.0;
     const std::int64_t j_end = t.key_end(std::min<std::int64_t>(i0 + kBlockQ, s.len_q));
     for (std::int64_t j0 = t.key_begin(i0); j0 < j_end; j0 += kBlockK) {
-      load_tile_transposed(k, j0, kBlockK, D, w.Kt);
-      load_tile_transposed(v, j0, kBlockK, D, w.Vt);
       load_tile(k, j0, kBlockK, D, w.K);
-      w.probs_and_dscores(t, i0, j0);
-      gemm_acc(w.dP, kBlockK, w.K, D, w.acc, D, kBlockQ, D, kBlockK);  // dQ += dS K
+      load_tile(v, j0, kBlockK, D, w.V);
+      w.template probs_and_dscores<true>(t, i0, j0);
+      gemm_acc<true>(w.dP, kBlockQ, w.K, D, w.acc, D, kBlockQ, D, kBlockK);  // dQ += (dS^T)^T K
       if (p.dbias) {
         // Rows past the sequence end have dO = 0, hence dS = 0: summing the whole tile is exact.
         for (int e = 0; e < kBlockQ * kBlockK; ++e) db += static_cast<double>(w.dP[e]);
