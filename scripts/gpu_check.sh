@@ -13,6 +13,7 @@
 # Needs .deps: run scripts/prepare_device.sh here first (CUTLASS headers and, as the machine has no GoogleTest,
 # .deps/googletest (a copy of /usr/src/googletest): carry ".deps" to the GPU machine.
 set -uo pipefail
+# Every GPU step runs under a timeout, so a hung kernel costs minutes, not the whole call.
 cd "$(dirname "$0")/.."
 LOG="${OUT:-$PWD/gpu_check_logs}"
 mkdir -p "$LOG"
@@ -43,7 +44,7 @@ cmake -S . -B "$BUILD" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_BACKW
 cmake --build "$BUILD" -j16 2>&1 | tee -a "$LOG/build.log" || exit 1
 
 echo "== GPU tests"
-(cd "$BUILD" && ctest -L gpu --output-on-failure -j8 --timeout 600) 2>&1 | tee "$LOG/ctest_gpu.log" || status=1
+(cd "$BUILD" && ctest -L gpu --output-on-failure -j8 --timeout 120) 2>&1 | tee "$LOG/ctest_gpu.log" || status=1
 
 TESTS="$BUILD/tests/gpu/flashsigmoid_gpu_tests"
 SAN_D="${SANITIZER_HEAD_DIM:-64}"
@@ -52,32 +53,32 @@ if [[ -z "${SKIP_SANITIZER:-}" ]]; then
   SMALL="${SMALL//_d\*/_d$SAN_D}"
   for tool in memcheck racecheck; do
     echo "== compute-sanitizer $tool"
-    compute-sanitizer --tool "$tool" --error-exitcode 3 "$TESTS" --gtest_filter="$SMALL" 2>&1 |
+    timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 3 "$TESTS" --gtest_filter="$SMALL" 2>&1 |
       tee "$LOG/sanitizer_$tool.log" || status=1
   done
 fi
 
 if [[ -z "${SKIP_BENCH:-}" ]]; then
   echo "== forward benchmark"
-  "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" ${FWD_BENCH_ARGS:-} 2>&1 | tee "$LOG/bench_fwd.txt" || status=1
+  timeout 300 "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" ${FWD_BENCH_ARGS:-} 2>&1 | tee "$LOG/bench_fwd.txt" || status=1
   echo "== backward benchmark"
-  "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" --backward 2>&1 | tee "$LOG/bench_bwd.txt" || status=1
+  timeout 300 "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" --backward 2>&1 | tee "$LOG/bench_bwd.txt" || status=1
 fi
 if [[ -z "${SKIP_PYTHON:-}" ]]; then
   # The Python package with the same kernels, then its tests (GPU ones included).
   echo "== Python package (pip install) and pytest"
   FLASHSIGMOID_CUDA=ON CMAKE_ARGS="-DFLASHSIGMOID_CUDA_BACKWARD=ON -DFLASHSIGMOID_CUDA_ARCHS=$ARCHS -DFLASHSIGMOID_HEAD_DIMS=$DIMS ${EXTRA_CMAKE_ARGS:-}" \
     python3 -m pip install -q --no-build-isolation . > "$LOG/pip_install.log" 2>&1 || { status=1; tail -20 "$LOG/pip_install.log"; }
-  python3 -m pytest -q tests/python 2>&1 | tee "$LOG/pytest.log" | tail -15 || status=1
+  timeout 400 python3 -m pytest -q tests/python 2>&1 | tee "$LOG/pytest.log" | tail -15 || status=1
 fi
 if [[ -z "${SKIP_BENCH:-}" ]]; then
   # One process: flashsigmoid (when the Python package is installed; else reported n/a), SDPA flash / cuDNN,
   # triton-sigmoid (when installed), plain sigmoid, cuBLAS GEMM; writes .md/.json/.png into $LOG/harness.
   # COMMIT (env) names the commit, since the GPU machine's copy has no .git.
   echo "== benchmark harness (bench/harness.py ${HARNESS_ARGS:-})"
-  python3 bench/harness.py --out "$LOG/harness" ${COMMIT:+--commit "$COMMIT"} ${HARNESS_ARGS:-} 2>&1 |
+  timeout 400 python3 bench/harness.py --out "$LOG/harness" ${COMMIT:+--commit "$COMMIT"} ${HARNESS_ARGS:-} 2>&1 |
     tee "$LOG/bench_harness.txt" || status=1
 fi
 echo "== CLI main job"
-"$BUILD/tools/cli/flashsigmoid" run 2>&1 | tee "$LOG/cli_run.txt" || status=1
+timeout 120 "$BUILD/tools/cli/flashsigmoid" run 2>&1 | tee "$LOG/cli_run.txt" || status=1
 exit $status
