@@ -125,10 +125,13 @@ bool is_sm90(int index) {
 }
 
 // FLASHSIGMOID_FORWARD_KERNEL=portable (read at every call) forces the portable forward, so the
-// benchmark can time both kernels in one process.
+// benchmark can time both kernels in one process; unset or "auto" lets dispatch choose.
 bool hopper_forward_allowed() {
   const char* env = std::getenv("FLASHSIGMOID_FORWARD_KERNEL");
-  return env == nullptr || std::strcmp(env, "portable") != 0;
+  if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0) return true;
+  if (std::strcmp(env, "portable") == 0) return false;
+  throw Error(std::string("flashsigmoid: environment variable FLASHSIGMOID_FORWARD_KERNEL is '") + env +
+              "'; accepted: auto (or unset), portable");
 }
 #endif
 
@@ -141,7 +144,7 @@ bool try_hopper_forward([[maybe_unused]] const AttnParams& p) {
   constexpr bool kBuilt =
       (D == 64 && FLASHSIGMOID_HOPPER_HDIM_64_BUILT) || (D == 128 && FLASHSIGMOID_HOPPER_HDIM_128_BUILT);
   if constexpr (kBuilt) {
-    if (!p.is_varlen() && p.seqlen_k > 0 && hopper_forward_allowed() && is_sm90(p.device.index)) {
+    if (hopper_forward_allowed() && !p.is_varlen() && p.seqlen_k > 0 && is_sm90(p.device.index)) {
       cuda::hopper::run_fwd<D, Element>(p);
       return true;
     }

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -224,6 +225,20 @@ TEST(GpuBackwardMisc, CudaGraphCaptureReplay) {
   cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
 }
+
+#if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
+// With the backward off, a CUDA backward call says so (before touching the device, so no GPU is
+// needed: the views point at host memory that is never read).
+TEST(GpuBackwardErrors, OffInThisBuild) {
+  alignas(16) static std::uint16_t dummy[8];
+  auto view = [&](std::int64_t n) {
+    return TensorView::contiguous(dummy, DType::bfloat16, {1, n, 1, 64}, {flashsigmoid::DeviceType::cuda, 0});
+  };
+  flashsigmoid::Gradients g{view(16), view(16), view(16), {}};
+  fs_gpu::expect_error([&] { flashsigmoid::backward(view(16), view(16), view(16), view(16), g); },
+                       "the CUDA backward is not validated on a GPU yet and is off in this build");
+}
+#endif
 
 TEST(GpuBackwardErrors, HeadDimNotBuilt) {
   FS_SKIP_WITHOUT_GPU_BACKWARD();

@@ -87,6 +87,29 @@ TEST_P(HopperForward, MatchesReference) {
   EXPECT_STREQ(flashsigmoid::cuda::last_forward_kernel(), expected_kernel(c));
 }
 
+// A misspelt kernel override is an error, not a silent fallback.
+TEST(HopperForwardErrors, BadForwardKernelOverride) {
+  FS_SKIP_WITHOUT_HOPPER();
+  Case c;
+  c.dtype = flashsigmoid::DType::bfloat16;
+  c.D = fs_gpu::kBuiltHeadDims.front();
+  c.Nq = c.Nk = 16;
+  const fs_test::Problem p = fs_test::make_problem(c, 1);
+  fs_gpu::DeviceProblem d(p);
+  const flashsigmoid::testing::HostTensor out = p.like_q();
+  fs_gpu::DeviceTensor dout(out);
+  const char* before = std::getenv("FLASHSIGMOID_FORWARD_KERNEL");
+  const std::string saved = before ? before : "";
+  setenv("FLASHSIGMOID_FORWARD_KERNEL", "portabel", 1);
+  fs_gpu::expect_error([&] { flashsigmoid::forward(d.q, d.k, d.v, dout, d.o); },
+                       "FLASHSIGMOID_FORWARD_KERNEL is 'portabel'; accepted: auto (or unset), portable");
+  if (before) {
+    setenv("FLASHSIGMOID_FORWARD_KERNEL", saved.c_str(), 1);
+  } else {
+    unsetenv("FLASHSIGMOID_FORWARD_KERNEL");
+  }
+}
+
 // GTest needs at least one case; a build without head dims 64/128 gets a placeholder that skips.
 std::vector<Case> hopper_cases_or_placeholder() {
   std::vector<Case> cases = hopper_cases();
