@@ -53,9 +53,10 @@ endif()
 # are compiled only when the architectures include 90a or 90, and then for 90a alone (an sm_90a
 # cubin runs on every compute-capability-9.0 device), in an object library so that the other units
 # keep the project's architecture list; CI's arch-80 build never compiles them. Head dims 64 and 128.
-# Like the backward, it is dispatched only with FLASHSIGMOID_HOPPER=ON until it has passed the GPU
-# tests on an H100/H200 (scripts/gpu_check.sh with EXTRA_CMAKE_ARGS=-DFLASHSIGMOID_HOPPER=ON).
-option(FLASHSIGMOID_HOPPER "Dispatch the forward on sm_90 devices to the (not yet GPU-validated) Hopper kernel" OFF)
+# FLASHSIGMOID_HOPPER: AUTO (default) dispatches sm_90 devices to it whenever 90a/90 is built;
+# OFF keeps every device on the portable kernel; ON requires 90a/90 in the archs.
+set(FLASHSIGMOID_HOPPER AUTO CACHE STRING "Dispatch the forward on sm_90 devices to the Hopper kernel: AUTO, ON or OFF")
+set_property(CACHE FLASHSIGMOID_HOPPER PROPERTY STRINGS AUTO ON OFF)
 set(_fs_hopper_arch OFF)
 foreach(_fs_arch IN LISTS CMAKE_CUDA_ARCHITECTURES)
   if(_fs_arch MATCHES "^90")
@@ -89,13 +90,21 @@ if(_fs_hopper_sources)
   endif()
   target_sources(flashsigmoid PRIVATE $<TARGET_OBJECTS:flashsigmoid_hopper>)
 endif()
-if(FLASHSIGMOID_HOPPER)
+string(TOUPPER "${FLASHSIGMOID_HOPPER}" _fs_hopper_mode)
+if(NOT _fs_hopper_mode MATCHES "^(AUTO|ON|OFF|TRUE|FALSE|1|0)$")
+  message(FATAL_ERROR "FLASHSIGMOID_HOPPER is '${FLASHSIGMOID_HOPPER}'; accepted: AUTO, ON, OFF")
+endif()
+if(_fs_hopper_mode STREQUAL "AUTO")
+  set(_fs_hopper_mode ${_fs_hopper_arch})
+endif()
+set(FLASHSIGMOID_HOPPER_DISPATCH ${_fs_hopper_mode})  # resolved ON/OFF, read by tests/gpu
+if(_fs_hopper_mode)
   if(NOT _fs_hopper_arch)
     message(FATAL_ERROR "FLASHSIGMOID_HOPPER=ON needs 90a (or 90) in FLASHSIGMOID_CUDA_ARCHS "
                         "(got ${CMAKE_CUDA_ARCHITECTURES})")
   endif()
   target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_HOPPER_ENABLED=1)
-  message(STATUS "flashsigmoid: Hopper forward dispatched on sm_90 devices (FLASHSIGMOID_HOPPER=ON)")
+  message(STATUS "flashsigmoid: Hopper forward dispatched on sm_90 devices (FLASHSIGMOID_HOPPER=${FLASHSIGMOID_HOPPER})")
 endif()
 
 target_sources(flashsigmoid PRIVATE src/cuda/backend.cu)

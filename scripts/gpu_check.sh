@@ -13,8 +13,9 @@
 #        PY_HEAD_DIMS (head dims of the pip-installed package, default $FLASHSIGMOID_HEAD_DIMS).
 # Wheels under .whl (git-ignored; e.g. triton-sigmoid for the harness) are installed into /tmp/site first:
 #   carry ".whl" too.
-# Hopper forward (issue 4, not yet validated): EXTRA_CMAKE_ARGS="-DFLASHSIGMOID_HOPPER=ON" FWD_BENCH_ARGS="--kernel both"
-#   (the GPU tests then run every forward case through it, plus tests/gpu/hopper_forward_test.cpp).
+# The Hopper forward is dispatched by default when 90a is built (FLASHSIGMOID_HOPPER=AUTO); then the GPU
+#   tests run once with the portable forward forced and once more (forward tests) with the automatic choice.
+#   EXTRA_CMAKE_ARGS="-DFLASHSIGMOID_HOPPER=OFF" leaves it out.
 # Needs .deps: run scripts/prepare_device.sh here first (CUTLASS headers and, as the machine has no GoogleTest,
 # .deps/googletest (a copy of /usr/src/googletest): carry ".deps" to the GPU machine.
 set -uo pipefail
@@ -29,7 +30,7 @@ status=0
 STAGES=" ${STAGES:-tests sanitizer bench python harness cli} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 HOPPER=0
-[[ "${EXTRA_CMAKE_ARGS:-}" == *FLASHSIGMOID_HOPPER=ON* ]] && HOPPER=1
+[[ "$ARCHS" == *90* && "${EXTRA_CMAKE_ARGS:-}" != *FLASHSIGMOID_HOPPER=OFF* ]] && HOPPER=1
 
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&

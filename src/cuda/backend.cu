@@ -139,12 +139,12 @@ bool hopper_forward_allowed() {
 // 64 / 128, dense, at least one key (a TMA descriptor needs a non-empty tensor), an sm_90 device);
 // returns false to leave the problem to the portable kernel.
 template <int D, class Element>
-bool try_hopper_forward([[maybe_unused]] const AttnParams& p) {
+bool try_hopper_forward([[maybe_unused]] const AttnParams& p, [[maybe_unused]] bool allowed) {
 #if defined(FLASHSIGMOID_HOPPER_ENABLED)
   constexpr bool kBuilt =
       (D == 64 && FLASHSIGMOID_HOPPER_HDIM_64_BUILT) || (D == 128 && FLASHSIGMOID_HOPPER_HDIM_128_BUILT);
   if constexpr (kBuilt) {
-    if (hopper_forward_allowed() && !p.is_varlen() && p.seqlen_k > 0 && is_sm90(p.device.index)) {
+    if (allowed && !p.is_varlen() && p.seqlen_k > 0 && is_sm90(p.device.index)) {
       cuda::hopper::run_fwd<D, Element>(p);
       return true;
     }
@@ -168,11 +168,17 @@ void cuda_forward(const AttnParams& p) {
   check_alignment("v", p.v, p.v_stride);
   check_alignment("out", p.o, p.o_stride);
   DeviceGuard guard(p.device.index);
+  // Read before dispatch, so that a bad override is an error whatever the head dim.
+#if defined(FLASHSIGMOID_HOPPER_ENABLED)
+  const bool hopper_allowed = hopper_forward_allowed();
+#else
+  const bool hopper_allowed = false;
+#endif
   dispatch_dtype(p.dtype, "forward", [&](auto element) {
     using Element = decltype(element);
     dispatch_head_dim(p.head_dim, [&](auto d) {
       constexpr int D = decltype(d)::value;
-      if (try_hopper_forward<D, Element>(p)) {
+      if (try_hopper_forward<D, Element>(p, hopper_allowed)) {
         g_last_forward_kernel = "hopper";
       } else {
         cuda::portable::run_fwd<D, Element>(p);

@@ -13,11 +13,11 @@
 
 namespace flashsigmoid::cuda::portable {
 
+// Set unconditionally: the 48 KiB default limit counts static shared memory too (the dQ kernel's
+// warp sums), so a dynamic size at or just under 48 KiB can still need the opt-in.
 template <class Kernel>
 void set_smem(Kernel kernel, int bytes, const char* what) {
-  if (bytes > 48 * 1024) {
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
-  }
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
 }
 
 template <int D, class Element>
