@@ -62,6 +62,26 @@ def find_triton_sigmoid():
 TRITON_FN, TRITON_INFO = find_triton_sigmoid()
 
 
+def prune_triton_configs():
+    """Keeps the autotune configs with BLOCK_M, BLOCK_N >= 64 in triton-sigmoid's kernels (each
+    config costs a compile per shape); returns a note for the report."""
+    import sys
+    kept = []
+    for modname, mod in list(sys.modules.items()):
+        if not modname.startswith(TRITON_INFO) or mod is None:
+            continue
+        for attr in dir(mod):
+            tuner = getattr(mod, attr, None)
+            configs = getattr(tuner, "configs", None)
+            if not isinstance(configs, list) or not configs or not hasattr(configs[0], "kwargs"):
+                continue
+            large = [c for c in configs if all(v >= 64 for k, v in c.kwargs.items() if k.startswith("BLOCK_"))]
+            if large and len(large) < len(configs):
+                tuner.configs = large
+                kept.append(f"{attr} {len(large)}/{len(configs)}")
+    return "autotune configs with BLOCK_* >= 64 only: " + (", ".join(sorted(set(kept))) or "none pruned")
+
+
 # ----------------------------------------------------------------------------- methods
 # Each method: fn(q, k, v) -> out with q [B, Nq, Hq, D], k/v [B, Nk, Hkv, D]; causal is bound.
 
@@ -154,6 +174,9 @@ def measure(name, shape, sets, douts, direction, args, cuda):
         if need > args.plain_budget_gb:
             raise Skip(f"skipped: needs ~{need:.0f} GiB > --plain-budget-gb {args.plain_budget_gb:g}")
     fn = MAKERS[name](causal)
+    if (name == "triton_sigmoid" and args.triton_ns != "all"
+            and shape["N"] not in {int(n) for n in args.triton_ns.split(",")}):
+        raise Skip(f"skipped: --triton-ns {args.triton_ns} (its autotuning takes minutes per shape)")
     if name == "triton_sigmoid" and shape["Hkv"] != shape["Hq"]:  # no GQA there: expand kv, untimed
         g = shape["Hq"] // shape["Hkv"]
         sets = [(q, k.repeat_interleave(g, 2), v.repeat_interleave(g, 2)) for q, k, v in sets]
@@ -341,6 +364,12 @@ def main(argv=None):
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--commit", default=None, help="commit to record when git is not available")
     p.add_argument("--no-gqa", action="store_true", help="skip the GQA 32:8 rows")
+    p.add_argument("--triton-ns", default="8192",
+                   help="N values at which triton-sigmoid runs ('all' for every N): each new (D, N, causal) "
+                        "autotunes its Triton kernels for minutes")
+    p.add_argument("--triton-configs", default="large", choices=["large", "all"],
+                   help="triton-sigmoid autotune configs: 'large' keeps BLOCK_M, BLOCK_N >= 64 (the tiles that "
+                        "win at N >= 1k), 'all' its full lists")
     p.add_argument("--plain-budget-gb", type=float, default=48.0, help="skip the plain path above this estimate")
     args = p.parse_args(argv)
     args.dims = [int(d) for d in args.dims.split(",")]
@@ -368,6 +397,10 @@ def main(argv=None):
                         "torch.autograd.grad(out, (q, k, v), dout) after an untimed forward; SDPA and the plain "
                         "path take transposed views of the [B, N, H, D] inputs; triton-sigmoid gets kv heads "
                         f"expanded (untimed) for GQA; plain path skipped above {args.plain_budget_gb:g} GiB"))
+    if TRITON_FN is not None:
+        if args.triton_configs == "large":
+            meta["triton_sigmoid"] += "; " + prune_triton_configs()
+        meta["triton_sigmoid"] += f"; run at N in {args.triton_ns}"
     log(f"# {card}, torch {torch.__version__}, commit {meta['commit']}, flashsigmoid {meta['flashsigmoid']}, "
         f"triton-sigmoid: {meta['triton_sigmoid']}")
     meta["gemm_n"] = 256 if not cuda else 8192

@@ -10,7 +10,9 @@
 #        FWD_BENCH_ARGS (extra flags for the forward benchmark, e.g. "--kernel both"),
 #        STAGES (default "tests sanitizer bench python harness cli": which steps run after the build;
 #        two calls can split them, e.g. STAGES="tests sanitizer bench" then STAGES="python harness cli"),
-#        PY_HEAD_DIMS (head dims of the pip-installed package, default $FLASHSIGMOID_HEAD_DIMS).
+#        PY_HEAD_DIMS (head dims of the pip-installed package, default $FLASHSIGMOID_HEAD_DIMS),
+#        SKIP_PORTABLE_PASS=1 (Hopper builds: one ctest pass with automatic dispatch instead of two),
+#        PY_REUSE=1 (keep a Python package already installed), SKIP_PYTEST=1.
 # Wheels under .whl (git-ignored; e.g. triton-sigmoid for the harness) are installed into /tmp/site first:
 #   carry ".whl" too.
 # The Hopper forward is dispatched by default when 90a is built (FLASHSIGMOID_HOPPER=AUTO); then the GPU
@@ -74,12 +76,17 @@ if want tests; then
       export FLASHSIGMOID_FORWARD_KERNEL=portable
       status=1
     fi
-    echo "== GPU tests, portable forward forced"
-    (cd "$BUILD" && FLASHSIGMOID_FORWARD_KERNEL=portable ctest -L gpu --output-on-failure -j8 --timeout 120) 2>&1 |
-      tee "$LOG/ctest_gpu_portable.log" | tail -40 || status=1
+    if [[ -z "${SKIP_PORTABLE_PASS:-}" ]]; then
+      echo "== GPU tests, portable forward forced"
+      (cd "$BUILD" && FLASHSIGMOID_FORWARD_KERNEL=portable ctest -L gpu --output-on-failure -j8 --timeout 120) 2>&1 |
+        tee "$LOG/ctest_gpu_portable.log" | tail -40 || status=1
+    fi
     if (( smoke == 0 )); then
-      echo "== GPU forward tests, automatic dispatch (Hopper where it applies)"
-      (cd "$BUILD" && ctest -L gpu -R 'Forward' --output-on-failure -j8 --timeout 120) 2>&1 |
+      # Only the forward tests again, unless the portable pass was skipped (SKIP_PORTABLE_PASS=1).
+      filter=(-R Forward)
+      [[ -n "${SKIP_PORTABLE_PASS:-}" ]] && filter=()
+      echo "== GPU tests, automatic dispatch (Hopper where it applies) ${filter[*]}"
+      (cd "$BUILD" && ctest -L gpu "${filter[@]}" --output-on-failure -j8 --timeout 120) 2>&1 |
         tee "$LOG/ctest_gpu.log" | tail -40 || status=1
     fi
   else
@@ -105,11 +112,19 @@ if want bench && [[ -z "${SKIP_BENCH:-}" ]]; then
   timeout 300 "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" --backward 2>&1 | tee "$LOG/bench_bwd.txt" || status=1
 fi
 if want python && [[ -z "${SKIP_PYTHON:-}" ]]; then
-  # The Python package with the same kernels, then its tests (GPU ones included).
-  echo "== Python package (pip install) and pytest"
-  FLASHSIGMOID_CUDA=ON CMAKE_ARGS="-DFLASHSIGMOID_CUDA_BACKWARD=ON -DFLASHSIGMOID_CUDA_ARCHS=$ARCHS -DFLASHSIGMOID_HEAD_DIMS=${PY_HEAD_DIMS:-$DIMS} ${EXTRA_CMAKE_ARGS:-}" \
-    python3 -m pip install -q --no-build-isolation . > "$LOG/pip_install.log" 2>&1 || { status=1; tail -20 "$LOG/pip_install.log"; }
-  timeout 400 python3 -m pytest -q tests/python 2>&1 | tee "$LOG/pytest.log" | tail -15 || status=1
+  # The Python package with the same kernels, then its tests (GPU ones included). PY_REUSE=1 keeps a
+  # package already installed on this (warm) machine, for a harness-only follow-up call.
+  if [[ -n "${PY_REUSE:-}" ]] && python3 -c "import flashsigmoid" 2>/dev/null; then
+    echo "== Python package already installed (PY_REUSE=1)"
+  else
+    echo "== Python package (pip install)"
+    FLASHSIGMOID_CUDA=ON CMAKE_ARGS="-DFLASHSIGMOID_CUDA_ARCHS=$ARCHS -DFLASHSIGMOID_HEAD_DIMS=${PY_HEAD_DIMS:-$DIMS} ${EXTRA_CMAKE_ARGS:-}" \
+      python3 -m pip install -q --no-build-isolation . > "$LOG/pip_install.log" 2>&1 || { status=1; tail -20 "$LOG/pip_install.log"; }
+  fi
+  if [[ -z "${SKIP_PYTEST:-}" ]]; then
+    echo "== pytest"
+    timeout 400 python3 -m pytest -q tests/python 2>&1 | tee "$LOG/pytest.log" | tail -15 || status=1
+  fi
 fi
 if want harness && [[ -z "${SKIP_BENCH:-}" ]]; then
   # One process: flashsigmoid (when the Python package is installed; else reported n/a), SDPA flash / cuDNN,

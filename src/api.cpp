@@ -59,6 +59,8 @@ TensorView TensorView::contiguous(void* data, DType dtype, std::initializer_list
 
 bool cuda_available() { return detail::cuda_backend_built() && detail::cuda_device_present(); }
 
+std::vector<int> cuda_head_dims() { return detail::cuda_built_head_dims(); }
+
 void forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
              const Options& options) {
   const detail::AttnParams p = detail::make_forward_params(q, k, v, out, options);

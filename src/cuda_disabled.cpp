@@ -5,6 +5,7 @@ namespace flashsigmoid::detail {
 
 bool cuda_backend_built() { return false; }
 bool cuda_device_present() { return false; }
+std::vector<int> cuda_built_head_dims() { return {}; }
 
 void cuda_forward(const AttnParams&) {
   throw Error("flashsigmoid: got CUDA tensors, but this build has no CUDA backend; rebuild with nvcc "

@@ -12,6 +12,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace flashsigmoid {
 
@@ -107,5 +108,9 @@ constexpr std::array<int, 5> kSupportedHeadDims = {32, 64, 96, 128, 256};
 
 // True when this build carries CUDA kernels and a CUDA device is visible.
 bool cuda_available();
+
+// Head dims this build has CUDA kernels for (FLASHSIGMOID_HEAD_DIMS at configure time); empty
+// without the CUDA backend. The CPU backend takes every one of kSupportedHeadDims.
+std::vector<int> cuda_head_dims();
 
 }  // namespace flashsigmoid

@@ -21,11 +21,18 @@ def cuda_available() -> bool:
     return bool(_C.cuda_available())
 
 
+def cuda_head_dims() -> list:
+    """Head dims this build has CUDA kernels for (empty without the CUDA backend); CPU tensors take
+    every one of SUPPORTED_HEAD_DIMS."""
+    return list(_C.cuda_head_dims())
+
+
 __all__ = [
     "FlashSigmoidError",
     "SUPPORTED_HEAD_DIMS",
     "__version__",
     "cuda_available",
+    "cuda_head_dims",
     "sigmoid_attn",
     "sigmoid_attn_varlen",
 ]

@@ -156,6 +156,8 @@ NB_MODULE(_C, m) {
       nb::arg("dbias"), nb::arg("options"), nb::call_guard<nb::gil_scoped_release>(),
       "flashsigmoid::backward: writes dq, dk, dv and (when defined) dbias");
 
+  m.def("cuda_head_dims", &fs::cuda_head_dims,
+        "Head dims this build has CUDA kernels for (empty without the CUDA backend)");
   m.def("cuda_available", &fs::cuda_available,
         "True when this build carries CUDA kernels and a CUDA device is visible");
 }

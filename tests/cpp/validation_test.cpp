@@ -157,6 +157,7 @@ TEST_F(Dense, CudaTensorsWithoutCudaBackend) {
     GTEST_SKIP() << "this build has the CUDA backend; tests/gpu covers CUDA tensors";
   }
   EXPECT_FALSE(flashsigmoid::cuda_available());
+  EXPECT_TRUE(flashsigmoid::cuda_head_dims().empty());
   auto on_cuda = [](const HostTensor& h) {  // host buffers labelled cuda: never dereferenced
     TensorView t = h.view();
     t.device = Device{DeviceType::cuda, 0};

@@ -135,6 +135,13 @@ TEST(GpuForwardErrors, HeadDimNotBuilt) {
                        "head_dim " + std::to_string(missing) + " was not built");
 }
 
+// The library's own list of built head dims matches what this test binary was configured with.
+TEST(GpuForwardErrors, BuiltHeadDimsListed) {
+  std::vector<int> expected = kBuiltHeadDims;
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(flashsigmoid::cuda_head_dims(), expected);
+}
+
 // Row strides that are not multiples of 8 elements cannot use 16-byte vectors: a clear error.
 TEST(GpuForwardErrors, MisalignedStrides) {
   FS_SKIP_WITHOUT_GPU();

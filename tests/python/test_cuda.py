@@ -39,16 +39,31 @@ def test_cuda_backend_present():
         "(FLASHSIGMOID_CUDA=OFF or no nvcc at build time)")
 
 
+def skip_unbuilt(D):
+    built = fs.cuda_head_dims()
+    if D not in built:
+        pytest.skip(f"head dim {D} is not built in this package (built: {built}; "
+                    "FLASHSIGMOID_HEAD_DIMS at build time)")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_cuda_dense_forward(case, dtype):
+    skip_unbuilt(case.D)
     check_dense(case, dtype, device="cuda", grads=False)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_cuda_dense_backward(case, dtype):
+    skip_unbuilt(case.D)
     check_dense(case, dtype, device="cuda")
+
+
+def test_cuda_head_dims_listed():
+    built = fs.cuda_head_dims()
+    assert built, "the CUDA backend is present but lists no head dims"
+    assert set(built) <= set(fs.SUPPORTED_HEAD_DIMS), built
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -12,8 +12,8 @@
 //              load of that K (V) block completes the bytes.
 //     waits:   every consumer thread in consumer_wait(state), before the S (PV) GEMM of that block.
 //   pipe_k.empty[s] / pipe_v.empty[s] (arrival count kNConsumerThreads = 256)
-//     arrives: every consumer thread in consumer_release(state), after warpgroup_wait<0>() shows
-//              its warpgroup's wgmma reading that stage has finished.
+//     arrives: every consumer thread in consumer_release(state), after a warpgroup_wait shows
+//              its warpgroup's wgmma reading that stage has finished (consume() says which).
 //     waits:   the producer thread in producer_acquire(state), before refilling that stage (the
 //              producer's state starts at phase 1, so the first kStages acquires pass at once).
 //
@@ -147,6 +147,11 @@ __device__ __forceinline__ constexpr auto acc_layout_as_a_operand(AccLayout acc)
 }
 
 // Runs the key loop of one consumer thread (ctid in [0, kNConsumerThreads)) into acc_o.
+//
+// Software-pipelined inside the warpgroup: while the tensor cores run S(it) = Q K(it)^T and
+// O += P(it-1) V(it-1), the thread turns S(it) into probabilities as soon as S(it) lands, so the
+// sigmoid (MUFU) overlaps the PV GEMM. wgmma batches complete in issue order, so wait<1> after
+// issuing S(it) then PV(it-1) means S(it) is done; wait<0> then frees P's registers and V(it-1).
 template <class Traits, class AccO>
 __device__ __forceinline__ void consume(typename Traits::SharedStorage& ss, typename Traits::PipelineKV& pipe_k,
                                         typename Traits::PipelineKV& pipe_v, const WorkTile& w, AccO& acc_o,
@@ -169,37 +174,69 @@ __device__ __forceinline__ void consume(typename Traits::SharedStorage& ss, type
   // (row, col) inside the 128 x kBlockN score tile of each accumulator register.
   Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<BM>, Int<BN>>{}));
 
+  Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<BM>, Int<BN>>{});
+  // P(it) in the input dtype, laid out as the PV wgmma's register A operand.
+  Tensor rP = make_tensor<Element>(acc_s.layout());
+  Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));
+  static_assert(decltype(size(tOrP))::value * 128 == BM / Traits::kNConsumerWarpGroups * BN &&
+                decltype(size<2>(tOrP))::value == BN / 16, "P is not laid out as the PV wgmma's A operand");
+  static_assert(std::is_same_v<decltype(shape(tOrP)), decltype(partition_shape_A(mma_pv, Shape<Int<BM>, Int<BN>>{}))>,
+                "P is not laid out as the PV wgmma's A operand");
+
+  // S -> P for key block `it` (in place in acc_s; fp32).
+  auto probs = [&](int it) {
+    const std::int64_t j0 = std::int64_t(w.n_begin + it) * BN;
+    portable::scores_to_probs(acc_s, tScS, w.st, w.m0, j0, w.st.block_unmasked(w.m0, w.m0 + w.rows, j0, j0 + BN));
+  };
+  // P(it) into rP; called only when no wgmma reads rP. The fences keep the compiler from moving
+  // these register writes above the preceding warpgroup_wait (wgmma reads rP asynchronously).
+  auto to_operand = [&] {
+    warpgroup_fence_operand(rP);
+    Tensor converted = convert_fragment<Element>(acc_s);
+    CUTE_UNROLL
+    for (int i = 0; i < size(rP); ++i) rP(i) = converted(i);
+    warpgroup_fence_operand(rP);
+  };
+
   ss.barrier_q.wait(0);  // Q has landed
 
   typename Traits::PipelineState state_k;  // consumers start at stage 0, phase 0
   typename Traits::PipelineState state_v;
-  for (int it = 0; it < w.n_blocks; ++it) {
-    const std::int64_t j0 = std::int64_t(w.n_begin + it) * BN;
 
-    // S = Q K^T
-    Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<BM>, Int<BN>>{});
+  // Prologue: S(0), P(0).
+  pipe_k.consumer_wait(state_k);
+  wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
+  warpgroup_wait<0>();
+  warpgroup_fence_operand(acc_s);
+  pipe_k.consumer_release(state_k);
+  ++state_k;
+  probs(0);
+  to_operand();
+
+  for (int it = 1; it < w.n_blocks; ++it) {
     pipe_k.consumer_wait(state_k);
-    wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
-    warpgroup_wait<0>();
-    pipe_k.consumer_release(state_k);  // this thread is done with K(it)
-    ++state_k;
-
-    // P = sigmoid(transform(S)) in registers, then the A operand of the PV wgmma.
-    portable::scores_to_probs(acc_s, tScS, w.st, w.m0, j0, w.st.block_unmasked(w.m0, w.m0 + w.rows, j0, j0 + BN));
-    Tensor rP = convert_fragment<Element>(acc_s);
-    Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));
-    static_assert(decltype(size(tOrP))::value * 128 == BM / Traits::kNConsumerWarpGroups * BN &&
-                  decltype(size<2>(tOrP))::value == BN / 16, "P is not laid out as the PV wgmma's A operand");
-    static_assert(std::is_same_v<decltype(shape(tOrP)), decltype(partition_shape_A(mma_pv, Shape<Int<BM>, Int<BN>>{}))>,
-                  "P is not laid out as the PV wgmma's A operand");
-
-    // O += P V
+    wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);  // S(it)
     pipe_v.consumer_wait(state_v);
-    wgmma_gemm<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
-    warpgroup_wait<0>();
-    pipe_v.consumer_release(state_v);  // this thread is done with V(it) (and with rP)
+    wgmma_gemm<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);  // O += P(it-1) V(it-1)
+    warpgroup_wait<1>();  // S(it) is done (PV may still run)
+    warpgroup_fence_operand(acc_s);
+    pipe_k.consumer_release(state_k);
+    ++state_k;
+    probs(it);            // MUFU work under the PV GEMM
+    warpgroup_wait<0>();  // PV(it-1) is done: rP and V(it-1) are free
+    warpgroup_fence_operand(acc_o);
+    pipe_v.consumer_release(state_v);
     ++state_v;
+    to_operand();
   }
+
+  // Epilogue: O += P(last) V(last).
+  pipe_v.consumer_wait(state_v);
+  wgmma_gemm<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
+  warpgroup_wait<0>();
+  warpgroup_fence_operand(acc_o);
+  pipe_v.consumer_release(state_v);
+  ++state_v;
 }
 
 }  // namespace flashsigmoid::cuda::hopper
