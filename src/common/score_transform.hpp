@@ -95,6 +95,23 @@ struct ScoreTransform {
       const int d = c - r + off;
       return c >= cols || (right >= 0 && d > right) || (left >= 0 && -d > left);
     }
+    // The same mask seen from element (r0, c0): Window::masked(dr, dc) == masked(r0 + dr, c0 + dc).
+    // Three per-thread scalars; a kernel whose (dr, dc) are compile-time offsets from its first
+    // register then needs no per-element coordinate registers (the Hopper forward's partial blocks).
+    struct Window {
+      int lo;        // row r0 + dr sees columns c0 + dc with dc >= lo + dr ...
+      int end_diag;  // ... and dc < end_diag + dr ...
+      int end_cols;  // ... and dc < end_cols (the sequence end)
+      FS_HD bool masked(int dr, int dc) const { return dc < lo + dr || dc >= end_diag + dr || dc >= end_cols; }
+    };
+    FS_HD Window window(int r0, int c0) const {
+      constexpr int kFar = 1 << 30;  // beyond any tile-local column: the bound is off
+      Window w;
+      w.lo = left < 0 ? -kFar : r0 - off - left - c0;
+      w.end_diag = right < 0 ? kFar : r0 - off + right + 1 - c0;
+      w.end_cols = cols - c0;
+      return w;
+    }
     FS_HD float logit(float dot, int r, int c) const {
       float s = scale * dot + bias;
       if (alibi_slope != 0.0f) {

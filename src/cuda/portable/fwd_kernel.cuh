@@ -26,13 +26,20 @@ __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS,
     CUTE_UNROLL
     for (int i = 0; i < size(acc_s); ++i) acc_s(i) = sigmoid_of_half_logit(plain.logit(acc_s(i), 0, 0));
   } else {
+    // ALiBi, or a partial block. Coordinates are taken relative to this thread's first register:
+    // each (dr, dc) is then a compile-time offset and the mask needs three scalars (Tile::Window),
+    // not one register per element (which made the Hopper kernel spill).
+    const int r0 = get<0>(tScS(0));
+    const int c0 = get<1>(tScS(0));
+    const detail::ScoreTransform::Tile::Window win = tile.window(r0, c0);
     CUTE_UNROLL
     for (int i = 0; i < size(acc_s); ++i) {
-      const int r = get<0>(tScS(i));
-      const int c = get<1>(tScS(i));
-      // ALiBi, or a partial block. Masked and past-the-end keys contribute exactly 0
-      // (their V rows are zero-filled, so 0 * V stays finite).
-      acc_s(i) = !full_block && tile.masked(r, c) ? 0.0f : sigmoid_of_half_logit(tile.logit(acc_s(i), r, c));
+      const int dr = get<0>(tScS(i)) - r0;
+      const int dc = get<1>(tScS(i)) - c0;
+      // Masked and past-the-end keys contribute exactly 0 (their V rows are zero-filled, so 0 * V
+      // stays finite).
+      acc_s(i) = !full_block && win.masked(dr, dc) ? 0.0f
+                                                   : sigmoid_of_half_logit(tile.logit(acc_s(i), r0 + dr, c0 + dc));
     }
   }
 }
