@@ -136,7 +136,8 @@ bool hopper_forward_allowed() {
 #endif
 
 // Runs the Hopper forward when this build dispatches to it and it covers the problem (head dims
-// 64 / 128, dense, at least one key (a TMA descriptor needs a non-empty tensor), an sm_90 device);
+// 64 / 128, dense or varlen, at least one key row (a TMA descriptor needs a non-empty tensor), an
+// sm_90 device);
 // returns false to leave the problem to the portable kernel.
 template <int D, class Element>
 bool try_hopper_forward([[maybe_unused]] const AttnParams& p, [[maybe_unused]] bool allowed) {
@@ -144,7 +145,8 @@ bool try_hopper_forward([[maybe_unused]] const AttnParams& p, [[maybe_unused]] b
   constexpr bool kBuilt =
       (D == 64 && FLASHSIGMOID_HOPPER_HDIM_64_BUILT) || (D == 128 && FLASHSIGMOID_HOPPER_HDIM_128_BUILT);
   if constexpr (kBuilt) {
-    if (allowed && !p.is_varlen() && p.seqlen_k > 0 && is_sm90(p.device.index)) {
+    const std::int64_t key_rows = p.is_varlen() ? p.total_k : p.seqlen_k;
+    if (allowed && key_rows > 0 && is_sm90(p.device.index)) {
       cuda::hopper::run_fwd<D, Element>(p);
       return true;
     }

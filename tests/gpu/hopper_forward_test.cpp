@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -47,8 +48,9 @@ std::string hopper_skip_reason() {
 const char* expected_kernel(const Case& c) {
   const char* forced = std::getenv("FLASHSIGMOID_FORWARD_KERNEL");
   if (forced != nullptr && std::strcmp(forced, "portable") == 0) return "portable";
-  if (c.varlen()) return "portable";             // the Hopper kernel is dense-only (launch.hpp)
-  if (c.Nk == 0) return "portable";              // no key tensor for a TMA descriptor
+  const std::int64_t key_rows =
+      c.varlen() ? std::accumulate(c.lens_k.begin(), c.lens_k.end(), std::int64_t(0)) : std::int64_t(c.Nk);
+  if (key_rows == 0) return "portable";          // no key rows for a TMA descriptor
   if (c.D != 64 && c.D != 128) return "portable";  // head dims the Hopper kernel has
   return "hopper";
 }
@@ -69,6 +71,13 @@ std::vector<Case> hopper_cases() {
   });
   add("hopper_long_causal_alibi", [](Case& c) {
     c.B = 2; c.Nq = c.Nk = 777; c.causal = true; c.alibi = Alibi::per_head;
+  });
+  // Packed sequences whose tiles overhang into their neighbours' rows (and past the tensor's end).
+  add("hopper_long_varlen", [](Case& c) {
+    c.Hq = 4; c.Hkv = 2; c.lens_q = {1000, 3, 0, 700}; c.lens_k = {900, 1500, 40, 700};
+  });
+  add("hopper_long_varlen_causal_window", [](Case& c) {
+    c.lens_q = {513, 1025}; c.lens_k = {1100, 1025}; c.causal = true; c.window_left = 200;
   });
   std::vector<Case> cases;
   for (const Case& c : fs_gpu::expand_cases(base)) {

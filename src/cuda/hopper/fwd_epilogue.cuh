@@ -4,8 +4,8 @@
 // Each consumer warpgroup stores its own 64 rows, so it needs only its own named barrier (no
 // CTA-wide sync): the rows of Q it overwrites are read by no one else, and its last wgmma reading
 // them finished at the last warpgroup_wait<0>() of the mainloop. Plain stores rather than a TMA
-// store: a TMA store clips only at the tensor's bounds, and the (later) varlen path must not
-// write past its sequence into the next one's rows.
+// store: a TMA store clips only at the tensor's bounds, and a varlen tile must not write past
+// its sequence into the next one's rows.
 #pragma once
 
 #include <cutlass/arch/barrier.h>

@@ -64,8 +64,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_
     clear(acc_o);
     if (w.n_blocks > 0) consume<Traits>(ss, pipe_k, pipe_v, w, acc_o, ctid);
 
-    const detail::SeqInfo seq = detail::seq_info(p, w.b);
-    Element* o_tile = static_cast<Element*>(p.o) + w.b * p.o_stride.batch + (seq.q_begin + w.m0) * p.o_stride.row +
+    Element* o_tile = static_cast<Element*>(p.o) + w.b * p.o_stride.batch + (w.seq.q_begin + w.m0) * p.o_stride.row +
                       w.h * p.o_stride.head;
     store_output<Traits>(acc_o, ss, o_tile, p.o_stride.row, w.rows, ctid);
   }

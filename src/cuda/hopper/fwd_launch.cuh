@@ -32,11 +32,16 @@ template <int D, class Element>
 void run_fwd(const detail::AttnParams& p) {
   using Traits = FwdTraits<D, Element>;
   constexpr int kSmem = Traits::kSmemBytes;
-  if (p.is_varlen()) throw Error("flashsigmoid: internal error: the Hopper forward does not take varlen problems");
   const std::int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   if (m_blocks == 0 || p.batch == 0) return;  // nothing to write
-  if (m_blocks > 0x7fffffff || p.heads_q > 65535 || p.batch > 65535 || p.seqlen_q > 0x7fffffff ||
-      p.seqlen_k > 0x7fffffff) {
+  // Rows the TMA descriptors span: the packed tensors (varlen) or one sequence (dense).
+  const bool varlen = p.is_varlen();
+  const std::int64_t rows_q = varlen ? p.total_q : p.seqlen_q;
+  const std::int64_t rows_k = varlen ? p.total_k : p.seqlen_k;
+  const std::int64_t tma_batch = varlen ? 1 : p.batch;
+  if (rows_q == 0) return;  // varlen with no query rows: nothing to write
+  if (m_blocks > 0x7fffffff || p.heads_q > 65535 || p.batch > 65535 || rows_q > 0x7fffffff ||
+      rows_k > 0x7fffffff) {
     throw Error("flashsigmoid: Hopper forward problem too large (" + std::to_string(m_blocks) + " query blocks, " +
                 std::to_string(p.heads_q) + " heads, batch " + std::to_string(p.batch) +
                 "); accepted: heads and batch <= 65535, sequence lengths < 2^31");
@@ -44,9 +49,9 @@ void run_fwd(const detail::AttnParams& p) {
 
   FwdParams<Traits> prm{};
   prm.p = p;
-  auto gQ = tma_view<Traits>(p.q, p.seqlen_q, p.heads_q, p.batch, p.q_stride);
-  auto gK = tma_view<Traits>(p.k, p.seqlen_k, p.heads_kv, p.batch, p.k_stride);
-  auto gV = tma_view<Traits>(p.v, p.seqlen_k, p.heads_kv, p.batch, p.v_stride);
+  auto gQ = tma_view<Traits>(p.q, rows_q, p.heads_q, tma_batch, p.q_stride);
+  auto gK = tma_view<Traits>(p.k, rows_k, p.heads_kv, tma_batch, p.k_stride);
+  auto gV = tma_view<Traits>(p.v, rows_k, p.heads_kv, tma_batch, p.v_stride);
   prm.shape_q = gQ.shape();
   prm.shape_k = gK.shape();
   prm.tma_q = make_tma_copy(SM90_TMA_LOAD{}, gQ, typename Traits::SmemLayoutQ{},

@@ -41,6 +41,7 @@ struct WorkTile {
   std::int64_t rows = 0;  // valid query rows in the tile (<= kBlockM); <= 0: nothing to do
   int n_begin = 0;        // first visible key block
   int n_blocks = 0;       // visible key blocks (0: the output rows are zeros)
+  detail::SeqInfo seq;    // where the sequence starts in the packed layout (varlen) and its lengths
   detail::ScoreTransform st;  // pre-scaled by 0.5: logit() returns s / 2, the argument of tanh
 };
 
@@ -53,11 +54,11 @@ __device__ __forceinline__ WorkTile make_work_tile(const detail::AttnParams& p) 
   w.m_block = p.causal ? int(gridDim.x - 1 - blockIdx.x) : int(blockIdx.x);
   w.h = blockIdx.y;
   w.b = blockIdx.z;
-  const detail::SeqInfo seq = detail::seq_info(p, w.b);
+  w.seq = detail::seq_info(p, w.b);
   w.m0 = std::int64_t(w.m_block) * BM;
-  w.rows = seq.len_q - w.m0 < BM ? seq.len_q - w.m0 : BM;
+  w.rows = w.seq.len_q - w.m0 < BM ? w.seq.len_q - w.m0 : BM;
   if (w.rows <= 0) return w;
-  w.st = detail::make_score_transform(p, seq, w.b, w.h).scaled_by(0.5f);
+  w.st = detail::make_score_transform(p, w.seq, w.b, w.h).scaled_by(0.5f);
   const std::int64_t key_lo = w.st.key_begin(w.m0);
   const std::int64_t key_hi = w.st.key_end(w.m0 + w.rows);
   w.n_begin = int(key_lo / BN);
@@ -80,13 +81,17 @@ __device__ __forceinline__ void produce(const FwdParams<Traits>& prm, typename T
   Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
   Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
 
-  // Coordinate tensors of the TMA descriptors: (rows, D, heads, batch).
-  Tensor mQ = prm.tma_q.get_tma_tensor(prm.shape_q);
-  Tensor mK = prm.tma_k.get_tma_tensor(prm.shape_k);
-  Tensor mV = prm.tma_v.get_tma_tensor(prm.shape_k);
-  Tensor gQ = local_tile(mQ(_, _, w.h, w.b), Shape<Int<BM>, Int<D>>{}, make_coord(w.m_block, _0{}));  // (BM, D)
-  Tensor gK = local_tile(mK(_, _, hk, w.b), Shape<Int<BN>, Int<D>>{}, make_coord(_, _0{}));  // (BN, D, nblk)
-  Tensor gV = local_tile(mV(_, _, hk, w.b), Shape<Int<BN>, Int<D>>{}, make_coord(_, _0{}));  // (BN, D, nblk)
+  // Coordinate tensors of the TMA descriptors: (rows, D, heads, batch). Varlen: one packed
+  // "batch" of total rows, and this sequence's rows start at seq.q_begin / seq.k_begin. Tiles then
+  // overhang into the next sequence's rows (or past the tensor, zero-filled): those keys are masked
+  // (P = 0, and their finite values add nothing), those queries are computed but never stored.
+  const int bb = prm.p.cu_seqlens_q != nullptr ? 0 : w.b;  // varlen: the one packed "batch"
+  Tensor mQ = domain_offset(make_coord(w.seq.q_begin, _0{}), prm.tma_q.get_tma_tensor(prm.shape_q)(_, _, w.h, bb));
+  Tensor mK = domain_offset(make_coord(w.seq.k_begin, _0{}), prm.tma_k.get_tma_tensor(prm.shape_k)(_, _, hk, bb));
+  Tensor mV = domain_offset(make_coord(w.seq.k_begin, _0{}), prm.tma_v.get_tma_tensor(prm.shape_k)(_, _, hk, bb));
+  Tensor gQ = local_tile(mQ, Shape<Int<BM>, Int<D>>{}, make_coord(w.m_block, _0{}));  // (BM, D)
+  Tensor gK = local_tile(mK, Shape<Int<BN>, Int<D>>{}, make_coord(_, _0{}));  // (BN, D, nblk)
+  Tensor gV = local_tile(mV, Shape<Int<BN>, Int<D>>{}, make_coord(_, _0{}));  // (BN, D, nblk)
 
   auto [tQgQ, tQsQ] = tma_partition(prm.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
   auto [tKgK, tKsK] = tma_partition(prm.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));

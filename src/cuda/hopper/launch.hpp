@@ -13,8 +13,8 @@ const char* last_forward_kernel();
 
 namespace hopper {
 // Defined (explicitly instantiated) in the generated hopper_fwd_hdim<D>_<dtype>.cu units, built only
-// when the CUDA architectures include 90a (or 90). Dense problems only: varlen goes to the portable
-// kernel (the TMA descriptors would need the packed tensors' total lengths, which AttnParams lacks).
+// when the CUDA architectures include 90a (or 90). Dense and varlen problems with at least one key
+// row (backend.cu's try_hopper_forward decides).
 template <int D, class Element>
 void run_fwd(const detail::AttnParams& p);
 }  // namespace hopper
