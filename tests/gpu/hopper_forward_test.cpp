@@ -51,7 +51,7 @@ const char* expected_kernel(const Case& c) {
   const std::int64_t key_rows =
       c.varlen() ? std::accumulate(c.lens_k.begin(), c.lens_k.end(), std::int64_t(0)) : std::int64_t(c.Nk);
   if (key_rows == 0) return "portable";          // no key rows for a TMA descriptor
-  if (c.D != 64 && c.D != 128) return "portable";  // head dims the Hopper kernel has
+  if (c.D != 64 && c.D != 128 && c.D != 256) return "portable";  // head dims the Hopper kernel has
   return "hopper";
 }
 
@@ -81,7 +81,7 @@ std::vector<Case> hopper_cases() {
   });
   std::vector<Case> cases;
   for (const Case& c : fs_gpu::expand_cases(base)) {
-    if (c.D == 64 || c.D == 128) cases.push_back(c);
+    if (c.D == 64 || c.D == 128 || c.D == 256) cases.push_back(c);
   }
   return cases;
 }
@@ -91,7 +91,7 @@ class HopperForward : public ::testing::TestWithParam<Case> {};
 TEST_P(HopperForward, MatchesReference) {
   FS_SKIP_WITHOUT_HOPPER();
   const Case& c = GetParam();
-  if (c.D == 0) GTEST_SKIP() << "this build has neither head dim 64 nor 128";
+  if (c.D == 0) GTEST_SKIP() << "this build has none of the Hopper head dims 64, 128, 256";
   fs_gpu::check_forward(c);
   EXPECT_STREQ(flashsigmoid::cuda::last_forward_kernel(), expected_kernel(c));
 }
@@ -119,7 +119,7 @@ TEST(HopperForwardErrors, BadForwardKernelOverride) {
   }
 }
 
-// GTest needs at least one case; a build without head dims 64/128 gets a placeholder that skips.
+// GTest needs at least one case; a build without head dims 64/128/256 gets a placeholder that skips.
 std::vector<Case> hopper_cases_or_placeholder() {
   std::vector<Case> cases = hopper_cases();
   if (cases.empty()) {

@@ -25,13 +25,14 @@ namespace flashsigmoid::cuda::hopper {
 
 using namespace cute;
 
-// Default tiles per head dim (first draft, not yet tuned on a GPU; bench/NOTES.md).
-// kBlockN = 128 for both: S is 64 fp32 registers per consumer thread, O is D/2.
-// Shared memory: D 64: Q 16 KB + 3 x (K 16 KB + V 16 KB) = 112 KB; D 128: Q 32 KB + 2 x 64 KB = 160 KB.
+// Default tiles per head dim (bench/NOTES.md). Per consumer thread S is kBlockN / 2 fp32 registers,
+// P half that, O D / 2. D 64 / 128: kBlockN 128; D 256: kBlockN 64 (O alone is 128 registers).
+// Shared memory: D 64: Q 16 KB + 3 x (K 16 KB + V 16 KB) = 112 KB; D 128: Q 32 KB + 2 x 64 KB = 160 KB;
+// D 256: Q 64 KB + 2 x 64 KB = 192 KB.
 template <int D>
 struct FwdTile {
   static constexpr int kBlockM = 128;
-  static constexpr int kBlockN = 128;
+  static constexpr int kBlockN = D <= 128 ? 128 : 64;
   static constexpr int kStages = D <= 64 ? 3 : 2;
 };
 
