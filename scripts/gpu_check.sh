@@ -68,7 +68,7 @@ if want tests; then
   if (( HOPPER )); then
     # A hang in the new pipeline must cost one minute, not the call.
     echo "== Hopper smoke test (60 s limit)"
-    timeout 60 "$TESTS" --gtest_filter='Cases/HopperForward.MatchesReference/basic_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_varlen_bf16_d*' \
+    timeout 60 "$TESTS" --gtest_filter='Cases/HopperForward.MatchesReference/basic_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_varlen_bf16_d*:Cases/HopperForward.MatchesReference/hopper_persistent_bf16_d*' \
       2>&1 | tail -30 | tee "$LOG/hopper_smoke.log"
     smoke=${PIPESTATUS[0]}
     if (( smoke != 0 )); then

@@ -72,6 +72,12 @@ std::vector<Case> hopper_cases() {
   add("hopper_long_causal_alibi", [](Case& c) {
     c.B = 2; c.Nq = c.Nk = 777; c.causal = true; c.alibi = Alibi::per_head;
   });
+  // More tiles than an H100/H200 has SMs (132), so each persistent CTA runs several tiles and its
+  // barriers and pipelines carry over from tile to tile (tile_scheduler.cuh).
+  add("hopper_persistent", [](Case& c) { c.B = 3; c.Hq = 8; c.Hkv = 2; c.Nq = c.Nk = 800; });
+  add("hopper_persistent_causal_window", [](Case& c) {
+    c.B = 3; c.Hq = 8; c.Hkv = 4; c.Nq = 700; c.Nk = 800; c.causal = true; c.window_left = 150;
+  });
   // Packed sequences whose tiles overhang into their neighbours' rows (and past the tensor's end).
   add("hopper_long_varlen", [](Case& c) {
     c.Hq = 4; c.Hkv = 2; c.lens_q = {1000, 3, 0, 700}; c.lens_k = {900, 1500, 40, 700};

@@ -61,10 +61,23 @@ void run_fwd(const detail::AttnParams& p) {
   prm.tma_v = make_tma_copy(SM90_TMA_LOAD{}, gV, take<0, 2>(typename Traits::SmemLayoutV{}),
                             Shape<Int<Traits::kBlockN>, Int<D>>{}, _1{});
 
+  prm.sched.m_blocks = int(m_blocks);
+  prm.sched.heads = int(p.heads_q);
+  prm.sched.batch = int(p.batch);
+  prm.sched.causal = p.causal;
+  const std::int64_t tiles = m_blocks * p.heads_q * p.batch;
+  if (tiles > 0x7fffffff) {
+    throw Error("flashsigmoid: Hopper forward problem too large (" + std::to_string(tiles) +
+                " tiles of 128 query rows); accepted: fewer than 2^31");
+  }
+  int sms = 0;
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device.index),
+             "cudaDeviceGetAttribute(multiprocessor count)");
+
   auto kernel = &fwd_kernel<Traits>;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
              "cudaFuncSetAttribute(Hopper forward shared memory)");
-  const dim3 grid(unsigned(m_blocks), unsigned(p.heads_q), unsigned(p.batch));
+  const dim3 grid(unsigned(tiles < sms ? tiles : sms));  // persistent: one CTA per SM at most
   kernel<<<grid, Traits::kNThreads, kSmem, static_cast<cudaStream_t>(p.stream)>>>(prm);
   check_cuda(cudaGetLastError(), "Hopper forward kernel launch");
 }
