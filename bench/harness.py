@@ -173,10 +173,10 @@ def measure(name, shape, sets, douts, direction, args, cuda):
         need = mat * (2 if direction == "fwd" else len(sets) + 3)
         if need > args.plain_budget_gb:
             raise Skip(f"skipped: needs ~{need:.0f} GiB > --plain-budget-gb {args.plain_budget_gb:g}")
-    fn = MAKERS[name](causal)
     if (name == "triton_sigmoid" and args.triton_ns != "all"
             and shape["N"] not in {int(n) for n in args.triton_ns.split(",")}):
         raise Skip(f"skipped: --triton-ns {args.triton_ns} (its autotuning takes minutes per shape)")
+    fn = MAKERS[name](causal)
     if name == "triton_sigmoid" and shape["Hkv"] != shape["Hq"]:  # no GQA there: expand kv, untimed
         g = shape["Hq"] // shape["Hkv"]
         sets = [(q, k.repeat_interleave(g, 2), v.repeat_interleave(g, 2)) for q, k, v in sets]

@@ -43,6 +43,14 @@ def test_head_dim_80():
         fs.sigmoid_attn(q, k, v)
 
 
+def test_cuda_head_dims_is_a_subset_of_the_supported_ones():
+    built = fs.cuda_head_dims()
+    assert isinstance(built, list) and all(isinstance(d, int) for d in built), built
+    assert built == sorted(set(built)) and set(built) <= set(fs.SUPPORTED_HEAD_DIMS), built
+    # a CUDA-enabled package always has at least one head dim; a CPU-only one has none
+    assert bool(built) or not fs.cuda_available()
+
+
 def test_head_dim_mismatch():
     q, _, _ = qkv(D=64)
     _, k, v = qkv(D=32)

@@ -75,3 +75,40 @@ def test_png_plot(dry_run):
         pytest.skip("matplotlib is not installed here: no PNG to check (the harness reports 'no plot')")
     png = out / "dry.png"
     assert meta["plot"] == "dry.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Config:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+
+class _Tuner:
+    def __init__(self, configs):
+        self.configs = configs
+
+
+def test_triton_config_pruning_keeps_large_tiles(monkeypatch):
+    """--triton-configs large: only configs whose BLOCK_* are all >= 64 stay in the autotuners."""
+    import sys
+    import types
+    h = _load()
+    mod = types.ModuleType("fake_triton_sigmoid.kernels")
+    mod._fwd = _Tuner([_Config(BLOCK_M=32, BLOCK_N=64), _Config(BLOCK_M=64, BLOCK_N=64),
+                       _Config(BLOCK_M=128, BLOCK_N=128, other=1)])
+    mod._all_small = _Tuner([_Config(BLOCK_M=32, BLOCK_N=32)])  # nothing large: left as it is
+    monkeypatch.setitem(sys.modules, "fake_triton_sigmoid.kernels", mod)
+    monkeypatch.setattr(h, "TRITON_INFO", "fake_triton_sigmoid")
+    note = h.prune_triton_configs()
+    assert [c.kwargs for c in mod._fwd.configs] == [dict(BLOCK_M=64, BLOCK_N=64),
+                                                    dict(BLOCK_M=128, BLOCK_N=128, other=1)]
+    assert len(mod._all_small.configs) == 1
+    assert "_fwd 2/3" in note
+
+
+def test_triton_runs_only_at_the_chosen_n():
+    """--triton-ns: triton-sigmoid is skipped, with the reason, at any other N (before it is called)."""
+    h = _load()
+    args = h.argparse.Namespace(triton_ns="8192", plain_budget_gb=48.0, reps=1, warmup=0)
+    shape = dict(D=64, causal=False, N=1024, B=1, Hq=1, Hkv=1)
+    with pytest.raises(h.Skip, match="--triton-ns 8192"):
+        h.measure("triton_sigmoid", shape, [], [], "fwd", args, False)
