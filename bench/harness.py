@@ -373,6 +373,9 @@ def main(argv=None):
     p.add_argument("--plain-budget-gb", type=float, default=48.0, help="skip the plain path above this estimate")
     args = p.parse_args(argv)
     args.dims = [int(d) for d in args.dims.split(",")]
+    if args.triton_ns != "all" and not all(n.strip().isdigit() for n in args.triton_ns.split(",")):
+        p.error(f"--triton-ns is '{args.triton_ns}'; accepted: 'all' or comma-separated sequence lengths, "
+                "e.g. 2048,8192")
     args.reps = args.reps or (10 if args.quick else 30)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():

@@ -31,6 +31,12 @@ BUILD=build-gpu
 status=0
 STAGES=" ${STAGES:-tests sanitizer bench python harness cli} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
+for stage in $STAGES; do
+  case "$stage" in
+    tests|sanitizer|bench|python|harness|cli) ;;
+    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness cli" >&2; exit 2 ;;
+  esac
+done
 HOPPER=0
 [[ "$ARCHS" == *90* && "${EXTRA_CMAKE_ARGS:-}" != *FLASHSIGMOID_HOPPER=OFF* ]] && HOPPER=1
 

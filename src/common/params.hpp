@@ -6,6 +6,13 @@
 
 #include "flashsigmoid/flashsigmoid.hpp"
 
+// Host and device (CUDA units) or plain inline (C++ units): the helpers shared by every backend.
+#if defined(__CUDACC__)
+#define FS_HD __host__ __device__ __forceinline__
+#else
+#define FS_HD inline
+#endif
+
 namespace flashsigmoid::detail {
 
 // Strides (in elements) of one [.., N, H, D] operand; the D stride is 1.
@@ -13,6 +20,11 @@ struct OperandStrides {
   std::int64_t batch = 0;  // 0 for varlen (rows are addressed through cu_seqlens)
   std::int64_t row = 0;
   std::int64_t head = 0;
+
+  // Element offset of (batch b, row, head h), d = 0. Varlen: row counts from the packed start.
+  FS_HD std::int64_t offset(std::int64_t b, std::int64_t r, std::int64_t h) const {
+    return b * batch + r * row + h * head;
+  }
 };
 
 struct AttnParams {

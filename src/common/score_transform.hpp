@@ -6,13 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "common/params.hpp"
-
-#if defined(__CUDACC__)
-#define FS_HD __host__ __device__ __forceinline__
-#else
-#define FS_HD inline
-#endif
+#include "common/params.hpp"  // also FS_HD
 
 namespace flashsigmoid::detail {
 

@@ -60,11 +60,6 @@ struct BwdTiles {
   }
 };
 
-template <typename T>
-T* head_rows_out(void* ptr, const OperandStrides& s, std::int64_t b, std::int64_t seq_begin, std::int64_t h) {
-  return static_cast<T*>(ptr) + b * s.batch + seq_begin * s.row + h * s.head;
-}
-
 template <typename T, typename Acc>
 void dkdv_pass(const BwdParams& p) {
   const int D = static_cast<int>(p.head_dim);

@@ -52,8 +52,8 @@ void forward_impl(const AttnParams& p) {
       scores_to_probs<true>(t, i0, kBlockQ, j0, kBlockK, St);
       gemm_acc<true>(St, kBlockQ, V, D, O, D, kBlockQ, D, kBlockK);  // O += (P^T)^T V
     }
-    T* out = static_cast<T*>(p.o) + b * p.o_stride.batch + s.q_begin * p.o_stride.row + h * p.o_stride.head;
-    store_tile<T>(O, kBlockQ, D, Acc(1), out, p.o_stride.row, i0, s.len_q);
+    store_tile<T>(O, kBlockQ, D, Acc(1), head_rows_out<T>(p.o, p.o_stride, b, s.q_begin, h), p.o_stride.row, i0,
+                  s.len_q);
   });
 }
 

@@ -50,8 +50,13 @@ struct RowSlice {
 template <typename T>
 RowSlice<T> head_rows(const void* ptr, const OperandStrides& s, std::int64_t b, std::int64_t seq_begin,
                       std::int64_t h, std::int64_t rows) {
-  const T* base = static_cast<const T*>(ptr) + b * s.batch + seq_begin * s.row + h * s.head;
-  return {base, s.row, rows};
+  return {static_cast<const T*>(ptr) + s.offset(b, seq_begin, h), s.row, rows};
+}
+
+// First row of head h of sequence b in an output operand.
+template <typename T>
+T* head_rows_out(void* ptr, const OperandStrides& s, std::int64_t b, std::int64_t seq_begin, std::int64_t h) {
+  return static_cast<T*>(ptr) + s.offset(b, seq_begin, h);
 }
 
 // dst[r][d] = src row (r0 + r), zero past the valid rows.

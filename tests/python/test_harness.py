@@ -112,3 +112,10 @@ def test_triton_runs_only_at_the_chosen_n():
     shape = dict(D=64, causal=False, N=1024, B=1, Hq=1, Hkv=1)
     with pytest.raises(h.Skip, match="--triton-ns 8192"):
         h.measure("triton_sigmoid", shape, [], [], "fwd", args, False)
+
+
+def test_bad_triton_ns_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        _load().main(["--device", "cpu", "--triton-ns", "8k"])
+    assert e.value.code == 2
+    assert "--triton-ns is '8k'; accepted: 'all' or comma-separated sequence lengths" in capsys.readouterr().err
