@@ -234,4 +234,8 @@ void cuda_backward(const BwdParams& p) {
 
 namespace flashsigmoid::cuda {
 const char* last_forward_kernel() { return detail::g_last_forward_kernel; }
+hopper::Schedule& hopper::schedule() {
+  thread_local Schedule s;
+  return s;
+}
 }  // namespace flashsigmoid::cuda

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -65,6 +66,17 @@ void run_fwd(const detail::AttnParams& p) {
   prm.sched.heads = int(p.heads_q);
   prm.sched.batch = int(p.batch);
   prm.sched.causal = p.causal;
+  const Schedule& schedule = hopper::schedule();
+  int device_l2 = 0;
+  check_cuda(cudaDeviceGetAttribute(&device_l2, cudaDevAttrL2CacheSize, p.device.index),
+             "cudaDeviceGetAttribute(L2 cache size)");
+  if (p.causal && schedule.l2_grouping) {
+    // K and V bytes one (head, batch) pair reads (GQA: shared by group_size() query heads); the
+    // group's K/V gets half of L2, the rest is for Q, O and the other traffic.
+    const std::int64_t keys = varlen ? (p.total_k + p.batch - 1) / std::max<std::int64_t>(p.batch, 1) : p.seqlen_k;
+    const std::int64_t kv_bytes = std::max<std::int64_t>(2 * keys * D * std::int64_t(sizeof(Element)) / p.group_size(), 1);
+    prm.sched.group = int(std::clamp<std::int64_t>(device_l2 / 2 / kv_bytes, 1, p.heads_q * p.batch));
+  }
   const std::int64_t tiles = m_blocks * p.heads_q * p.batch;
   if (tiles > 0x7fffffff) {
     throw Error("flashsigmoid: Hopper forward problem too large (" + std::to_string(tiles) +
@@ -77,7 +89,8 @@ void run_fwd(const detail::AttnParams& p) {
   auto kernel = &fwd_kernel<Traits>;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
              "cudaFuncSetAttribute(Hopper forward shared memory)");
-  const dim3 grid(unsigned(tiles < sms ? tiles : sms));  // persistent: one CTA per SM at most
+  // Persistent: one CTA per SM at most (the kernel's tile loop also runs one tile per CTA).
+  const dim3 grid(unsigned(schedule.persistent && tiles > sms ? sms : tiles));
   kernel<<<grid, Traits::kNThreads, kSmem, static_cast<cudaStream_t>(p.stream)>>>(prm);
   check_cuda(cudaGetLastError(), "Hopper forward kernel launch");
 }

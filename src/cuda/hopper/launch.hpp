@@ -12,6 +12,17 @@ namespace flashsigmoid::cuda {
 const char* last_forward_kernel();
 
 namespace hopper {
+// Schedule switches of the Hopper forward, for the benchmark's same-process A/B runs (not part of the
+// public API; the defaults are what every other caller gets). Per thread, like last_forward_kernel.
+//   persistent: grid of at most one CTA per SM walking its tiles (else one CTA per tile);
+//   l2_grouping: causal longest-first order within groups of heads whose K/V fits in L2 (else across
+//   every head).
+struct Schedule {
+  bool persistent = true;
+  bool l2_grouping = true;
+};
+Schedule& schedule();
+
 // Defined (explicitly instantiated) in the generated hopper_fwd_hdim<D>_<dtype>.cu units, built only
 // when the CUDA architectures include 90a (or 90). Dense and varlen problems with at least one key
 // row (backend.cu's try_hopper_forward decides).
