@@ -11,6 +11,7 @@
 #include <cstring>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/hopper/launch.hpp"  // flashsigmoid::cuda::last_forward_kernel
@@ -123,6 +124,42 @@ TEST(HopperForwardErrors, BadForwardKernelOverride) {
   } else {
     unsetenv("FLASHSIGMOID_FORWARD_KERNEL");
   }
+}
+
+// Every schedule the benchmark can pick gives the same results: one CTA per tile, causal order across
+// every head, and L2 groups of one or five (head, batch) pairs (a tiny L2 size, so a small problem
+// has many groups, the last one short). Causal with more tiles than SMs, so odd rounds run backwards.
+TEST(HopperForwardSchedule, EveryScheduleMatchesReference) {
+  FS_SKIP_WITHOUT_HOPPER();
+  using flashsigmoid::cuda::hopper::Schedule;
+  Schedule& schedule = flashsigmoid::cuda::hopper::schedule();
+  const Schedule saved = schedule;
+  std::vector<std::pair<std::string, Schedule>> variants = {
+      {"per_tile", {false, true, 0}}, {"no_l2_group", {true, false, 0}}, {"l2_group_1", {true, true, 1}},
+      {"l2_group_5", {true, true, 0}}};
+  for (int D : fs_gpu::kBuiltHeadDims) {
+    if (D != 64 && D != 128 && D != 256) continue;
+    Case c;
+    c.dtype = flashsigmoid::DType::bfloat16;
+    c.D = D;
+    c.B = 3;
+    c.Hq = 8;
+    c.Hkv = 4;
+    c.Nq = 700;
+    c.Nk = 800;
+    c.causal = true;
+    // Five pairs' K/V per group (24 pairs: the last group has 4): each pair reads 2 * Nk * D * 2 bytes,
+    // shared by Hq / Hkv = 2 heads, and a group gets half of L2.
+    variants.back().second.l2_bytes = 2 * 5 * (2LL * c.Nk * D * 2 / 2);
+    for (const auto& [name, variant] : variants) {
+      SCOPED_TRACE("schedule " + name + ", D " + std::to_string(D));
+      c.name = "schedule_" + name;
+      schedule = variant;
+      fs_gpu::check_forward(c);
+      EXPECT_STREQ(flashsigmoid::cuda::last_forward_kernel(), "hopper");
+    }
+  }
+  schedule = saved;
 }
 
 // GTest needs at least one case; a build without head dims 64/128/256 gets a placeholder that skips.

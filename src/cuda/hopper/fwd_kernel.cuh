@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_
       auto state_k = cutlass::make_producer_start_state<PipelineKV>();
       auto state_v = cutlass::make_producer_start_state<PipelineKV>();
       int q_uses = 0;
-      for (int t = blockIdx.x; t < sched.num_tiles(); t += gridDim.x) {
+      for (int round = 0, t = sched.tile(0); t < sched.num_tiles(); t = sched.tile(++round)) {
         const WorkTile w = make_work_tile<Traits>(p, sched.coord(t));
         if (w.rows <= 0 || w.n_blocks == 0) continue;
         produce<Traits>(prm, ss, pipe_k, pipe_v, w, state_k, state_v, q_uses);
@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_
     typename Traits::PipelineState state_k;  // consumers start at stage 0, phase 0
     typename Traits::PipelineState state_v;
     int q_uses = 0;
-    for (int t = blockIdx.x; t < sched.num_tiles(); t += gridDim.x) {
+    for (int round = 0, t = sched.tile(0); t < sched.num_tiles(); t = sched.tile(++round)) {
       const WorkTile w = make_work_tile<Traits>(p, sched.coord(t));
       if (w.rows <= 0) continue;  // varlen: this sequence is shorter than max_seqlen_q
       clear(acc_o);

@@ -67,15 +67,16 @@ void run_fwd(const detail::AttnParams& p) {
   prm.sched.batch = int(p.batch);
   prm.sched.causal = p.causal;
   const Schedule& schedule = hopper::schedule();
-  int device_l2 = 0;
-  check_cuda(cudaDeviceGetAttribute(&device_l2, cudaDevAttrL2CacheSize, p.device.index),
-             "cudaDeviceGetAttribute(L2 cache size)");
   if (p.causal && schedule.l2_grouping) {
+    int device_l2 = 0;
+    check_cuda(cudaDeviceGetAttribute(&device_l2, cudaDevAttrL2CacheSize, p.device.index),
+               "cudaDeviceGetAttribute(L2 cache size)");
+    const std::int64_t l2 = schedule.l2_bytes > 0 ? std::int64_t(schedule.l2_bytes) : device_l2;
     // K and V bytes one (head, batch) pair reads (GQA: shared by group_size() query heads); the
     // group's K/V gets half of L2, the rest is for Q, O and the other traffic.
     const std::int64_t keys = varlen ? (p.total_k + p.batch - 1) / std::max<std::int64_t>(p.batch, 1) : p.seqlen_k;
     const std::int64_t kv_bytes = std::max<std::int64_t>(2 * keys * D * std::int64_t(sizeof(Element)) / p.group_size(), 1);
-    prm.sched.group = int(std::clamp<std::int64_t>(device_l2 / 2 / kv_bytes, 1, p.heads_q * p.batch));
+    prm.sched.group = int(std::clamp<std::int64_t>(l2 / 2 / kv_bytes, 1, p.heads_q * p.batch));
   }
   const std::int64_t tiles = m_blocks * p.heads_q * p.batch;
   if (tiles > 0x7fffffff) {

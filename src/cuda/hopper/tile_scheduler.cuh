@@ -1,6 +1,6 @@
 // Persistent tile scheduler of the Hopper forward: the grid holds at most one CTA per SM and each
-// CTA walks tiles t = blockIdx.x, blockIdx.x + gridDim.x, ... (static, so producer and consumers
-// of a CTA agree on the sequence without communicating, and the schedule is deterministic).
+// CTA takes one tile per round, tile(round) (static, so producer and consumers of a CTA agree on
+// the sequence without communicating, and the schedule is deterministic).
 //
 // Order: non-causal runs take the query blocks of one (head, batch) together, so concurrent CTAs
 // share its K/V in L2. Causal runs take the query blocks from the bottom (the longest rows first)
@@ -25,6 +25,15 @@ struct TileScheduler {
   bool causal = false;
 
   __host__ __device__ int num_tiles() const { return m_blocks * heads * batch; }
+
+  // This CTA's tile of round `round` (>= num_tiles() once it has none left). Causal tiles get shorter
+  // along the order, so a fixed position in every round would give CTA 0 the longest tile of each
+  // round (measured at 16k keys, D 128: 540-550 TFLOP/s against 630 with one CTA per tile); odd rounds walk the CTAs backwards,
+  // so each pair of rounds sums to about the same work on every CTA.
+  __device__ int tile(int round) const {
+    const int cta = causal && (round & 1) ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
+    return round * int(gridDim.x) + cta;
+  }
 
   __device__ TileCoord coord(int t) const {
     TileCoord c;
