@@ -6,9 +6,12 @@
 // The "kernel" column names the forward kernel that ran ("hopper" or "portable": the dispatch picks
 // the Hopper kernel on sm_90 devices in builds with FLASHSIGMOID_HOPPER=ON). --kernel portable forces
 // the portable forward (through FLASHSIGMOID_FORWARD_KERNEL=portable); --kernel both times each shape
-// with the automatic choice and then with the portable kernel, in the same process.
+// with the automatic choice and then with the portable kernel, in the same process. --kernel also
+// takes a comma-separated list of modes, timed back to back per shape: auto, portable, and two Hopper
+// schedule variants for A/B runs, per-tile (one CTA per tile, not persistent) and no-l2-group (causal
+// longest-first across every head). --shape D:N:causal times one shape (e.g. for ncu).
 //   usage: flashsigmoid_cuda_fwd_bench [--reps N] [--quick] [--backward] [--deterministic]
-//                                      [--kernel auto|portable|both]
+//                                      [--kernel auto|portable|both|MODE,MODE...] [--shape D:N:causal]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -60,8 +63,10 @@ int main(int argc, char** argv) {
   bool backward = false;
   bool deterministic = false;
   std::string kernel_arg = "auto";
+  std::string shape_arg;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--kernel") && i + 1 < argc) kernel_arg = argv[++i];
+    if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) shape_arg = argv[++i];
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--backward")) backward = true;
@@ -69,12 +74,21 @@ int main(int argc, char** argv) {
   }
   const char* pass = backward ? "backward" : "forward";
   std::vector<std::string> kernel_modes;
-  if (kernel_arg == "both") {
-    kernel_modes = {"auto", "portable"};
-  } else if (kernel_arg == "auto" || kernel_arg == "portable") {
-    kernel_modes = {kernel_arg};
-  } else {
-    std::fprintf(stderr, "--kernel takes auto, portable or both, got %s\n", kernel_arg.c_str());
+  if (kernel_arg == "both") kernel_arg = "auto,portable";
+  for (std::size_t pos = 0; pos <= kernel_arg.size();) {
+    const std::size_t end = std::min(kernel_arg.find(',', pos), kernel_arg.size());
+    const std::string mode = kernel_arg.substr(pos, end - pos);
+    if (mode != "auto" && mode != "portable" && mode != "per-tile" && mode != "no-l2-group") {
+      std::fprintf(stderr, "--kernel takes both or a comma-separated list of auto, portable, per-tile, no-l2-group; got %s\n",
+                   kernel_arg.c_str());
+      return 2;
+    }
+    kernel_modes.push_back(mode);
+    pos = end + 1;
+  }
+  int only_d = 0, only_n = 0, only_causal = -1;
+  if (!shape_arg.empty() && std::sscanf(shape_arg.c_str(), "%d:%d:%d", &only_d, &only_n, &only_causal) != 3) {
+    std::fprintf(stderr, "--shape takes D:N:causal (e.g. 128:4096:0), got %s\n", shape_arg.c_str());
     return 2;
   }
   int dev = 0;
@@ -132,6 +146,7 @@ int main(int argc, char** argv) {
   };
   std::vector<Run> runs;
   for (const Shape& sh : shapes) {
+    if (only_d && (sh.D != only_d || sh.N != only_n || int(sh.causal) != only_causal || sh.Hq != sh.Hkv)) continue;
     for (const std::string& mode : kernel_modes) runs.push_back({sh, mode});
   }
 
@@ -144,6 +159,10 @@ int main(int argc, char** argv) {
     } else {
       unsetenv("FLASHSIGMOID_FORWARD_KERNEL");
     }
+    flashsigmoid::cuda::hopper::Schedule& schedule = flashsigmoid::cuda::hopper::schedule();
+    schedule = {};
+    if (job.mode == "per-tile") schedule.persistent = false;
+    if (job.mode == "no-l2-group") schedule.l2_grouping = false;
     const std::int64_t B = kTokens / sh.N;
     auto view = [&](void* data, int H) {
       return flashsigmoid::TensorView::contiguous(data, flashsigmoid::DType::bfloat16, {B, sh.N, H, sh.D},
@@ -168,7 +187,8 @@ int main(int argc, char** argv) {
       std::printf("%4d %6d %6d: skipped (%s)\n", sh.D, int(sh.causal), sh.N, e.what());
       continue;
     }
-    const std::string kernel = backward ? "portable" : flashsigmoid::cuda::last_forward_kernel();
+    std::string kernel = backward ? "portable" : flashsigmoid::cuda::last_forward_kernel();
+    if (kernel == "hopper" && job.mode != "auto") kernel += " " + job.mode;
     std::vector<float> ms(reps);
     for (int r = 0; r < reps; ++r) {
       cudaEventRecord(start, stream);

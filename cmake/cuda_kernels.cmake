@@ -52,7 +52,7 @@ endif()
 # The Hopper forward (src/cuda/hopper, wgmma + TMA + setmaxnreg: sm_90a instructions). Its units
 # are compiled only when the architectures include 90a or 90, and then for 90a alone (an sm_90a
 # cubin runs on every compute-capability-9.0 device), in an object library so that the other units
-# keep the project's architecture list; CI's arch-80 build never compiles them. Head dims 64 and 128.
+# keep the project's architecture list; CI's arch-80 build never compiles them. Head dims 64, 128 and 256.
 # FLASHSIGMOID_HOPPER: AUTO (default) dispatches sm_90 devices to it whenever 90a/90 is built;
 # OFF keeps every device on the portable kernel; ON requires 90a/90 in the archs.
 set(FLASHSIGMOID_HOPPER AUTO CACHE STRING "Dispatch the forward on sm_90 devices to the Hopper kernel: AUTO, ON or OFF")
@@ -66,7 +66,7 @@ endforeach()
 set(_fs_hopper_sources "")
 if(_fs_hopper_arch)
   foreach(_fs_hd IN LISTS FLASHSIGMOID_HEAD_DIMS)
-    if(_fs_hd EQUAL 64 OR _fs_hd EQUAL 128)
+    if(_fs_hd EQUAL 64 OR _fs_hd EQUAL 128 OR _fs_hd EQUAL 256)
       foreach(_fs_dt bf16 fp16)
         fs_instantiate(hopper/fwd_inst hopper_fwd ${_fs_hd} ${_fs_dt} _fs_src)
         list(APPEND _fs_hopper_sources ${_fs_src})

@@ -74,7 +74,7 @@ if want tests; then
   if (( HOPPER )); then
     # A hang in the new pipeline must cost one minute, not the call.
     echo "== Hopper smoke test (60 s limit)"
-    timeout 60 "$TESTS" --gtest_filter='Cases/HopperForward.MatchesReference/basic_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*' \
+    timeout 60 "$TESTS" --gtest_filter='Cases/HopperForward.MatchesReference/basic_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_varlen_bf16_d*:Cases/HopperForward.MatchesReference/hopper_persistent_bf16_d*' \
       2>&1 | tail -30 | tee "$LOG/hopper_smoke.log"
     smoke=${PIPESTATUS[0]}
     if (( smoke != 0 )); then
@@ -101,7 +101,7 @@ if want tests; then
   fi
 fi
 SAN_D="${SANITIZER_HEAD_DIM:-64}"
-SMALL='Cases/GpuForward.MatchesReference/basic_bf16_d*:Cases/GpuForward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuForward.MatchesReference/window_bf16_d*:Cases/GpuForward.MatchesReference/nq_gt_nk_bf16_d*:Cases/GpuForward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuForward.MatchesReference/varlen_window_alibi_fp16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_gqa_window_fp16_d*:Cases/GpuBackward.MatchesReference/basic_bf16_d*:Cases/GpuBackward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuBackward.MatchesReference/window_bf16_d*:Cases/GpuBackward.MatchesReference/gqa_bf16_d*:Cases/GpuBackward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuBackward.MatchesReference/varlen_window_bias_fp16_d*'
+SMALL='Cases/GpuForward.MatchesReference/basic_bf16_d*:Cases/GpuForward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuForward.MatchesReference/window_bf16_d*:Cases/GpuForward.MatchesReference/nq_gt_nk_bf16_d*:Cases/GpuForward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuForward.MatchesReference/varlen_window_alibi_fp16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_gqa_window_fp16_d*:Cases/HopperForward.MatchesReference/hopper_long_varlen_fp16_d*:HopperForwardSchedule.*:Cases/GpuBackward.MatchesReference/basic_bf16_d*:Cases/GpuBackward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuBackward.MatchesReference/window_bf16_d*:Cases/GpuBackward.MatchesReference/gqa_bf16_d*:Cases/GpuBackward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuBackward.MatchesReference/varlen_window_bias_fp16_d*'
 if want sanitizer && [[ -z "${SKIP_SANITIZER:-}" ]]; then
   SMALL="${SMALL//_d\*/_d$SAN_D}"
   for tool in memcheck racecheck; do

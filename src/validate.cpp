@@ -196,6 +196,8 @@ AttnParams make_params(const TensorView& q, const TensorView& k, const TensorVie
     }
     p.seqlen_q = o.max_seqlen_q;
     p.seqlen_k = o.max_seqlen_k;
+    p.total_q = q.shape[0];
+    p.total_k = k.shape[0];
     if (p.device.type == DeviceType::cpu) {
       check_cu_seqlens_values("cu_seqlens_q", o.cu_seqlens_q, q.shape[0], o.max_seqlen_q);
       check_cu_seqlens_values("cu_seqlens_k", o.cu_seqlens_k, k.shape[0], o.max_seqlen_k);

@@ -47,6 +47,8 @@ struct AttnParams {
   // Varlen: sequence b spans rows [cu_seqlens[b], cu_seqlens[b+1]). Null when dense.
   const std::int32_t* cu_seqlens_q = nullptr;
   const std::int32_t* cu_seqlens_k = nullptr;
+  std::int64_t total_q = 0;  // varlen: rows of the packed q / k tensors (the Hopper kernel's TMA
+  std::int64_t total_k = 0;  // descriptors span them); 0 when dense
 
   float scale = 1.0f;
   BiasMode bias_mode = BiasMode::neg_log_seqlen_k;

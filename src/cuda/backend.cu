@@ -30,6 +30,11 @@
 #else
 #define FLASHSIGMOID_HOPPER_HDIM_128_BUILT false
 #endif
+#if defined(FLASHSIGMOID_HOPPER_HDIM_256)
+#define FLASHSIGMOID_HOPPER_HDIM_256_BUILT true
+#else
+#define FLASHSIGMOID_HOPPER_HDIM_256_BUILT false
+#endif
 
 namespace flashsigmoid::detail {
 namespace {
@@ -136,15 +141,18 @@ bool hopper_forward_allowed() {
 #endif
 
 // Runs the Hopper forward when this build dispatches to it and it covers the problem (head dims
-// 64 / 128, dense, at least one key (a TMA descriptor needs a non-empty tensor), an sm_90 device);
+// 64 / 128 / 256, dense or varlen, at least one key row (a TMA descriptor needs a non-empty tensor), an
+// sm_90 device);
 // returns false to leave the problem to the portable kernel.
 template <int D, class Element>
 bool try_hopper_forward([[maybe_unused]] const AttnParams& p, [[maybe_unused]] bool allowed) {
 #if defined(FLASHSIGMOID_HOPPER_ENABLED)
   constexpr bool kBuilt =
-      (D == 64 && FLASHSIGMOID_HOPPER_HDIM_64_BUILT) || (D == 128 && FLASHSIGMOID_HOPPER_HDIM_128_BUILT);
+      (D == 64 && FLASHSIGMOID_HOPPER_HDIM_64_BUILT) || (D == 128 && FLASHSIGMOID_HOPPER_HDIM_128_BUILT) ||
+      (D == 256 && FLASHSIGMOID_HOPPER_HDIM_256_BUILT);
   if constexpr (kBuilt) {
-    if (allowed && !p.is_varlen() && p.seqlen_k > 0 && is_sm90(p.device.index)) {
+    const std::int64_t key_rows = p.is_varlen() ? p.total_k : p.seqlen_k;
+    if (allowed && key_rows > 0 && is_sm90(p.device.index)) {
       cuda::hopper::run_fwd<D, Element>(p);
       return true;
     }
@@ -226,4 +234,8 @@ void cuda_backward(const BwdParams& p) {
 
 namespace flashsigmoid::cuda {
 const char* last_forward_kernel() { return detail::g_last_forward_kernel; }
+hopper::Schedule& hopper::schedule() {
+  thread_local Schedule s;
+  return s;
+}
 }  // namespace flashsigmoid::cuda

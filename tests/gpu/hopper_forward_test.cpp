@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/hopper/launch.hpp"  // flashsigmoid::cuda::last_forward_kernel
@@ -47,9 +49,10 @@ std::string hopper_skip_reason() {
 const char* expected_kernel(const Case& c) {
   const char* forced = std::getenv("FLASHSIGMOID_FORWARD_KERNEL");
   if (forced != nullptr && std::strcmp(forced, "portable") == 0) return "portable";
-  if (c.varlen()) return "portable";             // the Hopper kernel is dense-only (launch.hpp)
-  if (c.Nk == 0) return "portable";              // no key tensor for a TMA descriptor
-  if (c.D != 64 && c.D != 128) return "portable";  // head dims the Hopper kernel has
+  const std::int64_t key_rows =
+      c.varlen() ? std::accumulate(c.lens_k.begin(), c.lens_k.end(), std::int64_t(0)) : std::int64_t(c.Nk);
+  if (key_rows == 0) return "portable";          // no key rows for a TMA descriptor
+  if (c.D != 64 && c.D != 128 && c.D != 256) return "portable";  // head dims the Hopper kernel has
   return "hopper";
 }
 
@@ -70,9 +73,22 @@ std::vector<Case> hopper_cases() {
   add("hopper_long_causal_alibi", [](Case& c) {
     c.B = 2; c.Nq = c.Nk = 777; c.causal = true; c.alibi = Alibi::per_head;
   });
+  // More tiles than an H100/H200 has SMs (132), so each persistent CTA runs several tiles and its
+  // barriers and pipelines carry over from tile to tile (tile_scheduler.cuh).
+  add("hopper_persistent", [](Case& c) { c.B = 3; c.Hq = 8; c.Hkv = 2; c.Nq = c.Nk = 800; });
+  add("hopper_persistent_causal_window", [](Case& c) {
+    c.B = 3; c.Hq = 8; c.Hkv = 4; c.Nq = 700; c.Nk = 800; c.causal = true; c.window_left = 150;
+  });
+  // Packed sequences whose tiles overhang into their neighbours' rows (and past the tensor's end).
+  add("hopper_long_varlen", [](Case& c) {
+    c.Hq = 4; c.Hkv = 2; c.lens_q = {1000, 3, 0, 700}; c.lens_k = {900, 1500, 40, 700};
+  });
+  add("hopper_long_varlen_causal_window", [](Case& c) {
+    c.lens_q = {513, 1025}; c.lens_k = {1100, 1025}; c.causal = true; c.window_left = 200;
+  });
   std::vector<Case> cases;
   for (const Case& c : fs_gpu::expand_cases(base)) {
-    if (c.D == 64 || c.D == 128) cases.push_back(c);
+    if (c.D == 64 || c.D == 128 || c.D == 256) cases.push_back(c);
   }
   return cases;
 }
@@ -82,7 +98,7 @@ class HopperForward : public ::testing::TestWithParam<Case> {};
 TEST_P(HopperForward, MatchesReference) {
   FS_SKIP_WITHOUT_HOPPER();
   const Case& c = GetParam();
-  if (c.D == 0) GTEST_SKIP() << "this build has neither head dim 64 nor 128";
+  if (c.D == 0) GTEST_SKIP() << "this build has none of the Hopper head dims 64, 128, 256";
   fs_gpu::check_forward(c);
   EXPECT_STREQ(flashsigmoid::cuda::last_forward_kernel(), expected_kernel(c));
 }
@@ -110,7 +126,43 @@ TEST(HopperForwardErrors, BadForwardKernelOverride) {
   }
 }
 
-// GTest needs at least one case; a build without head dims 64/128 gets a placeholder that skips.
+// Every schedule the benchmark can pick gives the same results: one CTA per tile, causal order across
+// every head, and L2 groups of one or five (head, batch) pairs (a tiny L2 size, so a small problem
+// has many groups, the last one short). Causal with more tiles than SMs, so odd rounds run backwards.
+TEST(HopperForwardSchedule, EveryScheduleMatchesReference) {
+  FS_SKIP_WITHOUT_HOPPER();
+  using flashsigmoid::cuda::hopper::Schedule;
+  Schedule& schedule = flashsigmoid::cuda::hopper::schedule();
+  const Schedule saved = schedule;
+  std::vector<std::pair<std::string, Schedule>> variants = {
+      {"per_tile", {false, true, 0}}, {"no_l2_group", {true, false, 0}}, {"l2_group_1", {true, true, 1}},
+      {"l2_group_5", {true, true, 0}}};
+  for (int D : fs_gpu::kBuiltHeadDims) {
+    if (D != 64 && D != 128 && D != 256) continue;
+    Case c;
+    c.dtype = flashsigmoid::DType::bfloat16;
+    c.D = D;
+    c.B = 3;
+    c.Hq = 8;
+    c.Hkv = 4;
+    c.Nq = 700;
+    c.Nk = 800;
+    c.causal = true;
+    // Five pairs' K/V per group (24 pairs: the last group has 4): each pair reads 2 * Nk * D * 2 bytes,
+    // shared by Hq / Hkv = 2 heads, and a group gets half of L2.
+    variants.back().second.l2_bytes = 2 * 5 * (2LL * c.Nk * D * 2 / 2);
+    for (const auto& [name, variant] : variants) {
+      SCOPED_TRACE("schedule " + name + ", D " + std::to_string(D));
+      c.name = "schedule_" + name;
+      schedule = variant;
+      fs_gpu::check_forward(c);
+      EXPECT_STREQ(flashsigmoid::cuda::last_forward_kernel(), "hopper");
+    }
+  }
+  schedule = saved;
+}
+
+// GTest needs at least one case; a build without head dims 64/128/256 gets a placeholder that skips.
 std::vector<Case> hopper_cases_or_placeholder() {
   std::vector<Case> cases = hopper_cases();
   if (cases.empty()) {

@@ -1,11 +1,12 @@
-// Hopper forward epilogue: fp32 accumulators -> input dtype -> shared memory (Q's space) ->
-// 16-byte coalesced global stores, rows past the sequence end not written.
+// Hopper forward epilogue: fp32 accumulators -> input dtype -> shared memory (O's own buffer, or
+// Q's space: Traits::kOwnO) -> 16-byte coalesced global stores, rows past the sequence end not
+// written.
 //
 // Each consumer warpgroup stores its own 64 rows, so it needs only its own named barrier (no
-// CTA-wide sync): the rows of Q it overwrites are read by no one else, and its last wgmma reading
-// them finished at the last warpgroup_wait<0>() of the mainloop. Plain stores rather than a TMA
-// store: a TMA store clips only at the tensor's bounds, and the (later) varlen path must not
-// write past its sequence into the next one's rows.
+// CTA-wide sync): the rows it overwrites are read by no one else (in Q's space, its last wgmma
+// reading them finished at the last warpgroup_wait<0>() of the mainloop). Plain stores rather than a TMA
+// store: a TMA store clips only at the tensor's bounds, and a varlen tile must not write past
+// its sequence into the next one's rows.
 #pragma once
 
 #include <cutlass/arch/barrier.h>
@@ -25,12 +26,14 @@ __device__ __forceinline__ void store_output(const AccO& acc_o, typename Traits:
   const int wg = ctid / 128;  // consumer warpgroup: rows [64 wg, 64 wg + 64) of the tile
   const int wtid = ctid % 128;
 
-  Tensor sO = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutO{});
+  Tensor sO = make_tensor(make_smem_ptr(ss.o_tile()), typename Traits::SmemLayoutO{});
   typename Traits::TiledMmaPV mma_pv;
   auto thr_pv = mma_pv.get_thread_slice(ctid);
   Tensor rO = convert_fragment<Element>(acc_o);
   Tensor tOsO = thr_pv.partition_C(sO);
   static_assert(decltype(size(rO))::value == decltype(size(tOsO))::value);
+  // The warpgroup's threads have all read back their rows of the previous tile's O (persistent CTA).
+  cutlass::arch::NamedBarrier::sync(128, 1 + wg);
   copy(rO, tOsO);
   // Named barrier 1 + wg (CUTLASS's user ids, offset past its reserved ones): the 128 threads of
   // this warpgroup have written their rows of O.

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -32,11 +33,16 @@ template <int D, class Element>
 void run_fwd(const detail::AttnParams& p) {
   using Traits = FwdTraits<D, Element>;
   constexpr int kSmem = Traits::kSmemBytes;
-  if (p.is_varlen()) throw Error("flashsigmoid: internal error: the Hopper forward does not take varlen problems");
   const std::int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   if (m_blocks == 0 || p.batch == 0) return;  // nothing to write
-  if (m_blocks > 0x7fffffff || p.heads_q > 65535 || p.batch > 65535 || p.seqlen_q > 0x7fffffff ||
-      p.seqlen_k > 0x7fffffff) {
+  // Rows the TMA descriptors span: the packed tensors (varlen) or one sequence (dense).
+  const bool varlen = p.is_varlen();
+  const std::int64_t rows_q = varlen ? p.total_q : p.seqlen_q;
+  const std::int64_t rows_k = varlen ? p.total_k : p.seqlen_k;
+  const std::int64_t tma_batch = varlen ? 1 : p.batch;
+  if (rows_q == 0) return;  // varlen with no query rows: nothing to write
+  if (m_blocks > 0x7fffffff || p.heads_q > 65535 || p.batch > 65535 || rows_q > 0x7fffffff ||
+      rows_k > 0x7fffffff) {
     throw Error("flashsigmoid: Hopper forward problem too large (" + std::to_string(m_blocks) + " query blocks, " +
                 std::to_string(p.heads_q) + " heads, batch " + std::to_string(p.batch) +
                 "); accepted: heads and batch <= 65535, sequence lengths < 2^31");
@@ -44,9 +50,9 @@ void run_fwd(const detail::AttnParams& p) {
 
   FwdParams<Traits> prm{};
   prm.p = p;
-  auto gQ = tma_view<Traits>(p.q, p.seqlen_q, p.heads_q, p.batch, p.q_stride);
-  auto gK = tma_view<Traits>(p.k, p.seqlen_k, p.heads_kv, p.batch, p.k_stride);
-  auto gV = tma_view<Traits>(p.v, p.seqlen_k, p.heads_kv, p.batch, p.v_stride);
+  auto gQ = tma_view<Traits>(p.q, rows_q, p.heads_q, tma_batch, p.q_stride);
+  auto gK = tma_view<Traits>(p.k, rows_k, p.heads_kv, tma_batch, p.k_stride);
+  auto gV = tma_view<Traits>(p.v, rows_k, p.heads_kv, tma_batch, p.v_stride);
   prm.shape_q = gQ.shape();
   prm.shape_k = gK.shape();
   prm.tma_q = make_tma_copy(SM90_TMA_LOAD{}, gQ, typename Traits::SmemLayoutQ{},
@@ -56,10 +62,39 @@ void run_fwd(const detail::AttnParams& p) {
   prm.tma_v = make_tma_copy(SM90_TMA_LOAD{}, gV, take<0, 2>(typename Traits::SmemLayoutV{}),
                             Shape<Int<Traits::kBlockN>, Int<D>>{}, _1{});
 
+  prm.sched.m_blocks = int(m_blocks);
+  prm.sched.heads = int(p.heads_q);
+  prm.sched.batch = int(p.batch);
+  prm.sched.causal = p.causal;
+  const Schedule& schedule = hopper::schedule();
+  if (p.causal && schedule.l2_grouping) {
+    int device_l2 = 0;
+    check_cuda(cudaDeviceGetAttribute(&device_l2, cudaDevAttrL2CacheSize, p.device.index),
+               "cudaDeviceGetAttribute(L2 cache size)");
+    const std::int64_t l2 = schedule.l2_bytes > 0 ? std::int64_t(schedule.l2_bytes) : device_l2;
+    // K and V bytes one (head, batch) pair reads (GQA: shared by group_size() query heads); the
+    // group's K/V gets half of L2, the rest is for Q, O and the other traffic.
+    const std::int64_t keys = varlen ? (p.total_k + p.batch - 1) / std::max<std::int64_t>(p.batch, 1) : p.seqlen_k;
+    const std::int64_t kv_bytes = std::max<std::int64_t>(2 * keys * D * std::int64_t(sizeof(Element)) / p.group_size(), 1);
+    prm.sched.group = int(std::clamp<std::int64_t>(l2 / 2 / kv_bytes, 1, p.heads_q * p.batch));
+  }
+  const std::int64_t tiles = m_blocks * p.heads_q * p.batch;
+  if (tiles > 0x7fffffff) {
+    throw Error("flashsigmoid: Hopper forward problem too large (" + std::to_string(tiles) +
+                " tiles of 128 query rows); accepted: fewer than 2^31");
+  }
+  int sms = 0;
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device.index),
+             "cudaDeviceGetAttribute(multiprocessor count)");
+
   auto kernel = &fwd_kernel<Traits>;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
              "cudaFuncSetAttribute(Hopper forward shared memory)");
-  const dim3 grid(unsigned(m_blocks), unsigned(p.heads_q), unsigned(p.batch));
+  // Persistent: one CTA per SM at most (the kernel's tile loop also runs one tile per CTA). Not for
+  // causal runs over 8k keys and more: there the hardware's dynamic order of one CTA per tile
+  // measured 10-20 % faster than the static rounds (and the static rounds faster below 8k).
+  const bool long_causal = p.causal && p.seqlen_k >= 8192;
+  const dim3 grid(unsigned(schedule.persistent && !long_causal && tiles > sms ? sms : tiles));
   kernel<<<grid, Traits::kNThreads, kSmem, static_cast<cudaStream_t>(p.stream)>>>(prm);
   check_cuda(cudaGetLastError(), "Hopper forward kernel launch");
 }

@@ -3,10 +3,19 @@
 //
 // Barrier protocol (all mbarriers live in SharedStorage, initialised before the role split):
 //
-//   barrier_q (ClusterTransactionBarrier, arrival count 1, used once: phase 0)
+// A CTA is persistent (tile_scheduler.cuh): it runs several tiles, and "use u" below is its u-th
+// tile with at least one visible key block (q_uses counts them on both sides).
+//
+//   barrier_q (ClusterTransactionBarrier, arrival count 1; phase u = the Q of use u)
 //     arrives: the producer thread, arrive_and_expect_tx(kTmaBytesQ), then the TMA load of Q
 //              completes the transaction bytes.
-//     waits:   every consumer thread, wait(0), before its first S GEMM.
+//     waits:   every consumer thread, wait(u & 1), before its first S GEMM of use u.
+//   barrier_q_empty (ClusterBarrier, arrival count kNConsumerThreads; phase u = Q's space is free
+//              after use u)
+//     arrives: every consumer thread once per use: after its last GEMM of the tile when O has its own
+//              buffer (kOwnO), else after its epilogue has read O back out of Q's space.
+//     waits:   the producer thread, wait((u & 1) ^ 1), before loading the Q of use u (the first
+//              wait, on the phase "before" phase 0, passes at once).
 //   pipe_k.full[s] / pipe_v.full[s] (PipelineTmaAsync, arrival count 1 = the producer thread)
 //     arrives: the producer thread in producer_acquire (arrive_and_expect_tx(kTmaBytesKV)); the TMA
 //              load of that K (V) block completes the bytes.
@@ -17,10 +26,11 @@
 //     waits:   the producer thread in producer_acquire(state), before refilling that stage (the
 //              producer's state starts at phase 1, so the first kStages acquires pass at once).
 //
-// Producer and consumers walk the same key blocks [n_begin, n_begin + n_blocks) (WorkTile below,
-// computed identically by both roles), so every full barrier phase is completed exactly once and
-// waited on exactly once by each consumer thread; a CTA with n_blocks == 0 touches no barrier
-// but never loads Q either (its consumers write zeros).
+// Producer and consumers walk the same tiles and, per tile, the same key blocks [n_begin, n_begin +
+// n_blocks) (WorkTile below, computed identically by both roles), so every full barrier phase is
+// completed exactly once and waited on exactly once by each consumer thread; a tile with
+// n_blocks == 0 touches no barrier and loads no Q (its consumers write zeros). The K/V pipeline
+// states carry over from tile to tile.
 #pragma once
 
 #include <cstdint>
@@ -30,34 +40,35 @@
 #include "cuda/common/mma_copy.cuh"
 #include "cuda/common/sigmoid.cuh"
 #include "cuda/hopper/fwd_traits.cuh"
+#include "cuda/hopper/tile_scheduler.cuh"
 #include "cuda/portable/fwd_kernel.cuh"  // portable::scores_to_probs: the one score -> P step
 
 namespace flashsigmoid::cuda::hopper {
 
-// One CTA's work: query block m_block of (batch b, head h) and its visible key blocks.
+// One tile of work: query block m_block of (batch b, head h) and its visible key blocks.
 struct WorkTile {
   int m_block = 0, h = 0, b = 0;
   std::int64_t m0 = 0;    // first query row of the tile (within the sequence)
   std::int64_t rows = 0;  // valid query rows in the tile (<= kBlockM); <= 0: nothing to do
   int n_begin = 0;        // first visible key block
   int n_blocks = 0;       // visible key blocks (0: the output rows are zeros)
+  detail::SeqInfo seq;    // where the sequence starts in the packed layout (varlen) and its lengths
   detail::ScoreTransform st;  // pre-scaled by 0.5: logit() returns s / 2, the argument of tanh
 };
 
 template <class Traits>
-__device__ __forceinline__ WorkTile make_work_tile(const detail::AttnParams& p) {
+__device__ __forceinline__ WorkTile make_work_tile(const detail::AttnParams& p, TileCoord c) {
   constexpr int BM = Traits::kBlockM;
   constexpr int BN = Traits::kBlockN;
   WorkTile w;
-  // Causal: the last query blocks see the most keys, so they are scheduled first.
-  w.m_block = p.causal ? int(gridDim.x - 1 - blockIdx.x) : int(blockIdx.x);
-  w.h = blockIdx.y;
-  w.b = blockIdx.z;
-  const detail::SeqInfo seq = detail::seq_info(p, w.b);
+  w.m_block = c.m_block;
+  w.h = c.h;
+  w.b = c.b;
+  w.seq = detail::seq_info(p, w.b);
   w.m0 = std::int64_t(w.m_block) * BM;
-  w.rows = seq.len_q - w.m0 < BM ? seq.len_q - w.m0 : BM;
+  w.rows = w.seq.len_q - w.m0 < BM ? w.seq.len_q - w.m0 : BM;
   if (w.rows <= 0) return w;
-  w.st = detail::make_score_transform(p, seq, w.b, w.h).scaled_by(0.5f);
+  w.st = detail::make_score_transform(p, w.seq, w.b, w.h).scaled_by(0.5f);
   const std::int64_t key_lo = w.st.key_begin(w.m0);
   const std::int64_t key_hi = w.st.key_end(w.m0 + w.rows);
   w.n_begin = int(key_lo / BN);
@@ -66,11 +77,13 @@ __device__ __forceinline__ WorkTile make_work_tile(const detail::AttnParams& p) 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Producer: a single thread (threadIdx.x == 0, lane 0 of warp 0) issues every TMA load.
+// Producer: a single thread (threadIdx.x == 0, lane 0 of warp 0) issues every TMA load of one
+// tile. The pipeline states and q_uses (the Q loads so far) carry over from tile to tile.
 template <class Traits>
 __device__ __forceinline__ void produce(const FwdParams<Traits>& prm, typename Traits::SharedStorage& ss,
                                         typename Traits::PipelineKV& pipe_k, typename Traits::PipelineKV& pipe_v,
-                                        const WorkTile& w) {
+                                        const WorkTile& w, typename Traits::PipelineState& state_k,
+                                        typename Traits::PipelineState& state_v, int q_uses) {
   constexpr int BM = Traits::kBlockM;
   constexpr int BN = Traits::kBlockN;
   constexpr int D = Traits::kHeadDim;
@@ -80,27 +93,31 @@ __device__ __forceinline__ void produce(const FwdParams<Traits>& prm, typename T
   Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
   Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
 
-  // Coordinate tensors of the TMA descriptors: (rows, D, heads, batch).
-  Tensor mQ = prm.tma_q.get_tma_tensor(prm.shape_q);
-  Tensor mK = prm.tma_k.get_tma_tensor(prm.shape_k);
-  Tensor mV = prm.tma_v.get_tma_tensor(prm.shape_k);
-  Tensor gQ = local_tile(mQ(_, _, w.h, w.b), Shape<Int<BM>, Int<D>>{}, make_coord(w.m_block, _0{}));  // (BM, D)
-  Tensor gK = local_tile(mK(_, _, hk, w.b), Shape<Int<BN>, Int<D>>{}, make_coord(_, _0{}));  // (BN, D, nblk)
-  Tensor gV = local_tile(mV(_, _, hk, w.b), Shape<Int<BN>, Int<D>>{}, make_coord(_, _0{}));  // (BN, D, nblk)
+  // Coordinate tensors of the TMA descriptors: (rows, D, heads, batch). Varlen: one packed
+  // "batch" of total rows, and this sequence's rows start at seq.q_begin / seq.k_begin. Tiles then
+  // overhang into the next sequence's rows (or past the tensor, zero-filled): those keys are masked
+  // (P = 0, and their finite values add nothing), those queries are computed but never stored.
+  const int bb = prm.p.cu_seqlens_q != nullptr ? 0 : w.b;  // varlen: the one packed "batch"
+  Tensor mQ = domain_offset(make_coord(w.seq.q_begin, _0{}), prm.tma_q.get_tma_tensor(prm.shape_q)(_, _, w.h, bb));
+  Tensor mK = domain_offset(make_coord(w.seq.k_begin, _0{}), prm.tma_k.get_tma_tensor(prm.shape_k)(_, _, hk, bb));
+  Tensor mV = domain_offset(make_coord(w.seq.k_begin, _0{}), prm.tma_v.get_tma_tensor(prm.shape_k)(_, _, hk, bb));
+  Tensor gQ = local_tile(mQ, Shape<Int<BM>, Int<D>>{}, make_coord(w.m_block, _0{}));  // (BM, D)
+  Tensor gK = local_tile(mK, Shape<Int<BN>, Int<D>>{}, make_coord(_, _0{}));  // (BN, D, nblk)
+  Tensor gV = local_tile(mV, Shape<Int<BN>, Int<D>>{}, make_coord(_, _0{}));  // (BN, D, nblk)
 
   auto [tQgQ, tQsQ] = tma_partition(prm.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
   auto [tKgK, tKsK] = tma_partition(prm.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
   auto [tVgV, tVsV] = tma_partition(prm.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
 
-  // Q: once. barrier_q expects kTmaBytesQ; the TMA completes them.
+  // Q: once per tile, after the consumers are done with the previous one (q_empty's phase q_uses - 1;
+  // the first wait passes at once). barrier_q expects kTmaBytesQ; the TMA completes them.
+  ss.barrier_q_empty.wait((q_uses & 1) ^ 1);
   ss.barrier_q.arrive_and_expect_tx(Traits::kTmaBytesQ);
   copy(prm.tma_q.with(reinterpret_cast<cutlass::arch::ClusterTransactionBarrier::ValueType&>(ss.barrier_q)), tQgQ,
        tQsQ);
 
   // K and V blocks: producer_acquire waits until the stage is empty (all 256 consumer threads
   // released it) and arms the stage's full barrier with kTmaBytesKV; the TMA completes them.
-  auto state_k = cutlass::make_producer_start_state<typename Traits::PipelineKV>();
-  auto state_v = cutlass::make_producer_start_state<typename Traits::PipelineKV>();
   for (int it = 0; it < w.n_blocks; ++it) {
     const int n = w.n_begin + it;
     pipe_k.producer_acquire(state_k);
@@ -155,7 +172,8 @@ __device__ __forceinline__ constexpr auto acc_layout_as_a_operand(AccLayout acc)
 template <class Traits, class AccO>
 __device__ __forceinline__ void consume(typename Traits::SharedStorage& ss, typename Traits::PipelineKV& pipe_k,
                                         typename Traits::PipelineKV& pipe_v, const WorkTile& w, AccO& acc_o,
-                                        int ctid) {
+                                        int ctid, typename Traits::PipelineState& state_k,
+                                        typename Traits::PipelineState& state_v, int q_uses) {
   using Element = typename Traits::Element;
   constexpr int BM = Traits::kBlockM;
   constexpr int BN = Traits::kBlockN;
@@ -198,10 +216,7 @@ __device__ __forceinline__ void consume(typename Traits::SharedStorage& ss, type
     warpgroup_fence_operand(rP);
   };
 
-  ss.barrier_q.wait(0);  // Q has landed
-
-  typename Traits::PipelineState state_k;  // consumers start at stage 0, phase 0
-  typename Traits::PipelineState state_v;
+  ss.barrier_q.wait(q_uses & 1);  // this tile's Q has landed
 
   // Prologue: S(0), P(0).
   pipe_k.consumer_wait(state_k);

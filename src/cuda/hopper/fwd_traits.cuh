@@ -20,18 +20,20 @@
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
 #include "common/params.hpp"
+#include "cuda/hopper/tile_scheduler.cuh"
 
 namespace flashsigmoid::cuda::hopper {
 
 using namespace cute;
 
-// Default tiles per head dim (first draft, not yet tuned on a GPU; bench/NOTES.md).
-// kBlockN = 128 for both: S is 64 fp32 registers per consumer thread, O is D/2.
-// Shared memory: D 64: Q 16 KB + 3 x (K 16 KB + V 16 KB) = 112 KB; D 128: Q 32 KB + 2 x 64 KB = 160 KB.
+// Default tiles per head dim (bench/NOTES.md). Per consumer thread S is kBlockN / 2 fp32 registers,
+// P half that, O D / 2. D 64 / 128: kBlockN 128; D 256: kBlockN 64 (O alone is 128 registers).
+// Shared memory: D 64: Q 16 KB + 3 x (K 16 KB + V 16 KB) = 112 KB; D 128: Q 32 KB + 2 x 64 KB = 160 KB;
+// D 256: Q 64 KB + 2 x 64 KB = 192 KB.
 template <int D>
 struct FwdTile {
   static constexpr int kBlockM = 128;
-  static constexpr int kBlockN = 128;
+  static constexpr int kBlockN = D <= 128 ? 128 : 64;
   static constexpr int kStages = D <= 64 ? 3 : 2;
 };
 
@@ -98,13 +100,22 @@ struct FwdTraits {
   using PipelineKV = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = typename PipelineKV::PipelineState;
 
+  // O gets its own buffer where it fits (D 64 / 128), so the next tile's Q can land during this
+  // tile's epilogue; at D 256 the epilogue reuses Q's space and the next Q waits for it.
+  static constexpr int kBytesQ = int(cosize_v<SmemLayoutQ>) * int(sizeof(Element));
+  static constexpr int kBytesKV = 2 * int(cosize_v<SmemLayoutK>) * int(sizeof(Element));
+  static constexpr bool kOwnO = 2 * kBytesQ + kBytesKV + 2048 <= 227 * 1024;
+
   struct SharedStorage {
-    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q;  // Q, then O in the epilogue
+    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q;  // Q (and O in the epilogue unless kOwnO)
+    cute::array_aligned<Element, kOwnO ? cosize_v<SmemLayoutO> : 1, 1024> o;
     cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> k;
     cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> v;
     typename PipelineKV::SharedStorage pipe_k;
     typename PipelineKV::SharedStorage pipe_v;
-    cutlass::arch::ClusterTransactionBarrier barrier_q;
+    cutlass::arch::ClusterTransactionBarrier barrier_q;  // Q of the current tile has landed
+    cutlass::arch::ClusterBarrier barrier_q_empty;       // the consumers are done with Q's space
+    CUTE_DEVICE Element* o_tile() { return kOwnO ? o.data() : q.data(); }
   };
   // + 1024: the kernel aligns the dynamic shared-memory base up to 1024 bytes (the swizzle's period).
   static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;
@@ -116,6 +127,7 @@ struct FwdTraits {
 template <class Traits>
 struct FwdParams {
   detail::AttnParams p;
+  TileScheduler sched;
   typename Traits::ShapeQKV shape_q;
   typename Traits::ShapeQKV shape_k;
   typename Traits::TmaQ tma_q;

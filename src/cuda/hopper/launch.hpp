@@ -12,9 +12,22 @@ namespace flashsigmoid::cuda {
 const char* last_forward_kernel();
 
 namespace hopper {
+// Schedule switches of the Hopper forward, for the benchmark's same-process A/B runs (not part of the
+// public API; the defaults are what every other caller gets). Per thread, like last_forward_kernel.
+//   persistent: grid of at most one CTA per SM walking its tiles (else one CTA per tile);
+//   l2_grouping: causal longest-first order within groups of heads whose K/V fits in L2 (else across
+//   every head); l2_bytes: the L2 size the groups are sized for (0: the device's; the tests set a tiny
+//   one to get many groups from a small problem).
+struct Schedule {
+  bool persistent = true;
+  bool l2_grouping = true;
+  long long l2_bytes = 0;
+};
+Schedule& schedule();
+
 // Defined (explicitly instantiated) in the generated hopper_fwd_hdim<D>_<dtype>.cu units, built only
-// when the CUDA architectures include 90a (or 90). Dense problems only: varlen goes to the portable
-// kernel (the TMA descriptors would need the packed tensors' total lengths, which AttnParams lacks).
+// when the CUDA architectures include 90a (or 90). Dense and varlen problems with at least one key
+// row (backend.cu's try_hopper_forward decides).
 template <int D, class Element>
 void run_fwd(const detail::AttnParams& p);
 }  // namespace hopper

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "common/score_transform.hpp"
+#include "common/sigmoid_fma.hpp"
 #include "cuda/common/sigmoid.cuh"
 #include "cuda/portable/fwd_epilogue.cuh"
 #include "cuda/portable/fwd_traits.cuh"
@@ -24,7 +25,18 @@ __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS,
     detail::ScoreTransform::Tile plain = tile;
     plain.alibi_slope = 0.0f;  // a compile-time-visible zero: logit() is one FMA here
     CUTE_UNROLL
-    for (int i = 0; i < size(acc_s); ++i) acc_s(i) = sigmoid_of_half_logit(plain.logit(acc_s(i), 0, 0));
+    for (int i = 0; i < size(acc_s); ++i) {
+#if defined(FLASHSIGMOID_SIGMOID_FMA_EVERY)
+      // Tuning option: every kEvery-th sigmoid on the FMA pipes instead of the MUFU (i is a
+      // compile-time index, so this is no run-time branch).
+      constexpr int kEvery = FLASHSIGMOID_SIGMOID_FMA_EVERY;
+      if (i % kEvery == kEvery - 1) {
+        acc_s(i) = detail::sigmoid_of_half_logit_fma(plain.logit(acc_s(i), 0, 0));
+        continue;
+      }
+#endif
+      acc_s(i) = sigmoid_of_half_logit(plain.logit(acc_s(i), 0, 0));
+    }
   } else {
     // ALiBi, or a partial block. Coordinates are taken relative to this thread's first register:
     // each (dr, dc) is then a compile-time offset and the mask needs three scalars (Tile::Window),
