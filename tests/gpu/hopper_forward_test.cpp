@@ -139,15 +139,10 @@ TEST(HopperForwardSchedule, EveryScheduleMatchesReference) {
       {"l2_group_5", {true, true, 0}}};
   for (int D : fs_gpu::kBuiltHeadDims) {
     if (D != 64 && D != 128 && D != 256) continue;
-    Case c;
+    Case c;  // as hopper_persistent_causal_window: 144 tiles, two rounds on 132 SMs
     c.dtype = flashsigmoid::DType::bfloat16;
     c.D = D;
-    c.B = 3;
-    c.Hq = 8;
-    c.Hkv = 4;
-    c.Nq = 700;
-    c.Nk = 800;
-    c.causal = true;
+    c.B = 3; c.Hq = 8; c.Hkv = 4; c.Nq = 700; c.Nk = 800; c.causal = true;
     // Five pairs' K/V per group (24 pairs: the last group has 4): each pair reads 2 * Nk * D * 2 bytes,
     // shared by Hq / Hkv = 2 heads, and a group gets half of L2.
     variants.back().second.l2_bytes = 2 * 5 * (2LL * c.Nk * D * 2 / 2);
