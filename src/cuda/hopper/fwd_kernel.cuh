@@ -86,8 +86,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_
         consume<Traits>(ss, pipe_k, pipe_v, w, acc_o, ctid, state_k, state_v, q_uses);
         if constexpr (Traits::kOwnO) ss.barrier_q_empty.arrive();  // every GEMM reading Q is done
       }
-      Element* o_tile = static_cast<Element*>(p.o) + w.b * p.o_stride.batch + (w.seq.q_begin + w.m0) * p.o_stride.row +
-                        w.h * p.o_stride.head;
+      Element* o_tile = static_cast<Element*>(p.o) + p.o_stride.offset(w.b, w.seq.q_begin + w.m0, w.h);
       store_output<Traits>(acc_o, ss, o_tile, p.o_stride.row, w.rows, ctid);
       if constexpr (!Traits::kOwnO) {
         if (used_q) ss.barrier_q_empty.arrive();  // O has been read back out of Q's space

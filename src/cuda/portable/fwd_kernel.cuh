@@ -84,14 +84,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocks)
   const int n_blocks = key_hi > key_lo ? int((key_hi + BN - 1) / BN) - n_begin : 0;
 
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);  // GQA / MQA
-  const Element* q_ptr = static_cast<const Element*>(p.q) + b * p.q_stride.batch +
-                         (seq.q_begin + m0) * p.q_stride.row + h * p.q_stride.head;
-  const Element* k_ptr =
-      static_cast<const Element*>(p.k) + b * p.k_stride.batch + seq.k_begin * p.k_stride.row + hk * p.k_stride.head;
-  const Element* v_ptr =
-      static_cast<const Element*>(p.v) + b * p.v_stride.batch + seq.k_begin * p.v_stride.row + hk * p.v_stride.head;
-  Element* o_ptr = static_cast<Element*>(p.o) + b * p.o_stride.batch + (seq.q_begin + m0) * p.o_stride.row +
-                   h * p.o_stride.head;
+  const Element* q_ptr = static_cast<const Element*>(p.q) + p.q_stride.offset(b, seq.q_begin + m0, h);
+  const Element* k_ptr = static_cast<const Element*>(p.k) + p.k_stride.offset(b, seq.k_begin, hk);
+  const Element* v_ptr = static_cast<const Element*>(p.v) + p.v_stride.offset(b, seq.k_begin, hk);
+  Element* o_ptr = static_cast<Element*>(p.o) + p.o_stride.offset(b, seq.q_begin + m0, h);
 
   using TileQ = Shape<Int<BM>, Int<D>>;
   using TileKV = Shape<Int<BN>, Int<D>>;
