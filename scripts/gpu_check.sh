@@ -101,7 +101,8 @@ if want tests; then
   fi
 fi
 SAN_D="${SANITIZER_HEAD_DIM:-64}"
-SMALL='Cases/GpuForward.MatchesReference/basic_bf16_d*:Cases/GpuForward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuForward.MatchesReference/window_bf16_d*:Cases/GpuForward.MatchesReference/nq_gt_nk_bf16_d*:Cases/GpuForward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuForward.MatchesReference/varlen_window_alibi_fp16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_gqa_window_fp16_d*:Cases/GpuBackward.MatchesReference/basic_bf16_d*:Cases/GpuBackward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuBackward.MatchesReference/window_bf16_d*:Cases/GpuBackward.MatchesReference/gqa_bf16_d*:Cases/GpuBackward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuBackward.MatchesReference/varlen_window_bias_fp16_d*'
+# Backward names end in _det / _atomic (Options::deterministic): both modes run.
+SMALL='Cases/GpuForward.MatchesReference/basic_bf16_d*:Cases/GpuForward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuForward.MatchesReference/window_bf16_d*:Cases/GpuForward.MatchesReference/nq_gt_nk_bf16_d*:Cases/GpuForward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuForward.MatchesReference/varlen_window_alibi_fp16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_gqa_window_fp16_d*:Cases/GpuBackward.MatchesReference/basic_bf16_d*_*:Cases/GpuBackward.MatchesReference/varlen_causal_fp16_d*_*:Cases/GpuBackward.MatchesReference/window_bf16_d*_*:Cases/GpuBackward.MatchesReference/gqa_bf16_d*_*:Cases/GpuBackward.MatchesReference/alibi_per_batch_causal_bf16_d*_*:Cases/GpuBackward.MatchesReference/varlen_window_bias_fp16_d*_*'
 if want sanitizer && [[ -z "${SKIP_SANITIZER:-}" ]]; then
   SMALL="${SMALL//_d\*/_d$SAN_D}"
   for tool in memcheck racecheck; do
