@@ -310,6 +310,7 @@ BwdParams make_backward_params(const TensorView& q, const TensorView& k, const T
   p.dq = g.dq.data;
   p.dk = g.dk.data;
   p.dv = g.dv.data;
+  p.rows_q = varlen ? q.shape[0] : p.batch * p.seqlen_q;
   if (g.dbias.defined()) {
     if (options.bias_mode != BiasMode::per_head) {
       fail("dbias was given but bias_mode is not per_head; only a per-head bias tensor has a gradient");

@@ -79,7 +79,8 @@ struct Options {
   std::int64_t max_seqlen_k = 0;
 
   void* stream = nullptr;      // CUDA: the cudaStream_t to run on (nullptr = default stream)
-  bool deterministic = false;  // backward: bitwise reproducible results (the CPU path always is)
+  bool deterministic = false;  // backward: bitwise reproducible results (CUDA: false adds dQ with atomics,
+                               // faster; see README "Determinism and memory"; the CPU path always is)
   int num_threads = 0;         // CPU: worker threads (0 = all hardware threads)
 };
 

@@ -77,6 +77,7 @@ struct BwdParams : AttnParams {
   void* dv = nullptr;
   OperandStrides do_stride, dq_stride, dk_stride, dv_stride;
   float* dbias = nullptr;  // [Hq], null = not requested
+  std::int64_t rows_q = 0;  // rows of q and dQ: B * Nq dense, q.shape[0] varlen (sizes dQ workspaces)
 };
 
 }  // namespace flashsigmoid::detail

@@ -209,7 +209,10 @@ void cuda_forward(const AttnParams& p) {
   });
 }
 
-// Deterministic whatever p.deterministic says: every output element is owned by one CTA (no atomics).
+// p.deterministic picks the portable backward's mode: true, every output element is owned by one CTA
+// (no atomics, bitwise reproducible); false (the default), dQ is added with fp32 atomics inside the
+// dK/dV kernel (faster; dQ's last bits depend on the order of the atomics; dK, dV and d(bias) stay
+// reproducible). Head dims whose dK/dV kernel runs in two passes (256) always take the first mode.
 void cuda_backward(const BwdParams& p) {
 #if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
   // Compiled in every CUDA build; a build configured with FLASHSIGMOID_CUDA_BACKWARD=OFF says so.

@@ -1,7 +1,8 @@
 // GPU tests of the CUDA backward (dQ, dK, dV, d(bias)) against the float64 reference backward
-// (SPEC.md's error bounds), on the forward tests' case list, with NaN-poisoned outputs and guard
-// bands, determinism, CUDA-graph capture and the dispatch errors. Every test skips when no CUDA
-// device is visible.
+// (SPEC.md's error bounds), on the forward tests' case list, in both modes (Options::deterministic
+// true: two kernels, no atomics; false, the default: dQ by fp32 atomics in the dK/dV kernel), with
+// NaN-poisoned outputs and guard bands, determinism, CUDA-graph capture and the dispatch errors.
+// Every test skips when no CUDA device is visible.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -9,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "device_buffer.hpp"
@@ -70,15 +72,17 @@ void check_grad(const char* what, const std::vector<double>& ref, const std::vec
   EXPECT_TRUE(got.guard_intact(bytes)) << what << ": bytes outside the view were written";
 }
 
-void check_backward(const Case& c) {
+void check_backward(const Case& c, bool deterministic) {
   const std::uint64_t seed = fs_test::test_seed();
-  SCOPED_TRACE(fs_test::describe(c) + ", seed " + std::to_string(seed));
+  SCOPED_TRACE(fs_test::describe(c) + ", seed " + std::to_string(seed) +
+               (deterministic ? ", deterministic" : ", default mode (atomic dQ)"));
   const fs_test::Problem p = fs_test::make_problem(c, seed);
   const auto ref = flashsigmoid::reference::backward(p.q, p.k, p.v, p.dout, p.o);
   const auto plain = flashsigmoid::reference::plain_backward(p.q, p.k, p.v, p.dout, p.o);
 
   const bool with_bias = c.bias_mode == BiasMode::per_head;
   DeviceProblem d(p);
+  d.o.deterministic = deterministic;
   DeviceGrads g(p, with_bias);
   flashsigmoid::backward(d.q, d.k, d.v, d.dout, g.grads(), d.o);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << cudaGetErrorString(cudaGetLastError());
@@ -129,15 +133,18 @@ std::vector<Case> backward_cases() {
   return fs_gpu::expand_cases(base);
 }
 
-class GpuBackward : public ::testing::TestWithParam<Case> {};
+// (case, Options::deterministic); named <case>_det or <case>_atomic.
+class GpuBackward : public ::testing::TestWithParam<std::tuple<Case, bool>> {};
 
 TEST_P(GpuBackward, MatchesReference) {
   FS_SKIP_WITHOUT_GPU_BACKWARD();
-  check_backward(GetParam());
+  check_backward(std::get<0>(GetParam()), std::get<1>(GetParam()));
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, GpuBackward, ::testing::ValuesIn(backward_cases()),
-                         [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(Cases, GpuBackward, ::testing::Combine(::testing::ValuesIn(backward_cases()), ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<std::tuple<Case, bool>>& info) {
+                           return std::get<0>(info.param).name + (std::get<1>(info.param) ? "_det" : "_atomic");
+                         });
 
 Case misc_case(int D) {
   Case c;
@@ -154,34 +161,52 @@ Case misc_case(int D) {
   return c;
 }
 
-// Two runs on the same inputs give the same bits, with or without Options::deterministic (the
-// backward has no atomics: every output element and every d(bias) partial has one owner).
+// Options::deterministic: two runs on the same inputs give the same bits (every output element and
+// every d(bias) partial has one owner; no atomics).
 TEST(GpuBackwardMisc, Deterministic) {
   FS_SKIP_WITHOUT_GPU_BACKWARD();
   for (int D : kBuiltHeadDims) {
-    for (bool det : {false, true}) {
-      const fs_test::Problem p = fs_test::make_problem(misc_case(D), fs_test::test_seed());
-      DeviceProblem d(p);
-      d.o.deterministic = det;
-      DeviceGrads g1(p, true), g2(p, true);
-      flashsigmoid::backward(d.q, d.k, d.v, d.dout, g1.grads(), d.o);
-      flashsigmoid::backward(d.q, d.k, d.v, d.dout, g2.grads(), d.o);
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      EXPECT_EQ(g1.dq.download(), g2.dq.download()) << "D " << D;
-      EXPECT_EQ(g1.dk.download(), g2.dk.download()) << "D " << D;
-      EXPECT_EQ(g1.dv.download(), g2.dv.download()) << "D " << D;
-      EXPECT_EQ(g1.dbias.download(), g2.dbias.download()) << "D " << D;
-    }
+    const fs_test::Problem p = fs_test::make_problem(misc_case(D), fs_test::test_seed());
+    DeviceProblem d(p);
+    d.o.deterministic = true;
+    DeviceGrads g1(p, true), g2(p, true);
+    flashsigmoid::backward(d.q, d.k, d.v, d.dout, g1.grads(), d.o);
+    flashsigmoid::backward(d.q, d.k, d.v, d.dout, g2.grads(), d.o);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(g1.dq.download(), g2.dq.download()) << "D " << D;
+    EXPECT_EQ(g1.dk.download(), g2.dk.download()) << "D " << D;
+    EXPECT_EQ(g1.dv.download(), g2.dv.download()) << "D " << D;
+    EXPECT_EQ(g1.dbias.download(), g2.dbias.download()) << "D " << D;
   }
 }
 
-// The backward never synchronises; its only allocation (the d(bias) workspace) is stream-ordered,
-// so it can be captured and replayed.
-TEST(GpuBackwardMisc, CudaGraphCaptureReplay) {
+// The default mode adds dQ with atomics, so only dQ's bits may change between runs: dK and dV keep
+// one owner, and d(bias) is still summed in a fixed order (per-key-block partials). README says so.
+TEST(GpuBackwardMisc, DefaultModeReproducibleExceptDq) {
+  FS_SKIP_WITHOUT_GPU_BACKWARD();
+  for (int D : kBuiltHeadDims) {
+    const fs_test::Problem p = fs_test::make_problem(misc_case(D), fs_test::test_seed());
+    DeviceProblem d(p);
+    ASSERT_FALSE(d.o.deterministic);
+    DeviceGrads g1(p, true), g2(p, true);
+    flashsigmoid::backward(d.q, d.k, d.v, d.dout, g1.grads(), d.o);
+    flashsigmoid::backward(d.q, d.k, d.v, d.dout, g2.grads(), d.o);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(g1.dk.download(), g2.dk.download()) << "D " << D;
+    EXPECT_EQ(g1.dv.download(), g2.dv.download()) << "D " << D;
+    EXPECT_EQ(g1.dbias.download(), g2.dbias.download()) << "D " << D;
+  }
+}
+
+// The backward never synchronises; its allocations (the d(bias) partials, the default mode's fp32
+// dQ workspace and its memset) are stream-ordered, so it can be captured and replayed, in both modes.
+class GpuBackwardGraph : public ::testing::TestWithParam<bool> {};
+
+TEST_P(GpuBackwardGraph, CudaGraphCaptureReplay) {
   FS_SKIP_WITHOUT_GPU_BACKWARD();
   const Case c = misc_case(kBuiltHeadDims.back());
   const std::uint64_t seed = fs_test::test_seed();
-  SCOPED_TRACE(fs_test::describe(c) + ", seed " + std::to_string(seed));
+  SCOPED_TRACE(fs_test::describe(c) + ", seed " + std::to_string(seed) + (GetParam() ? ", deterministic" : ""));
   const fs_test::Problem p = fs_test::make_problem(c, seed);
   const auto ref = flashsigmoid::reference::backward(p.q, p.k, p.v, p.dout, p.o);
   DeviceProblem d(p);
@@ -191,6 +216,7 @@ TEST(GpuBackwardMisc, CudaGraphCaptureReplay) {
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
   Options o = d.o;
   o.stream = stream;
+  o.deterministic = GetParam();
   cudaGraph_t graph;
   ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
   flashsigmoid::backward(d.q, d.k, d.v, d.dout, g.grads(), o);
@@ -225,6 +251,9 @@ TEST(GpuBackwardMisc, CudaGraphCaptureReplay) {
   cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
 }
+
+INSTANTIATE_TEST_SUITE_P(Modes, GpuBackwardGraph, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) { return info.param ? "det" : "atomic"; });
 
 #if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
 // With the backward off, a CUDA backward call says so (before touching the device, so no GPU is

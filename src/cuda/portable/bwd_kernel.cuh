@@ -1,10 +1,15 @@
-// Portable (sm_80+) sigmoid-attention backward, deterministic (no atomics). Sigmoid needs no saved
-// statistics and no rowsum(dO * O) pre-pass: each kernel recomputes P = sigmoid(logit) with the
-// forward's score transform and sigmoid, then
+// Portable (sm_80+) sigmoid-attention backward. Sigmoid needs no saved statistics and no
+// rowsum(dO * O) pre-pass: each kernel recomputes P = sigmoid(logit) with the forward's score
+// transform and sigmoid, then
 //   dP = dO V^T,  dS = dP * P * (1 - P)  (masked: P = 0, so dS = 0 exactly),
 //   dV = P^T dO,  dK = scale * dS^T Q,  dQ = scale * dS K,  d(bias)_h = sum of dS.
-// dkdv_kernel owns dK, dV of one key block; dq_kernel owns dQ of one query block and writes that
-// block's partial sum of dS; dbias_reduce_kernel adds the partials per head in a fixed order.
+// Deterministic mode (no atomics): dkdv_kernel owns dK, dV of one key block; dq_kernel owns dQ of
+// one query block and writes that block's partial sum of dS; dbias_reduce_kernel adds the partials
+// per head in a fixed order.
+// Default mode (kPass 3): dkdv_kernel also adds dS K of each query step to an fp32 dQ workspace
+// with atomics (so dQ's bits depend on their order) and writes per-key-block partials of d(bias);
+// dq_convert_kernel scales and converts the workspace into dQ. dK, dV and d(bias) stay bitwise
+// reproducible in both modes.
 // Tiles and the shared-memory plan: bwd_traits.cuh.
 #pragma once
 
@@ -59,18 +64,59 @@ __device__ __forceinline__ void scale_fragment(Acc& acc, float s) {
   for (int i = 0; i < size(acc); ++i) acc(i) *= s;
 }
 
+// The fused mode's fp32 dQ workspace: contiguous [rows_q, Hq, D] (dense: [B, Nq, Hq, D]), rows
+// addressed like q's (varlen: packed rows, batch stride 0).
+template <int D>
+__host__ __device__ __forceinline__ detail::OperandStrides dq_accum_strides(const detail::BwdParams& p) {
+  detail::OperandStrides s;
+  s.head = D;
+  s.row = p.heads_q * D;
+  s.batch = p.cu_seqlens_q != nullptr ? 0 : p.seqlen_q * s.row;
+  return s;
+}
+
+// dst[r * row_stride + c] += acc at the fragment's (r, c) (tCc: its coordinates), rows r <
+// rows_left only (the rest lie past the sequence end: other sequences' rows or out of bounds).
+// Elements 2i, 2i+1 of an SM80 C fragment are columns c, c+1 of one row (the atom's value mode
+// (2, 2) runs along N first: BwdTraits checks it), so sm_90 adds each pair with one 8-byte reduction.
+template <class Acc, class Coord>
+__device__ __forceinline__ void atomic_add_rows(const Acc& acc, const Coord& tCc, float* dst,
+                                                std::int64_t row_stride, std::int64_t rows_left) {
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc); i += 2) {
+    const int r = get<0>(tCc(i));
+    const int c = get<1>(tCc(i));
+    if (r < rows_left) {
+      float* at = dst + r * row_stride + c;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      atomicAdd(reinterpret_cast<float2*>(at), make_float2(acc(i), acc(i + 1)));
+#else
+      atomicAdd(at, acc(i));
+      atomicAdd(at + 1, acc(i + 1));
+#endif
+    }
+  }
+}
+
 // kPass: 0 = dK and dV together; 1 = dV only; 2 = dK only (head dims whose accumulators do not fit
-// twice in registers: BwdTile::kSplitDkDv).
+// twice in registers: BwdTile::kSplitDkDv); 3 = dK and dV, plus dQ added to dq_accum (fp32, see
+// dq_accum_strides; unscaled) with atomics and, with dbias_part, this key block's sum of dS per query
+// head h at dbias_part[(b * Hq + h) * gridDim.x + n_block] (non-deterministic mode). A template
+// value rather than a runtime flag so that the deterministic kernel keeps its registers and code.
 template <class Traits, int kPass>
 __global__ void __launch_bounds__(Traits::kNThreads, 1)
-    dkdv_kernel(const __grid_constant__ detail::BwdParams p) {
+    dkdv_kernel(const __grid_constant__ detail::BwdParams p, float* __restrict__ dq_accum,
+                float* __restrict__ dbias_part) {
   using Element = typename Traits::Element;
   constexpr int BK = Traits::kBlockKeys;  // keys of this CTA (MMA M)
   constexpr int BQ = Traits::kBlockQA;    // queries per step
   constexpr int D = Traits::kHeadDim;
   constexpr bool kDoDV = kPass != 2;
   constexpr bool kDoDK = kPass != 1;
+  constexpr bool kDoDQ = kPass == 3;
+  constexpr int kNWarps = Traits::kNWarps;
   extern __shared__ __align__(128) unsigned char smem_raw[];
+  __shared__ float warp_sums[kDoDQ ? kNWarps : 1];
 
   const int tid = threadIdx.x;
   const int n_block = blockIdx.x;
@@ -79,9 +125,21 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   const detail::SeqInfo seq = detail::seq_info(p, b);
   const std::int64_t j0 = std::int64_t(n_block) * BK;
-  if (j0 >= seq.len_k) return;  // varlen: this sequence has fewer keys
-  const std::int64_t keys = seq.len_k - j0 < BK ? seq.len_k - j0 : BK;
   const int group = int(p.heads_q / p.heads_kv);
+  // Fused d(bias): this key block's partial of query head hk * group + g is part[g * gridDim.x].
+  float* part = kDoDQ && dbias_part != nullptr
+                    ? dbias_part + (std::int64_t(b) * p.heads_q + std::int64_t(hk) * group) * gridDim.x + n_block
+                    : nullptr;
+  auto zero_parts = [&] {  // a key block that no query sees (or past the sequence end) adds 0
+    if (part != nullptr) {
+      for (int g = tid; g < group; g += Traits::kNThreads) part[std::int64_t(g) * gridDim.x] = 0.0f;
+    }
+  };
+  if (j0 >= seq.len_k) {  // varlen: this sequence has fewer keys
+    zero_parts();
+    return;
+  }
+  const std::int64_t keys = seq.len_k - j0 < BK ? seq.len_k - j0 : BK;
 
   // The visible query range depends only on the masks, not on the head (bias / ALiBi do not mask).
   const detail::ScoreTransform st_range = detail::make_score_transform(p, seq, b, std::int64_t(hk) * group);
@@ -111,6 +169,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   Element* smem_v = smem_k + cosize(typename Traits::SmemLayoutKeys{});
   Element* smem_q = smem_v + cosize(typename Traits::SmemLayoutKeys{});
   Element* smem_do = smem_q + cosize(typename Traits::SmemLayoutQA{});
+  Element* smem_ds = smem_do + cosize(typename Traits::SmemLayoutQA{});  // kPass 3 only (kSmemDs)
   Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKeys{});     // (BK, D)
   Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Traits::SmemLayoutKeys{});     // (BK, D)
   Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutQA{});       // (BQ, D, stage)
@@ -125,6 +184,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   clear(acc_dk);
   clear(acc_dv);
 
+  if (n_steps == 0) zero_parts();
   if (n_steps > 0) {
     typename Traits::GmemLoad g2s;
     auto g2s_thr = g2s.get_thread_slice(tid);
@@ -168,6 +228,26 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     Tensor tsdOt = s2r_bt_thr.partition_S(sdOt);
     Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<BK>, Int<BQ>>{}));  // (key, query)
 
+    // Fused dQ: dS^T registers -> sDsT (the accumulator's own layout, 4-byte stores); dQ += dS K
+    // reads sDs (its (query, key) view) as A and sKt (K^T, (D, key)) as B, both ldmatrix.trans.
+    Tensor sDsT = make_tensor(make_smem_ptr(smem_ds), typename Traits::SmemLayoutDsT{});     // (BK, BQ)
+    Tensor sDs = make_tensor(make_smem_ptr(smem_ds), typename Traits::SmemLayoutDs{});       // (BQ, BK)
+    Tensor sKt = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKeysT{});    // (D, BK)
+    auto r2s_ds = typename Traits::SmemCopyDs{};
+    auto r2s_ds_thr = r2s_ds.get_thread_slice(tid);
+    Tensor tDSsDS = r2s_ds_thr.partition_D(sDsT);
+    typename Traits::TiledMmaDq mma_dq;
+    auto thr_mma_dq = mma_dq.get_thread_slice(tid);
+    auto s2r_dq_a = typename Traits::SmemCopyDqA{};
+    auto s2r_dq_a_thr = s2r_dq_a.get_thread_slice(tid);
+    auto s2r_dq_b = typename Traits::SmemCopyDqB{};
+    auto s2r_dq_b_thr = s2r_dq_b.get_thread_slice(tid);
+    Tensor tsDs = s2r_dq_a_thr.partition_S(sDs);
+    using TileDq = Shape<Int<BQ>, Int<Traits::kDqChunk>>;
+    Tensor tQcQ = thr_mma_dq.partition_C(make_identity_tensor(TileDq{}));  // (query, column in the chunk)
+    const detail::OperandStrides acc_stride = dq_accum_strides<D>(p);
+    float db = 0.0f;  // this thread's sum of dS over the current query head's steps
+
     // Group 0: K, V and step 0's Q, dO.
     Tensor gK = make_tensor(make_gmem_ptr(k_ptr), TileK{}, make_stride(p.k_stride.row, _1{}));
     Tensor gV = make_tensor(make_gmem_ptr(v_ptr), TileK{}, make_stride(p.v_stride.row, _1{}));
@@ -210,12 +290,44 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
         Tensor acc_dp = partition_fragment_C(mma, Shape<Int<BK>, Int<BQ>>{});
         clear(acc_dp);
         gemm_ss(acc_dp, rA, rB, tsV, tsdO(_, _, _, stage), mma, s2r_a, s2r_b, s2r_a_thr, s2r_b_thr);
-        probs_to_dscores<false>(acc_dp, acc_s);
+        db += probs_to_dscores<kDoDQ>(acc_dp, acc_s);
         Tensor rdS = convert_fragment<Element>(acc_dp);
+        // sDsT was last read in step t-1, which ended with a __syncthreads.
+        if constexpr (kDoDQ) copy(r2s_ds, r2s_ds_thr.retile_S(rdS), tDSsDS);
         Tensor tdSr = make_tensor(rdS.data(), acc_layout_as_a_operand(rdS.layout()));
         gemm_rs(acc_dk, tdSr, rBt, tsQt(_, _, _, stage), mma, s2r_bt, s2r_bt_thr);
       }
-      __syncthreads();  // every warp is done with this stage before step t+1 refills it
+      if constexpr (kDoDQ) {  // dQ(h, rows i0..) += dS K, kDqChunk columns at a time
+        __syncthreads();      // every warp's keys of dS^T are in sDsT
+        float* dqa = dq_accum + acc_stride.offset(b, seq.q_begin + i0, h);
+        CUTE_UNROLL
+        for (int c = 0; c < D / Traits::kDqChunk; ++c) {
+          Tensor sKtc = local_tile(sKt, Shape<Int<Traits::kDqChunk>, Int<BK>>{}, make_coord(c, 0));
+          Tensor rDs = thr_mma_dq.partition_fragment_A(sDs);
+          Tensor rKt = thr_mma_dq.partition_fragment_B(sKtc);
+          Tensor acc_dq = partition_fragment_C(mma_dq, TileDq{});
+          clear(acc_dq);
+          gemm_ss(acc_dq, rDs, rKt, tsDs, s2r_dq_b_thr.partition_S(sKtc), mma_dq, s2r_dq_a, s2r_dq_b, s2r_dq_a_thr,
+                  s2r_dq_b_thr);
+          atomic_add_rows(acc_dq, tQcQ, dqa + c * Traits::kDqChunk, acc_stride.row, seq.len_q - i0);
+        }
+      }
+      __syncthreads();  // every warp is done with this stage (and sDsT) before step t+1 refills it
+      if constexpr (kDoDQ) {
+        if (part != nullptr && t % m_count == m_count - 1) {  // the head's last step: its partial, fixed order
+          CUTE_UNROLL
+          for (int off = 16; off > 0; off >>= 1) db += __shfl_xor_sync(0xffffffffu, db, off);
+          if ((tid & 31) == 0) warp_sums[tid >> 5] = db;  // tid 0's last read was before this step's syncs
+          __syncthreads();
+          if (tid == 0) {
+            float sum = 0.0f;
+            CUTE_UNROLL
+            for (int w = 0; w < kNWarps; ++w) sum += warp_sums[w];
+            part[std::int64_t(t / m_count) * gridDim.x] = sum;
+          }
+          db = 0.0f;
+        }
+      }
     }
     cp_async_wait<0>();
   }
@@ -385,20 +497,57 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   store_output<typename Traits::StoreQ>(acc_dq, smem_q, gdQ, rows, tid);
 }
 
-// dbias[h] = sum over b, then over query blocks, of the dQ kernel's partials, in that fixed order
+// dbias[h] = sum over b, then over blocks, of the partials part[(b * heads + h) * blocks + block]
+// (the dQ kernel's per query block, or the fused dK/dV kernel's per key block), in that fixed order
 // (float64 accumulation; one thread per head). A template only so that every generated unit may
 // carry it without clashing at link time.
 template <int kUnused = 0>
 __global__ void dbias_reduce_kernel(const float* __restrict__ part, float* __restrict__ dbias, int batch, int heads,
-                                    int q_blocks) {
+                                    int blocks) {
   const int h = blockIdx.x * blockDim.x + threadIdx.x;
   if (h >= heads) return;
   double s = 0.0;
   for (int b = 0; b < batch; ++b) {
-    const float* row = part + (std::int64_t(b) * heads + h) * q_blocks;
-    for (int m = 0; m < q_blocks; ++m) s += double(row[m]);
+    const float* row = part + (std::int64_t(b) * heads + h) * blocks;
+    for (int m = 0; m < blocks; ++m) s += double(row[m]);
   }
   dbias[h] = float(s);
+}
+
+// Fused mode: dQ = scale * dq_accum (see dq_accum_strides), in dQ's dtype and strides, for the
+// kRows rows blockIdx.x of sequence blockIdx.z, head blockIdx.y; 8 columns (16 bytes of dQ) per
+// thread and step. Rows past the sequence end are not written, as in the dQ kernel.
+template <class Traits>
+__global__ void __launch_bounds__(128)
+    dq_convert_kernel(const __grid_constant__ detail::BwdParams p, const float* __restrict__ dq_accum) {
+  using Element = typename Traits::Element;
+  constexpr int D = Traits::kHeadDim;
+  constexpr int kRows = 64;
+  constexpr int kVec = 8;
+  constexpr int kVecsPerRow = D / kVec;
+  const int h = blockIdx.y;
+  const int b = blockIdx.z;
+  const detail::SeqInfo seq = detail::seq_info(p, b);
+  const std::int64_t r0 = std::int64_t(blockIdx.x) * kRows;
+  if (r0 >= seq.len_q) return;
+  const int rows = seq.len_q - r0 < kRows ? int(seq.len_q - r0) : kRows;
+  const detail::OperandStrides acc_stride = dq_accum_strides<D>(p);
+  cutlass::NumericArrayConverter<Element, float, kVec> conv;
+  for (int idx = threadIdx.x; idx < rows * kVecsPerRow; idx += blockDim.x) {
+    const std::int64_t row = seq.q_begin + r0 + idx / kVecsPerRow;
+    const int col = (idx % kVecsPerRow) * kVec;
+    const float4* src = reinterpret_cast<const float4*>(dq_accum + acc_stride.offset(b, row, h) + col);
+    const float4 lo = src[0];
+    const float4 hi = src[1];
+    cutlass::Array<float, kVec> v;
+    v[0] = lo.x; v[1] = lo.y; v[2] = lo.z; v[3] = lo.w;
+    v[4] = hi.x; v[5] = hi.y; v[6] = hi.z; v[7] = hi.w;
+    CUTE_UNROLL
+    for (int i = 0; i < kVec; ++i) v[i] *= p.scale;
+    const cutlass::Array<Element, kVec> out = conv(v);
+    *reinterpret_cast<uint4*>(static_cast<Element*>(p.dq) + p.dq_stride.offset(b, row, h) + col) =
+        *reinterpret_cast<const uint4*>(&out);
+  }
 }
 
 }  // namespace flashsigmoid::cuda::portable

@@ -1,7 +1,9 @@
-// Host side of the portable backward: the dK/dV kernel (once, or twice at head dims that split dV
-// and dK), the dQ kernel, and the d(bias) reduction, all on params.stream. The d(bias) partials live
-// in a stream-ordered workspace (cudaMallocAsync / cudaFreeAsync): no host synchronisation, so the
-// backward can be captured in a CUDA graph.
+// Host side of the portable backward, all on params.stream. Deterministic mode: the dK/dV kernel
+// (once, or twice at head dims that split dV and dK), the dQ kernel, and the d(bias) reduction.
+// Default mode (head dims without the split): the dK/dV kernel also adds dQ with fp32 atomics
+// (5 GEMMs per tile pair instead of 7), then dQ is converted and d(bias) reduced. The workspaces
+// (d(bias) partials, the fp32 dQ accumulator) are stream-ordered (cudaMallocAsync, cudaMemsetAsync,
+// cudaFreeAsync): no host synchronisation, so the backward can be captured in a CUDA graph.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,13 +15,16 @@
 
 namespace flashsigmoid::cuda::portable {
 
-// Set unconditionally: the 48 KiB default limit counts static shared memory too (the dQ kernel's
-// warp sums), so a dynamic size at or just under 48 KiB can still need the opt-in.
+// Set unconditionally: the 48 KiB default limit counts static shared memory too (the dQ and fused
+// dK/dV kernels' warp sums), so a dynamic size at or just under 48 KiB can still need the opt-in.
 template <class Kernel>
 void set_smem(Kernel kernel, int bytes, const char* what) {
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
 }
 
+// Deterministic mode (p.deterministic, or a head dim with kSplitDkDv): dK/dV kernel(s), dQ kernel
+// (with per-query-block d(bias) partials). Otherwise: the fused dK/dV/dQ kernel (dQ by fp32 atomics
+// into a zeroed workspace, per-key-block d(bias) partials), then dq_convert_kernel.
 template <int D, class Element>
 void run_bwd(const detail::BwdParams& p) {
   using Traits = BwdTraits<D, Element>;
@@ -31,31 +36,52 @@ void run_bwd(const detail::BwdParams& p) {
                 std::to_string(n_blocks) + " key blocks, " + std::to_string(p.heads_q) + " heads, batch " +
                 std::to_string(p.batch) + "); accepted: heads and batch <= 65535");
   }
+  const bool fused = !p.deterministic && !Traits::kSplitDkDv;
 
-  // dK, dV (every key row is written, zeros where no query sees it).
-  if (n_blocks > 0 && p.batch > 0) {
-    const dim3 grid(unsigned(n_blocks), unsigned(p.heads_kv), unsigned(p.batch));
-    auto launch = [&](auto kernel) {
-      set_smem(kernel, Traits::kSmemDkDv, "cudaFuncSetAttribute(backward dK/dV shared memory)");
-      kernel<<<grid, Traits::kNThreads, Traits::kSmemDkDv, stream>>>(p);
-      check_cuda(cudaGetLastError(), "backward dK/dV kernel launch");
-    };
-    if constexpr (Traits::kSplitDkDv) {
-      launch(&dkdv_kernel<Traits, 1>);
-      launch(&dkdv_kernel<Traits, 2>);
-    } else {
-      launch(&dkdv_kernel<Traits, 0>);
-    }
-  }
-
-  // dQ and the per-block d(bias) partials.
+  // Stream-ordered workspaces: the d(bias) partials (per key block when fused, else per query
+  // block) and, when fused, the zeroed fp32 dQ accumulator.
   float* part = nullptr;
-  const std::int64_t n_part = p.batch * p.heads_q * m_blocks;
+  float* dq_accum = nullptr;
+  const std::int64_t part_blocks = fused ? n_blocks : m_blocks;
+  const std::int64_t n_part = p.batch * p.heads_q * part_blocks;
   if (p.dbias != nullptr && n_part > 0) {
     check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&part), std::size_t(n_part) * sizeof(float), stream),
                "cudaMallocAsync(backward d(bias) workspace)");
   }
-  if (m_blocks > 0 && p.batch > 0) {
+  const std::size_t accum_bytes = std::size_t(p.rows_q * p.heads_q * D) * sizeof(float);
+  if (fused && accum_bytes > 0) {
+    check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&dq_accum), accum_bytes, stream),
+               "cudaMallocAsync(backward dQ workspace)");
+    check_cuda(cudaMemsetAsync(dq_accum, 0, accum_bytes, stream), "cudaMemsetAsync(backward dQ workspace)");
+  }
+
+  // dK, dV (every key row is written, zeros where no query sees it), and dQ's terms when fused.
+  if (n_blocks > 0 && p.batch > 0) {
+    const dim3 grid(unsigned(n_blocks), unsigned(p.heads_kv), unsigned(p.batch));
+    auto launch = [&](auto kernel, int smem) {
+      set_smem(kernel, smem, "cudaFuncSetAttribute(backward dK/dV shared memory)");
+      kernel<<<grid, Traits::kNThreads, smem, stream>>>(p, dq_accum, fused ? part : nullptr);
+      check_cuda(cudaGetLastError(), "backward dK/dV kernel launch");
+    };
+    if constexpr (Traits::kSplitDkDv) {
+      launch(&dkdv_kernel<Traits, 1>, Traits::kSmemDkDv);
+      launch(&dkdv_kernel<Traits, 2>, Traits::kSmemDkDv);
+    } else if (fused) {
+      launch(&dkdv_kernel<Traits, 3>, Traits::kSmemDkDv + Traits::kSmemDs);
+    } else {
+      launch(&dkdv_kernel<Traits, 0>, Traits::kSmemDkDv);
+    }
+  }
+
+  if (fused) {  // dQ = scale * dq_accum, rows of each sequence only
+    constexpr int kConvertRows = 64;  // dq_convert_kernel's rows per CTA
+    const std::int64_t blocks = (p.seqlen_q + kConvertRows - 1) / kConvertRows;
+    if (blocks > 0 && p.batch > 0) {
+      const dim3 grid(unsigned(blocks), unsigned(p.heads_q), unsigned(p.batch));
+      dq_convert_kernel<Traits><<<grid, 128, 0, stream>>>(p, dq_accum);
+      check_cuda(cudaGetLastError(), "backward dQ conversion launch");
+    }
+  } else if (m_blocks > 0 && p.batch > 0) {  // dQ and the per-query-block d(bias) partials
     const dim3 grid(unsigned(m_blocks), unsigned(p.heads_q), unsigned(p.batch));
     auto kernel = &dq_kernel<Traits>;
     set_smem(kernel, Traits::kSmemDq, "cudaFuncSetAttribute(backward dQ shared memory)");
@@ -66,9 +92,10 @@ void run_bwd(const detail::BwdParams& p) {
     const int threads = 128;
     const unsigned blocks = unsigned((p.heads_q + threads - 1) / threads);
     dbias_reduce_kernel<><<<blocks, threads, 0, stream>>>(part, p.dbias, int(p.batch), int(p.heads_q),
-                                                          part != nullptr ? int(m_blocks) : 0);
+                                                          part != nullptr ? int(part_blocks) : 0);
     check_cuda(cudaGetLastError(), "backward d(bias) reduction launch");
   }
+  if (dq_accum != nullptr) check_cuda(cudaFreeAsync(dq_accum, stream), "cudaFreeAsync(backward dQ workspace)");
   if (part != nullptr) check_cuda(cudaFreeAsync(part, stream), "cudaFreeAsync(backward d(bias) workspace)");
 }
 
