@@ -10,6 +10,8 @@ namespace flashsigmoid::cuda {
 // "hopper" or "portable" ("none" before the first). Defined in backend.cu; read by the GPU tests and
 // the benchmark to report which kernel they measured.
 const char* last_forward_kernel();
+// The same for flashsigmoid::backward(): "hopper" or "portable" ("none" before the first).
+const char* last_backward_kernel();
 
 namespace hopper {
 // Schedule switches of the Hopper forward, for the benchmark's same-process A/B runs (not part of the
@@ -30,6 +32,12 @@ Schedule& schedule();
 // row (backend.cu's try_hopper_forward decides).
 template <int D, class Element>
 void run_fwd(const detail::AttnParams& p);
+
+// Defined in the generated hopper_bwd_hdim<D>_<dtype>.cu units (head dims 64 and 128, built with
+// the forward's units). Dense problems with query and key rows, default (non-deterministic) mode
+// (backend.cu's try_hopper_backward decides). Not yet run on a GPU.
+template <int D, class Element>
+void run_bwd(const detail::BwdParams& p);
 }  // namespace hopper
 
 }  // namespace flashsigmoid::cuda

@@ -1,0 +1,382 @@
+// Hopper (sm_90a) sigmoid-attention backward: TMA + mbarrier pipeline, warp specialisation
+// (1 producer warpgroup, 2 consumer warpgroups with setmaxnreg), wgmma for every GEMM.
+// DRAFT: compiled, not yet run on a GPU. Dense problems, head dims 64 / 128, default
+// (non-deterministic) mode only: backend.cu routes everything else to the portable kernels.
+// Tiles, shared memory and GEMM operand majors: bwd_traits.cuh. The math is the portable
+// backward's (portable/bwd_kernel.cuh): P = sigmoid(transform(S)), dS = dP P (1 - P),
+// dV = P^T dO, dK = scale dS^T Q, dQ = scale dS K (fp32 atomics into a workspace), d(bias) = sum dS.
+//
+// Barrier protocol (one CTA per key block, not persistent; all mbarriers are used for one tile):
+//   barrier_kv (ClusterTransactionBarrier, arrival count 1; phase 0 only)
+//     arrives: the producer thread, arrive_and_expect_tx(2 kTmaBytesKV), then the TMA loads of K and V
+//              complete the bytes.
+//     waits:   every consumer thread, wait(0), before its first GEMM.
+//   pipe_qdo.full[s] (PipelineTmaAsync, arrival count 1 = the producer thread)
+//     arrives: the producer thread in producer_acquire (expect 2 kTmaBytesQ: Q and dO of one step);
+//              the two TMA loads complete them.
+//     waits:   every consumer thread in consumer_wait, before the step's S^T and dP^T GEMMs.
+//   pipe_qdo.empty[s] (arrival count 256 = every consumer thread)
+//     arrives: every consumer thread in consumer_release, after warpgroup_wait<0> shows its
+//              warpgroup's dV and dK GEMMs (the last readers of Q and dO) have finished.
+//     waits:   the producer thread in producer_acquire before refilling the stage (its state starts at
+//              phase 1, so the first kStages acquires pass at once).
+//   Named barrier kBarDsReady (256 consumer threads), once per step t: each warpgroup has written
+//     its 64 rows of dS^T(t) into ds buffer t & 1 (and fenced them for the async proxy) before the
+//     dQ GEMM of either warpgroup reads all 128 rows. The buffer is double-buffered, so this one
+//     barrier also protects the rewrite: a warpgroup writes buffer t & 1 again at step t + 2 only
+//     after passing kBarDsReady(t + 1), which the other warpgroup reaches only after its
+//     warpgroup_wait on the dQ GEMM of step t.
+//   Named barrier kBarDbias (256), at the last step of each query head when d(bias) is requested:
+//     the warps' sums are in warp_sums before consumer thread 0 adds them (the next write to
+//     warp_sums comes after a later kBarDsReady, which thread 0 reaches after its read).
+//   Named barrier kBarEpilogue (256): both warpgroups' dQ GEMMs (which read every row of K) are done
+//     before dK is staged in K's space.
+// Producer and consumers derive the same step count from the same inputs, so every full barrier
+// phase is completed once and waited on once by each consumer thread; a key block that no query
+// sees loads nothing and writes zero dK, dV.
+#pragma once
+
+#include <cstdint>
+
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include "common/score_transform.hpp"
+#include "cuda/common/sigmoid.cuh"
+#include "cuda/hopper/bwd_traits.cuh"
+#include "cuda/hopper/fwd_epilogue.cuh"  // store_output (the dK / dV tiles have the O tile's shape)
+#include "cuda/hopper/fwd_mainloop.cuh"  // wgmma_gemm, acc_layout_as_a_operand
+#include "cuda/portable/bwd_kernel.cuh"  // probs_to_dscores, scale_fragment, dq_accum_strides, atomic_add_rows
+
+namespace flashsigmoid::cuda::hopper {
+
+// P^T = sigmoid(transform(S^T)) on a transposed score tile (rows = keys, columns = queries), in place.
+// The portable scores_to_probs_transposed's rules, with the mask evaluated as the Hopper forward's
+// scores_to_probs does it (Tile::Window relative to the thread's first register, so the mask costs
+// three scalars instead of a coordinate register per element).
+template <class AccS, class CoordS>
+__device__ __forceinline__ void scores_to_probs_t(AccS& acc_s, const CoordS& tScS, const detail::ScoreTransform& st,
+                                                  std::int64_t i0, std::int64_t j0, bool full_block) {
+  const detail::ScoreTransform::Tile tile = st.tile(i0, j0);
+  if (full_block && tile.alibi_slope == 0.0f) {
+    detail::ScoreTransform::Tile plain = tile;
+    plain.alibi_slope = 0.0f;
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_s); ++i) acc_s(i) = sigmoid_of_half_logit(plain.logit(acc_s(i), 0, 0));
+  } else {
+    const int k0 = get<0>(tScS(0));  // key, relative to j0
+    const int q0 = get<1>(tScS(0));  // query, relative to i0
+    const detail::ScoreTransform::Tile::Window win = tile.window(q0, k0);  // rows = queries, cols = keys
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_s); ++i) {
+      const int dk = get<0>(tScS(i)) - k0;
+      const int dq = get<1>(tScS(i)) - q0;
+      acc_s(i) = !full_block && win.masked(dq, dk) ? 0.0f
+                                                   : sigmoid_of_half_logit(tile.logit(acc_s(i), q0 + dq, k0 + dk));
+    }
+  }
+}
+
+// What the forward's store_output needs to stage one (kBlockN, D) dK or dV accumulator tile through
+// the shared-memory buffer `tile` (K's or V's space, 128 x D elements either way).
+template <class Traits>
+struct KeyTileStore {
+  using Element = typename Traits::Element;
+  static constexpr int kHeadDim = Traits::kHeadDim;
+  using TiledMmaPV = typename Traits::TiledMmaDKV;
+  using SmemLayoutO = typename Traits::SmemLayoutV;
+  struct SharedStorage {
+    Element* tile;
+    CUTE_DEVICE Element* o_tile() { return tile; }
+  };
+};
+
+// Which steps a key block runs: the query heads of its GQA group times the visible query blocks.
+struct BwdSteps {
+  int group = 1;    // query heads per kv head
+  int m_begin = 0;  // first visible query block
+  int m_count = 0;  // visible query blocks (the same for every head: masks do not depend on it)
+  __host__ __device__ int count() const { return group * m_count; }
+};
+
+template <class Traits>
+__device__ __forceinline__ BwdSteps make_steps(const detail::BwdParams& p, const detail::SeqInfo& seq, int b, int hk,
+                                               std::int64_t j0, std::int64_t keys) {
+  BwdSteps s;
+  s.group = int(p.heads_q / p.heads_kv);
+  const detail::ScoreTransform st = detail::make_score_transform(p, seq, b, std::int64_t(hk) * s.group);
+  const std::int64_t q_lo = st.query_begin(j0);
+  const std::int64_t q_hi = st.query_end(j0 + keys, seq.len_q);
+  s.m_begin = int(q_lo / Traits::kBlockM);
+  s.m_count = q_hi > q_lo ? int((q_hi + Traits::kBlockM - 1) / Traits::kBlockM) - s.m_begin : 0;
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Producer: one thread loads K and V once, then Q and dO of every step into the 2-stage pipeline.
+template <class Traits>
+__device__ __forceinline__ void bwd_produce(const BwdKernelParams<Traits>& prm, typename Traits::SharedStorage& ss,
+                                            typename Traits::PipelineQdO& pipe, const BwdSteps& steps, int n_block,
+                                            int hk, int b) {
+  constexpr int BM = Traits::kBlockM;
+  constexpr int BN = Traits::kBlockN;
+  constexpr int D = Traits::kHeadDim;
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutDo{});
+
+  Tensor gK = local_tile(prm.tma_k.get_tma_tensor(prm.shape_k)(_, _, hk, b), Shape<Int<BN>, Int<D>>{},
+                         make_coord(n_block, _0{}));
+  Tensor gV = local_tile(prm.tma_v.get_tma_tensor(prm.shape_k)(_, _, hk, b), Shape<Int<BN>, Int<D>>{},
+                         make_coord(n_block, _0{}));
+  auto [tKgK, tKsK] = tma_partition(prm.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+  auto [tVgV, tVsV] = tma_partition(prm.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+  // Rows past the key end are zero-filled (and counted in the transaction bytes).
+  ss.barrier_kv.arrive_and_expect_tx(2 * Traits::kTmaBytesKV);
+  using BarrierType = cutlass::arch::ClusterTransactionBarrier::ValueType;
+  copy(prm.tma_k.with(reinterpret_cast<BarrierType&>(ss.barrier_kv)), tKgK, tKsK);
+  copy(prm.tma_v.with(reinterpret_cast<BarrierType&>(ss.barrier_kv)), tVgV, tVsV);
+
+  auto state = cutlass::make_producer_start_state<typename Traits::PipelineQdO>();
+  for (int g = 0; g < steps.group; ++g) {
+    const int h = hk * steps.group + g;
+    // (BM, D, query blocks) of head h; rows past the query end are zero-filled, so dO = 0 there and
+    // those rows add nothing to dV, dK or d(bias).
+    Tensor gQ = local_tile(prm.tma_q.get_tma_tensor(prm.shape_q)(_, _, h, b), Shape<Int<BM>, Int<D>>{},
+                           make_coord(_, _0{}));
+    Tensor gdO = local_tile(prm.tma_do.get_tma_tensor(prm.shape_q)(_, _, h, b), Shape<Int<BM>, Int<D>>{},
+                            make_coord(_, _0{}));
+    auto [tQgQ, tQsQ] = tma_partition(prm.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+    auto [tDgD, tDsD] = tma_partition(prm.tma_do, _0{}, Layout<_1>{}, group_modes<0, 2>(sdO), group_modes<0, 2>(gdO));
+    for (int m = 0; m < steps.m_count; ++m) {
+      pipe.producer_acquire(state);  // the stage is empty; arms its full barrier with 2 kTmaBytesQ
+      copy(prm.tma_q.with(*pipe.producer_get_barrier(state)), tQgQ(_, steps.m_begin + m), tQsQ(_, state.index()));
+      copy(prm.tma_do.with(*pipe.producer_get_barrier(state)), tDgD(_, steps.m_begin + m), tDsD(_, state.index()));
+      ++state;
+    }
+  }
+  // No producer_tail: not in a cluster, and the consumers wait for every load before the CTA ends.
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumers: every step of the key block into acc_dk (unscaled) and acc_dv; dQ into the workspace;
+// d(bias) partials (ctid: the thread's index among the 256 consumer threads).
+template <class Traits, class AccKV>
+__device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, typename Traits::SharedStorage& ss,
+                                            typename Traits::PipelineQdO& pipe, const BwdSteps& steps,
+                                            const detail::SeqInfo& seq, int b, int hk, std::int64_t j0,
+                                            float* part, AccKV& acc_dk, AccKV& acc_dv, int ctid) {
+  using Element = typename Traits::Element;
+  constexpr int BM = Traits::kBlockM;
+  constexpr int BN = Traits::kBlockN;
+  constexpr int D = Traits::kHeadDim;
+  constexpr int kThreads = Traits::kNConsumerThreads;
+  const detail::BwdParams& p = prm.p;
+
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutDo{});
+  Tensor sQt = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQt{});
+  Tensor sdOt = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQt{});
+  Tensor sKt = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKt{});
+  Tensor sDsT = make_tensor(make_smem_ptr(ss.ds.data()), typename Traits::SmemLayoutDsT{});
+  Tensor sDs = make_tensor(make_smem_ptr(ss.ds.data()), typename Traits::SmemLayoutDs{});
+
+  typename Traits::TiledMmaSdP mma_sdp;
+  typename Traits::TiledMmaDKV mma_dkv;
+  typename Traits::TiledMmaDQ mma_dq;
+  auto thr_sdp = mma_sdp.get_thread_slice(ctid);
+  auto thr_dkv = mma_dkv.get_thread_slice(ctid);
+  auto thr_dq = mma_dq.get_thread_slice(ctid);
+  // wgmma descriptors. S^T, dP^T: this warpgroup's 64 keys of K / V against Q / dO (per stage).
+  Tensor tSrK = thr_sdp.partition_fragment_A(sK);
+  Tensor tSrV = thr_sdp.partition_fragment_A(sV);
+  Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);    // (MMA, MMA_N, MMA_K, stage)
+  Tensor tSrDo = thr_sdp.partition_fragment_B(sdO);  // (MMA, MMA_N, MMA_K, stage)
+  // dV, dK: B = dO^T / Q^T views (D, queries, stage).
+  Tensor tKVrDo = thr_dkv.partition_fragment_B(sdOt);
+  Tensor tKVrQ = thr_dkv.partition_fragment_B(sQt);
+  // dQ: A = dS (queries, keys, buffer), B = this warpgroup's D / 2 columns of K^T.
+  Tensor tQrDs = thr_dq.partition_fragment_A(sDs);   // (MMA, MMA_M, MMA_K, buffer)
+  Tensor tQrK = thr_dq.partition_fragment_B(sKt);
+  // (key, query) of each S^T / dP^T register, and (query, column) of each dQ register.
+  Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<BN>, Int<BM>>{}));
+  Tensor tQcQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<BM>, Int<D>>{}));
+
+  // P^T and dS^T in the input dtype, laid out as the RS GEMMs' register A operand. Declared outside
+  // the loop: the RS wgmma of step t reads them until its warpgroup_wait<0>.
+  using AccSLayout = decltype(partition_fragment_C(mma_sdp, Shape<Int<BN>, Int<BM>>{}).layout());
+  Tensor rP = make_tensor<Element>(AccSLayout{});
+  Tensor rdS = make_tensor<Element>(AccSLayout{});
+  Tensor tPrP = make_tensor(rP.data(), hopper::acc_layout_as_a_operand(rP.layout()));
+  Tensor tdSrdS = make_tensor(rdS.data(), hopper::acc_layout_as_a_operand(rdS.layout()));
+  static_assert(std::is_same_v<decltype(shape(tPrP)), decltype(partition_shape_A(mma_dkv, Shape<Int<BN>, Int<BM>>{}))>,
+                "P^T is not laid out as the dV wgmma's A operand");
+
+  const detail::OperandStrides acc_stride = portable::dq_accum_strides<D>(p);
+  float db = 0.0f;  // this thread's sum of dS over the current query head's steps
+
+  ss.barrier_kv.wait(0);  // K and V have landed
+  typename Traits::PipelineState state;  // consumers start at stage 0, phase 0
+  std::int64_t cur_head = -1;
+  detail::ScoreTransform st;
+  for (int t = 0; t < steps.count(); ++t) {
+    const std::int64_t h = std::int64_t(hk) * steps.group + t / steps.m_count;
+    const std::int64_t i0 = std::int64_t(steps.m_begin + t % steps.m_count) * BM;
+    if (h != cur_head) {
+      cur_head = h;
+      st = detail::make_score_transform(p, seq, b, h).scaled_by(0.5f);  // logit() = s / 2
+    }
+    const std::int64_t i1 = seq.len_q - i0 < BM ? seq.len_q : i0 + BM;
+    const bool full = st.block_unmasked(i0, i1, j0, j0 + BN);
+    const int stage = state.index();
+    const int buf = t & 1;
+
+    // In the loop, so that the compiler sees them dead after the conversions below (the wgmma asm
+    // lists its accumulator as read even when ScaleOut::Zero ignores it).
+    Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<BN>, Int<BM>>{});
+    Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<BN>, Int<BM>>{});
+    pipe.consumer_wait(state);
+    wgmma_gemm<true>(mma_sdp, tSrK, tSrQ(_, _, _, stage), acc_s);     // S^T = K Q^T
+    wgmma_gemm<true>(mma_sdp, tSrV, tSrDo(_, _, _, stage), acc_dp);  // dP^T = V dO^T
+    warpgroup_wait<1>();  // S^T is done; dP^T may still run under the sigmoid
+    warpgroup_fence_operand(acc_s);
+    scores_to_probs_t(acc_s, tScS, st, i0, j0, full);
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(acc_dp);
+    db += portable::probs_to_dscores<true>(acc_dp, acc_s);  // acc_dp := dS^T
+
+    // rP, rdS were last read by step t-1's RS GEMMs, finished at its warpgroup_wait<0>; the fences
+    // keep these writes below that wait.
+    warpgroup_fence_operand(rP);
+    warpgroup_fence_operand(rdS);
+    {
+      Tensor cp = convert_fragment<Element>(acc_s);
+      Tensor cds = convert_fragment<Element>(acc_dp);
+      CUTE_UNROLL
+      for (int i = 0; i < size(rP); ++i) {
+        rP(i) = cp(i);
+        rdS(i) = cds(i);
+      }
+    }
+    warpgroup_fence_operand(rP);
+    warpgroup_fence_operand(rdS);
+
+    // dS^T -> shared memory (this warpgroup's 64 key rows), visible to the async proxy (wgmma),
+    // then wait for the other warpgroup's rows.
+    Tensor tDsT = thr_sdp.partition_C(sDsT(_, _, buf));
+    copy(rdS, tDsT);
+    cutlass::arch::fence_view_async_shared();
+    cutlass::arch::NamedBarrier::sync(kThreads, Traits::kBarDsReady);
+
+    Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<BM>, Int<D>>{});
+    wgmma_gemm<true>(mma_dq, tQrDs(_, _, _, buf), tQrK, acc_dq);             // dQ part = dS K
+    wgmma_gemm<false>(mma_dkv, tPrP, tKVrDo(_, _, _, stage), acc_dv);        // dV += P^T dO
+    wgmma_gemm<false>(mma_dkv, tdSrdS, tKVrQ(_, _, _, stage), acc_dk);       // dK += dS^T Q
+    warpgroup_wait<2>();  // dQ is done: its atomics overlap the dV, dK GEMMs
+    warpgroup_fence_operand(acc_dq);
+    portable::atomic_add_rows(acc_dq, tQcQ, prm.dq_accum + acc_stride.offset(b, seq.q_begin + i0, h),
+                              acc_stride.row, seq.len_q - i0);
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(acc_dv);
+    warpgroup_fence_operand(acc_dk);
+    pipe.consumer_release(state);  // this warpgroup no longer reads the stage's Q and dO
+    ++state;
+
+    if (part != nullptr && t % steps.m_count == steps.m_count - 1) {  // the head's last step: fixed order
+      CUTE_UNROLL
+      for (int off = 16; off > 0; off >>= 1) db += __shfl_xor_sync(0xffffffffu, db, off);
+      if ((ctid & 31) == 0) ss.warp_sums[ctid >> 5] = db;
+      cutlass::arch::NamedBarrier::sync(kThreads, Traits::kBarDbias);
+      if (ctid == 0) {
+        float sum = 0.0f;
+        CUTE_UNROLL
+        for (int w = 0; w < kThreads / 32; ++w) sum += ss.warp_sums[w];
+        part[std::int64_t(t / steps.m_count) * gridDim.x] = sum;
+      }
+      db = 0.0f;
+    }
+  }
+}
+
+// Grid (key blocks, kv heads, batch); Traits::kNThreads threads; Traits::kSmemBytes dynamic shared memory.
+// Only sm_90a device code is generated (cmake/cuda_kernels.cmake); any other device pass compiles
+// to an empty kernel.
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_constant__ BwdKernelParams<Traits> prm) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Element = typename Traits::Element;
+  using Pipeline = typename Traits::PipelineQdO;
+  constexpr int BN = Traits::kBlockN;
+  constexpr int D = Traits::kHeadDim;
+  extern __shared__ unsigned char smem_raw[];
+  // The 128-byte swizzle repeats every 1024 bytes: TMA and wgmma need the tiles 1024-aligned.
+  auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(
+      (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t(1023));
+  const detail::BwdParams& p = prm.p;
+  const int n_block = blockIdx.x;
+  const int hk = blockIdx.y;
+  const int b = blockIdx.z;
+  const detail::SeqInfo seq = detail::seq_info(p, b);  // dense: q_begin = k_begin = 0
+  const std::int64_t j0 = std::int64_t(n_block) * BN;
+  const std::int64_t keys = seq.len_k - j0 < BN ? seq.len_k - j0 : BN;
+  const BwdSteps steps = make_steps<Traits>(p, seq, b, hk, j0, keys);
+  // This key block's d(bias) partial of query head hk * group + g is part[g * gridDim.x].
+  float* part = prm.dbias_part != nullptr
+                    ? prm.dbias_part + (std::int64_t(b) * p.heads_q + std::int64_t(hk) * steps.group) * gridDim.x +
+                          n_block
+                    : nullptr;
+
+  const bool producer = threadIdx.x < 128;
+  if (threadIdx.x == 0) ss.barrier_kv.init(1);  // the producer thread's arrive_and_expect_tx
+  typename Pipeline::Params pipe_params;
+  pipe_params.role = producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
+  pipe_params.is_leader = threadIdx.x == 0;
+  pipe_params.num_consumers = Traits::kNConsumerThreads;
+  pipe_params.transaction_bytes = 2 * Traits::kTmaBytesQ;  // Q and dO of one step
+  Pipeline pipe(ss.pipe_qdo, pipe_params, Shape<_1, _1, _1>{});  // initialises the stage barriers
+  cutlass::arch::fence_barrier_init();
+  __syncthreads();
+
+  if (producer) {
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (threadIdx.x == 0 && steps.count() > 0) {
+      cute::prefetch_tma_descriptor(prm.tma_q.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(prm.tma_do.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(prm.tma_k.get_tma_descriptor());
+      cute::prefetch_tma_descriptor(prm.tma_v.get_tma_descriptor());
+      bwd_produce<Traits>(prm, ss, pipe, steps, n_block, hk, b);
+    }
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+    const int ctid = int(threadIdx.x) - 128;
+    typename Traits::TiledMmaDKV mma_dkv;
+    Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<BN>, Int<D>>{});
+    Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<BN>, Int<D>>{});
+    clear(acc_dk);
+    clear(acc_dv);
+    if (steps.count() > 0) {
+      bwd_consume<Traits>(prm, ss, pipe, steps, seq, b, hk, j0, part, acc_dk, acc_dv, ctid);
+    } else if (part != nullptr) {  // no query sees this key block: its partials are 0
+      for (int g = ctid; g < steps.group; g += Traits::kNConsumerThreads) part[std::int64_t(g) * gridDim.x] = 0.0f;
+    }
+
+    // Epilogue: dV through V's space (each warpgroup reads only its own rows of V), dK through K's
+    // space once both warpgroups' dQ GEMMs, which read every row of K, are done. Key rows past the
+    // sequence end are not written; rows that no query sees are zeros.
+    cutlass::arch::NamedBarrier::sync(Traits::kNConsumerThreads, Traits::kBarEpilogue);
+    using Store = KeyTileStore<Traits>;
+    Element* dv_tile = static_cast<Element*>(p.dv) + p.dv_stride.offset(b, seq.k_begin + j0, hk);
+    Element* dk_tile = static_cast<Element*>(p.dk) + p.dk_stride.offset(b, seq.k_begin + j0, hk);
+    typename Store::SharedStorage v_space{ss.v.data()};
+    typename Store::SharedStorage k_space{ss.k.data()};
+    store_output<Store>(acc_dv, v_space, dv_tile, p.dv_stride.row, keys, ctid);
+    portable::scale_fragment(acc_dk, p.scale);
+    store_output<Store>(acc_dk, k_space, dk_tile, p.dk_stride.row, keys, ctid);
+  }
+#endif
+}
+
+}  // namespace flashsigmoid::cuda::hopper

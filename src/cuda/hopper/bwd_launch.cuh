@@ -1,0 +1,94 @@
+// Host side of the Hopper backward (DRAFT: compiled, not yet run on a GPU): workspaces, TMA
+// descriptors, then on params.stream the wgmma dK/dV/dQ kernel, the portable dq_convert_kernel
+// (dQ = scale * workspace, in dQ's dtype) and, with d(bias), the portable dbias_reduce_kernel over
+// the per-key-block partials. Workspaces are stream-ordered (cudaMallocAsync / cudaFreeAsync), as in
+// the portable backward, so the whole backward can be captured in a CUDA graph.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "cuda/hopper/bwd_kernel.cuh"
+#include "cuda/hopper/fwd_launch.cuh"  // tma_view
+#include "cuda/hopper/launch.hpp"
+#include "cuda/portable/launch.hpp"  // check_cuda
+
+namespace flashsigmoid::cuda::hopper {
+
+// Dense problems with at least one query and one key row (backend.cu's try_hopper_backward decides).
+template <int D, class Element>
+void run_bwd(const detail::BwdParams& p) {
+  using Traits = BwdTraits<D, Element>;
+  const auto stream = static_cast<cudaStream_t>(p.stream);
+  const std::int64_t n_blocks = (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
+  if (n_blocks > 0x7fffffff || p.heads_kv > 65535 || p.heads_q > 65535 || p.batch > 65535 ||
+      p.seqlen_q > 0x7fffffff || p.seqlen_k > 0x7fffffff) {
+    throw Error("flashsigmoid: Hopper backward problem too large (" + std::to_string(n_blocks) + " key blocks, " +
+                std::to_string(p.heads_q) + " heads, batch " + std::to_string(p.batch) +
+                "); accepted: heads and batch <= 65535, sequence lengths < 2^31");
+  }
+  if (p.batch == 0 || n_blocks == 0) return;
+
+  // d(bias) partials per (batch, query head, key block) and the zeroed fp32 dQ workspace.
+  float* part = nullptr;
+  float* dq_accum = nullptr;
+  const std::int64_t n_part = p.batch * p.heads_q * n_blocks;
+  if (p.dbias != nullptr) {
+    check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&part), std::size_t(n_part) * sizeof(float), stream),
+               "cudaMallocAsync(Hopper backward d(bias) workspace)");
+  }
+  const std::size_t accum_bytes = std::size_t(p.rows_q * p.heads_q * D) * sizeof(float);
+  if (accum_bytes > 0) {
+    check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&dq_accum), accum_bytes, stream),
+               "cudaMallocAsync(Hopper backward dQ workspace)");
+    check_cuda(cudaMemsetAsync(dq_accum, 0, accum_bytes, stream), "cudaMemsetAsync(Hopper backward dQ workspace)");
+  }
+
+  BwdKernelParams<Traits> prm{};
+  prm.p = p;
+  prm.dq_accum = dq_accum;
+  prm.dbias_part = part;
+  auto gQ = tma_view<Traits>(p.q, p.seqlen_q, p.heads_q, p.batch, p.q_stride);
+  auto gdO = tma_view<Traits>(p.dout, p.seqlen_q, p.heads_q, p.batch, p.do_stride);
+  auto gK = tma_view<Traits>(p.k, p.seqlen_k, p.heads_kv, p.batch, p.k_stride);
+  auto gV = tma_view<Traits>(p.v, p.seqlen_k, p.heads_kv, p.batch, p.v_stride);
+  prm.shape_q = gQ.shape();
+  prm.shape_k = gK.shape();
+  const auto tile_q = Shape<Int<Traits::kBlockM>, Int<D>>{};
+  const auto tile_k = Shape<Int<Traits::kBlockN>, Int<D>>{};
+  prm.tma_q = make_tma_copy(SM90_TMA_LOAD{}, gQ, take<0, 2>(typename Traits::SmemLayoutQ{}), tile_q, _1{});
+  prm.tma_do = make_tma_copy(SM90_TMA_LOAD{}, gdO, take<0, 2>(typename Traits::SmemLayoutDo{}), tile_q, _1{});
+  prm.tma_k = make_tma_copy(SM90_TMA_LOAD{}, gK, typename Traits::SmemLayoutK{}, tile_k, _1{});
+  prm.tma_v = make_tma_copy(SM90_TMA_LOAD{}, gV, typename Traits::SmemLayoutV{}, tile_k, _1{});
+
+  auto kernel = &bwd_kernel<Traits>;
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes),
+             "cudaFuncSetAttribute(Hopper backward shared memory)");
+  const dim3 grid(unsigned(n_blocks), unsigned(p.heads_kv), unsigned(p.batch));
+  kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(prm);
+  check_cuda(cudaGetLastError(), "Hopper backward kernel launch");
+
+  // dQ = scale * dq_accum (the portable fused mode's conversion, 64 rows per CTA).
+  constexpr int kConvertRows = 64;
+  const std::int64_t conv_blocks = (p.seqlen_q + kConvertRows - 1) / kConvertRows;
+  if (conv_blocks > 0) {
+    const dim3 conv_grid(unsigned(conv_blocks), unsigned(p.heads_q), unsigned(p.batch));
+    portable::dq_convert_kernel<Traits><<<conv_grid, 128, 0, stream>>>(p, dq_accum);
+    check_cuda(cudaGetLastError(), "Hopper backward dQ conversion launch");
+  }
+  if (part != nullptr && p.heads_q > 0) {
+    const int threads = 128;
+    const unsigned blocks = unsigned((p.heads_q + threads - 1) / threads);
+    // <1>, not the portable units' <0>: those are compiled for every built architecture and these
+    // units for sm_90a alone, so the two must not be one (weak, merged) kernel symbol.
+    portable::dbias_reduce_kernel<1><<<blocks, threads, 0, stream>>>(part, p.dbias, int(p.batch), int(p.heads_q),
+                                                                      int(n_blocks));
+    check_cuda(cudaGetLastError(), "Hopper backward d(bias) reduction launch");
+  }
+  if (dq_accum != nullptr) check_cuda(cudaFreeAsync(dq_accum, stream), "cudaFreeAsync(Hopper backward dQ workspace)");
+  if (part != nullptr) check_cuda(cudaFreeAsync(part, stream), "cudaFreeAsync(Hopper backward d(bias) workspace)");
+}
+
+}  // namespace flashsigmoid::cuda::hopper
