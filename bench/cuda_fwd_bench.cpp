@@ -3,9 +3,11 @@
 // CUDA events, median of many repetitions after warm-up, rotating over several input sets so L2
 // is not what is timed. TFLOP/s = 4*B*Hq*Nq*Nk*D / t, halved for causal; the backward counts 2.5x
 // that (SPEC.md).
-// The "kernel" column names the forward kernel that ran ("hopper" or "portable": the dispatch picks
-// the Hopper kernel on sm_90 devices in builds with FLASHSIGMOID_HOPPER=ON). --kernel portable forces
-// the portable forward (through FLASHSIGMOID_FORWARD_KERNEL=portable); --kernel both times each shape
+// The "kernel" column names the forward (with --backward: the backward) kernel that ran ("hopper" or
+// "portable": the dispatch picks the Hopper kernels on sm_90 devices in builds with FLASHSIGMOID_HOPPER=ON;
+// the Hopper backward only in the default, non-deterministic mode). --kernel portable forces the portable
+// forward (through FLASHSIGMOID_FORWARD_KERNEL=portable; with --backward, the portable backward through
+// FLASHSIGMOID_BACKWARD_KERNEL=portable); --kernel both times each shape
 // with the automatic choice and then with the portable kernel, in the same process. --kernel also
 // takes a comma-separated list of modes, timed back to back per shape: auto, portable, and two Hopper
 // schedule variants for A/B runs, per-tile (one CTA per tile, not persistent) and no-l2-group (causal
@@ -22,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda/hopper/launch.hpp"  // flashsigmoid::cuda::last_forward_kernel
+#include "cuda/hopper/launch.hpp"  // flashsigmoid::cuda::last_forward_kernel, last_backward_kernel
 #include "flashsigmoid/flashsigmoid.hpp"
 
 namespace {
@@ -154,10 +156,12 @@ int main(int argc, char** argv) {
               "kernel");
   for (const Run& job : runs) {
     const Shape& sh = job.shape;
+    // With --backward the mode picks the backward kernel (FLASHSIGMOID_BACKWARD_KERNEL) the same way.
+    const char* kernel_env = backward ? "FLASHSIGMOID_BACKWARD_KERNEL" : "FLASHSIGMOID_FORWARD_KERNEL";
     if (job.mode == "portable") {
-      setenv("FLASHSIGMOID_FORWARD_KERNEL", "portable", 1);
+      setenv(kernel_env, "portable", 1);
     } else {
-      unsetenv("FLASHSIGMOID_FORWARD_KERNEL");
+      unsetenv(kernel_env);
     }
     flashsigmoid::cuda::hopper::Schedule& schedule = flashsigmoid::cuda::hopper::schedule();
     schedule = {};
@@ -187,7 +191,7 @@ int main(int argc, char** argv) {
       std::printf("%4d %6d %6d: skipped (%s)\n", sh.D, int(sh.causal), sh.N, e.what());
       continue;
     }
-    std::string kernel = backward ? "portable" : flashsigmoid::cuda::last_forward_kernel();
+    std::string kernel = backward ? flashsigmoid::cuda::last_backward_kernel() : flashsigmoid::cuda::last_forward_kernel();
     if (kernel == "hopper" && job.mode != "auto") kernel += " " + job.mode;
     std::vector<float> ms(reps);
     for (int r = 0; r < reps; ++r) {

@@ -35,6 +35,16 @@
 #else
 #define FLASHSIGMOID_HOPPER_HDIM_256_BUILT false
 #endif
+#if defined(FLASHSIGMOID_HOPPER_BWD_HDIM_64)
+#define FLASHSIGMOID_HOPPER_BWD_HDIM_64_BUILT true
+#else
+#define FLASHSIGMOID_HOPPER_BWD_HDIM_64_BUILT false
+#endif
+#if defined(FLASHSIGMOID_HOPPER_BWD_HDIM_128)
+#define FLASHSIGMOID_HOPPER_BWD_HDIM_128_BUILT true
+#else
+#define FLASHSIGMOID_HOPPER_BWD_HDIM_128_BUILT false
+#endif
 
 namespace flashsigmoid::detail {
 namespace {
@@ -109,6 +119,7 @@ void dispatch_dtype(DType dtype, const char* what, F&& f) {
 }
 
 thread_local const char* g_last_forward_kernel = "none";
+thread_local const char* g_last_backward_kernel = "none";
 
 #if defined(FLASHSIGMOID_HOPPER_ENABLED)
 // True when device `index` has compute capability 9.0 (H100/H200: the sm_90a kernels run there).
@@ -138,6 +149,16 @@ bool hopper_forward_allowed() {
   throw Error(std::string("flashsigmoid: environment variable FLASHSIGMOID_FORWARD_KERNEL is '") + env +
               "'; accepted: auto (or unset), portable");
 }
+
+// FLASHSIGMOID_BACKWARD_KERNEL=portable (read at every call) forces the portable backward, as
+// FLASHSIGMOID_FORWARD_KERNEL does for the forward.
+bool hopper_backward_allowed() {
+  const char* env = std::getenv("FLASHSIGMOID_BACKWARD_KERNEL");
+  if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0) return true;
+  if (std::strcmp(env, "portable") == 0) return false;
+  throw Error(std::string("flashsigmoid: environment variable FLASHSIGMOID_BACKWARD_KERNEL is '") + env +
+              "'; accepted: auto (or unset), portable");
+}
 #endif
 
 // Runs the Hopper forward when this build dispatches to it and it covers the problem (head dims
@@ -154,6 +175,26 @@ bool try_hopper_forward([[maybe_unused]] const AttnParams& p, [[maybe_unused]] b
     const std::int64_t key_rows = p.is_varlen() ? p.total_k : p.seqlen_k;
     if (allowed && key_rows > 0 && is_sm90(p.device.index)) {
       cuda::hopper::run_fwd<D, Element>(p);
+      return true;
+    }
+  }
+#endif
+  return false;
+}
+
+// Runs the Hopper backward (not yet validated on a GPU) when this build has it for D and it covers the
+// problem: dense (varlen stays on the portable kernels), default mode (Options::deterministic needs the
+// portable kernels' atomic-free path), query and key rows to build TMA descriptors over, an sm_90 device.
+// Returns false to leave the problem to the portable kernels.
+template <int D, class Element>
+bool try_hopper_backward([[maybe_unused]] const BwdParams& p, [[maybe_unused]] bool allowed) {
+#if defined(FLASHSIGMOID_HOPPER_ENABLED)
+  constexpr bool kBuilt = (D == 64 && FLASHSIGMOID_HOPPER_BWD_HDIM_64_BUILT) ||
+                          (D == 128 && FLASHSIGMOID_HOPPER_BWD_HDIM_128_BUILT);
+  if constexpr (kBuilt) {
+    if (allowed && !p.is_varlen() && !p.deterministic && p.seqlen_q > 0 && p.seqlen_k > 0 && p.batch > 0 &&
+        is_sm90(p.device.index)) {
+      cuda::hopper::run_bwd<D, Element>(p);
       return true;
     }
   }
@@ -213,6 +254,8 @@ void cuda_forward(const AttnParams& p) {
 // (no atomics, bitwise reproducible); false (the default), dQ is added with fp32 atomics inside the
 // dK/dV kernel (faster; dQ's last bits depend on the order of the atomics; dK, dV and d(bias) stay
 // reproducible). Head dims whose dK/dV kernel runs in two passes (256) always take the first mode.
+// On sm_90, dense default-mode problems at D 64 / 128 go to the Hopper backward (try_hopper_backward),
+// which has the default mode's guarantees: dQ by atomics, dK, dV and d(bias) in a fixed order.
 void cuda_backward(const BwdParams& p) {
 #if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
   // Compiled in every CUDA build; a build configured with FLASHSIGMOID_CUDA_BACKWARD=OFF says so.
@@ -227,9 +270,23 @@ void cuda_backward(const BwdParams& p) {
   check_alignment("dk", p.dk, p.dk_stride);
   check_alignment("dv", p.dv, p.dv_stride);
   DeviceGuard guard(p.device.index);
+  // Read before dispatch, so that a bad override is an error whatever the problem.
+#if defined(FLASHSIGMOID_HOPPER_ENABLED)
+  const bool hopper_allowed = hopper_backward_allowed();
+#else
+  const bool hopper_allowed = false;
+#endif
   dispatch_dtype(p.dtype, "backward", [&](auto element) {
     using Element = decltype(element);
-    dispatch_head_dim(p.head_dim, [&](auto d) { cuda::portable::run_bwd<decltype(d)::value, Element>(p); });
+    dispatch_head_dim(p.head_dim, [&](auto d) {
+      constexpr int D = decltype(d)::value;
+      if (try_hopper_backward<D, Element>(p, hopper_allowed)) {
+        g_last_backward_kernel = "hopper";
+      } else {
+        cuda::portable::run_bwd<D, Element>(p);
+        g_last_backward_kernel = "portable";
+      }
+    });
   });
 }
 
@@ -237,6 +294,7 @@ void cuda_backward(const BwdParams& p) {
 
 namespace flashsigmoid::cuda {
 const char* last_forward_kernel() { return detail::g_last_forward_kernel; }
+const char* last_backward_kernel() { return detail::g_last_backward_kernel; }
 hopper::Schedule& hopper::schedule() {
   thread_local Schedule s;
   return s;

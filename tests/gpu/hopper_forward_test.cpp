@@ -17,33 +17,12 @@
 #include "cuda/hopper/launch.hpp"  // flashsigmoid::cuda::last_forward_kernel
 #include "device_problem.hpp"
 #include "forward_check.hpp"
+#include "hopper_skip.hpp"  // FS_SKIP_WITHOUT_HOPPER
 
 namespace {
 
 using fs_test::Alibi;
 using fs_test::Case;
-
-// Why the Hopper tests cannot run in this build / on this machine; empty when they can.
-std::string hopper_skip_reason() {
-#if !defined(FLASHSIGMOID_HOPPER_ENABLED)
-  return "this build does not dispatch to the Hopper forward (configure with -DFLASHSIGMOID_HOPPER=ON)";
-#else
-  if (!fs_gpu::has_device()) return "no CUDA device";
-  int major = 0, minor = 0;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0);
-  if (major != 9 || minor != 0) {
-    return "device 0 is sm_" + std::to_string(major) + std::to_string(minor) + ", the Hopper kernel needs sm_90";
-  }
-  return "";
-#endif
-}
-
-#define FS_SKIP_WITHOUT_HOPPER()                                 \
-  do {                                                           \
-    const std::string why_ = hopper_skip_reason();               \
-    if (!why_.empty()) GTEST_SKIP() << why_;                     \
-  } while (0)
 
 // The kernel backend.cu's dispatch must pick for this case.
 const char* expected_kernel(const Case& c) {

@@ -205,30 +205,16 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
   Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<BN>, Int<BM>>{}));
   Tensor tQcQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<BM>, Int<D>>{}));
 
-  // P^T and dS^T in the input dtype, laid out as the RS GEMMs' register A operand. Declared outside
-  // the loop: the RS wgmma of step t reads them until its warpgroup_wait<0>.
-  using AccSLayout = decltype(partition_fragment_C(mma_sdp, Shape<Int<BN>, Int<BM>>{}).layout());
-  Tensor rP = make_tensor<Element>(AccSLayout{});
-  Tensor rdS = make_tensor<Element>(AccSLayout{});
-  Tensor tPrP = make_tensor(rP.data(), hopper::acc_layout_as_a_operand(rP.layout()));
-  Tensor tdSrdS = make_tensor(rdS.data(), hopper::acc_layout_as_a_operand(rdS.layout()));
-  static_assert(std::is_same_v<decltype(shape(tPrP)), decltype(partition_shape_A(mma_dkv, Shape<Int<BN>, Int<BM>>{}))>,
-                "P^T is not laid out as the dV wgmma's A operand");
-
-  const detail::OperandStrides acc_stride = portable::dq_accum_strides<D>(p);
   float db = 0.0f;  // this thread's sum of dS over the current query head's steps
 
   ss.barrier_kv.wait(0);  // K and V have landed
   typename Traits::PipelineState state;  // consumers start at stage 0, phase 0
-  std::int64_t cur_head = -1;
-  detail::ScoreTransform st;
   for (int t = 0; t < steps.count(); ++t) {
-    const std::int64_t h = std::int64_t(hk) * steps.group + t / steps.m_count;
-    const std::int64_t i0 = std::int64_t(steps.m_begin + t % steps.m_count) * BM;
-    if (h != cur_head) {
-      cur_head = h;
-      st = detail::make_score_transform(p, seq, b, h).scaled_by(0.5f);  // logit() = s / 2
-    }
+    const int h = hk * steps.group + t / steps.m_count;
+    const int i0 = (steps.m_begin + t % steps.m_count) * BM;
+    // Rebuilt every step rather than kept per head: registers are the limit at D 128 (a few
+    // parameter loads per step are cheap next to five 64 x 64 x D GEMMs).
+    const detail::ScoreTransform st = detail::make_score_transform(p, seq, b, h).scaled_by(0.5f);  // logit() = s / 2
     const std::int64_t i1 = seq.len_q - i0 < BM ? seq.len_q : i0 + BM;
     const bool full = st.block_unmasked(i0, i1, j0, j0 + BN);
     const int stage = state.index();
@@ -248,21 +234,16 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     warpgroup_fence_operand(acc_dp);
     db += portable::probs_to_dscores<true>(acc_dp, acc_s);  // acc_dp := dS^T
 
-    // rP, rdS were last read by step t-1's RS GEMMs, finished at its warpgroup_wait<0>; the fences
-    // keep these writes below that wait.
-    warpgroup_fence_operand(rP);
-    warpgroup_fence_operand(rdS);
-    {
-      Tensor cp = convert_fragment<Element>(acc_s);
-      Tensor cds = convert_fragment<Element>(acc_dp);
-      CUTE_UNROLL
-      for (int i = 0; i < size(rP); ++i) {
-        rP(i) = cp(i);
-        rdS(i) = cds(i);
-      }
-    }
-    warpgroup_fence_operand(rP);
-    warpgroup_fence_operand(rdS);
+    // P^T and dS^T in the input dtype, viewed as the RS GEMMs' register A operand. Per step (not
+    // kept across the loop, where they would cost 32 registers during the S^T / dP^T GEMMs); the
+    // fences after this step's last warpgroup_wait keep their registers reserved until the RS
+    // wgmmas that read them asynchronously are done.
+    Tensor rP = convert_fragment<Element>(acc_s);
+    Tensor rdS = convert_fragment<Element>(acc_dp);
+    Tensor tPrP = make_tensor(rP.data(), hopper::acc_layout_as_a_operand(rP.layout()));
+    Tensor tdSrdS = make_tensor(rdS.data(), hopper::acc_layout_as_a_operand(rdS.layout()));
+    static_assert(std::is_same_v<decltype(shape(tPrP)), decltype(partition_shape_A(mma_dkv, Shape<Int<BN>, Int<BM>>{}))>,
+                  "P^T is not laid out as the dV wgmma's A operand");
 
     // dS^T -> shared memory (this warpgroup's 64 key rows), visible to the async proxy (wgmma),
     // then wait for the other warpgroup's rows.
@@ -277,11 +258,16 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     wgmma_gemm<false>(mma_dkv, tdSrdS, tKVrQ(_, _, _, stage), acc_dk);       // dK += dS^T Q
     warpgroup_wait<2>();  // dQ is done: its atomics overlap the dV, dK GEMMs
     warpgroup_fence_operand(acc_dq);
-    portable::atomic_add_rows(acc_dq, tQcQ, prm.dq_accum + acc_stride.offset(b, seq.q_begin + i0, h),
-                              acc_stride.row, seq.len_q - i0);
+    {
+      const detail::OperandStrides acc_stride = portable::dq_accum_strides<D>(p);
+      portable::atomic_add_rows(acc_dq, tQcQ, prm.dq_accum + acc_stride.offset(b, seq.q_begin + i0, h),
+                                acc_stride.row, seq.len_q - i0);
+    }
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc_dv);
     warpgroup_fence_operand(acc_dk);
+    warpgroup_fence_operand(rP);
+    warpgroup_fence_operand(rdS);
     pipe.consumer_release(state);  // this warpgroup no longer reads the stage's Q and dO
     ++state;
 

@@ -1,0 +1,156 @@
+// GPU tests of the Hopper (sm_90a) backward: the backward tests' case list (backward_check.hpp) in
+// the default mode, restricted to what the Hopper backward covers (dense, head dims 64 / 128, query
+// and key rows), plus longer cases (many query and key blocks, so the Q/dO pipeline and the double-
+// buffered dS tile wrap; causal, GQA, windows that leave whole key blocks unseen, odd lengths), each
+// also checking which kernel ran. Skipped, with the reason, when the build does not dispatch to the
+// Hopper kernels, when no GPU is visible, or when the device is not sm_90.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backward_check.hpp"
+#include "cuda/hopper/launch.hpp"  // flashsigmoid::cuda::last_backward_kernel
+#include "device_problem.hpp"
+#include "hopper_skip.hpp"  // FS_SKIP_WITHOUT_HOPPER
+
+namespace {
+
+using flashsigmoid::BiasMode;
+using fs_test::Alibi;
+using fs_test::Case;
+
+// Cases the Hopper backward takes (backend.cu's try_hopper_backward; the default mode is the test's).
+bool hopper_covers(const Case& c) {
+  return !c.varlen() && (c.D == 64 || c.D == 128) && c.B > 0 && c.Nq > 0 && c.Nk > 0;
+}
+
+// FLASHSIGMOID_BACKWARD_KERNEL=portable (scripts/gpu_check.sh's portable pass) sends every case to
+// the portable kernels.
+const char* expected_kernel() {
+  const char* forced = std::getenv("FLASHSIGMOID_BACKWARD_KERNEL");
+  return forced != nullptr && std::strcmp(forced, "portable") == 0 ? "portable" : "hopper";
+}
+
+std::vector<Case> hopper_backward_cases() {
+  std::vector<Case> base;
+  auto add = [&](std::string name, auto&& edit) {
+    Case c;
+    c.name = std::move(name);
+    edit(c);
+    base.push_back(c);
+  };
+  // Many query blocks per key block and many key blocks: the 2-stage Q/dO pipeline and the two dS
+  // buffers wrap many times.
+  add("hbwd_long", [](Case& c) { c.B = 1; c.Hq = c.Hkv = 2; c.Nq = c.Nk = 1100; });
+  add("hbwd_long_causal_gqa_bias", [](Case& c) {
+    c.B = 2; c.Hq = 8; c.Hkv = 2; c.Nq = c.Nk = 777; c.causal = true; c.bias_mode = BiasMode::per_head;
+  });
+  add("hbwd_long_window_mqa", [](Case& c) {
+    c.B = 1; c.Hq = 4; c.Hkv = 1; c.Nq = c.Nk = 1500; c.window_left = 300; c.window_right = 40;
+  });
+  add("hbwd_nq_lt_nk_causal_alibi", [](Case& c) {
+    c.B = 1; c.Nq = 200; c.Nk = 2049; c.causal = true; c.alibi = Alibi::per_head;
+  });
+  add("hbwd_nq_gt_nk_causal", [](Case& c) { c.B = 1; c.Hq = 4; c.Hkv = 2; c.Nq = 1000; c.Nk = 300; c.causal = true; });
+  // A window that leaves most key blocks unseen: those CTAs load nothing, write zero dK, dV and zero
+  // d(bias) partials.
+  add("hbwd_unseen_keys_bias", [](Case& c) {
+    c.B = 2; c.Hq = 4; c.Hkv = 2; c.Nq = 130; c.Nk = 1000; c.window_left = 50; c.window_right = 0;
+    c.bias_mode = BiasMode::per_head;
+  });
+  add("hbwd_odd_alibi_batch_scalar", [](Case& c) {
+    c.B = 3; c.Nq = 321; c.Nk = 387; c.alibi = Alibi::per_batch; c.bias_mode = BiasMode::scalar; c.bias_value = -2.0f;
+  });
+  add("hbwd_heads_major_window", [](Case& c) {
+    c.B = 2; c.Hq = 6; c.Hkv = 3; c.Nq = c.Nk = 515; c.layout = flashsigmoid::testing::Layout::heads_major;
+    c.window_left = 100; c.window_right = 100;
+  });
+  std::vector<Case> cases;
+  for (const Case& c : fs_gpu::backward_cases()) {
+    if (hopper_covers(c)) cases.push_back(c);
+  }
+  for (const Case& c : fs_gpu::expand_cases(base)) {
+    if (hopper_covers(c)) cases.push_back(c);
+  }
+  return cases;
+}
+
+class HopperBackward : public ::testing::TestWithParam<Case> {};
+
+TEST_P(HopperBackward, MatchesReference) {
+  FS_SKIP_WITHOUT_HOPPER();
+#if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
+  GTEST_SKIP() << "the CUDA backward is off in this build (configured with -DFLASHSIGMOID_CUDA_BACKWARD=OFF)";
+#endif
+  const Case& c = GetParam();
+  if (c.D == 0) GTEST_SKIP() << "this build has neither of the Hopper backward's head dims 64, 128";
+  fs_gpu::check_backward(c, /*deterministic=*/false);
+  EXPECT_STREQ(flashsigmoid::cuda::last_backward_kernel(), expected_kernel());
+}
+
+// Options::deterministic and varlen problems stay on the portable kernels.
+TEST(HopperBackwardDispatch, DeterministicAndVarlenArePortable) {
+  FS_SKIP_WITHOUT_HOPPER();
+#if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
+  GTEST_SKIP() << "the CUDA backward is off in this build (configured with -DFLASHSIGMOID_CUDA_BACKWARD=OFF)";
+#endif
+  Case c;
+  c.name = "dispatch";
+  c.dtype = flashsigmoid::DType::bfloat16;
+  c.D = fs_gpu::kBuiltHeadDims.front();
+  c.Nq = c.Nk = 100;
+  fs_gpu::check_backward(c, /*deterministic=*/true);
+  EXPECT_STREQ(flashsigmoid::cuda::last_backward_kernel(), "portable");
+  Case v = c;
+  v.lens_q = {40, 70};
+  v.lens_k = {50, 90};
+  fs_gpu::check_backward(v, /*deterministic=*/false);
+  EXPECT_STREQ(flashsigmoid::cuda::last_backward_kernel(), "portable");
+}
+
+// A misspelt kernel override is an error, not a silent fallback.
+TEST(HopperBackwardErrors, BadBackwardKernelOverride) {
+  FS_SKIP_WITHOUT_HOPPER();
+#if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
+  GTEST_SKIP() << "the CUDA backward is off in this build (configured with -DFLASHSIGMOID_CUDA_BACKWARD=OFF)";
+#endif
+  Case c;
+  c.dtype = flashsigmoid::DType::bfloat16;
+  c.D = fs_gpu::kBuiltHeadDims.front();
+  c.Nq = c.Nk = 16;
+  const fs_test::Problem p = fs_test::make_problem(c, 1);
+  fs_gpu::DeviceProblem d(p);
+  fs_gpu::DeviceGrads g(p, false);
+  const char* before = std::getenv("FLASHSIGMOID_BACKWARD_KERNEL");
+  const std::string saved = before ? before : "";
+  setenv("FLASHSIGMOID_BACKWARD_KERNEL", "hoper", 1);
+  fs_gpu::expect_error([&] { flashsigmoid::backward(d.q, d.k, d.v, d.dout, g.grads(), d.o); },
+                       "FLASHSIGMOID_BACKWARD_KERNEL is 'hoper'; accepted: auto (or unset), portable");
+  if (before) {
+    setenv("FLASHSIGMOID_BACKWARD_KERNEL", saved.c_str(), 1);
+  } else {
+    unsetenv("FLASHSIGMOID_BACKWARD_KERNEL");
+  }
+}
+
+// GTest needs at least one case; a build without head dims 64/128 gets a placeholder that skips.
+std::vector<Case> cases_or_placeholder() {
+  std::vector<Case> cases = hopper_backward_cases();
+  if (cases.empty()) {
+    Case c;
+    c.name = "no_hopper_head_dim_built";
+    c.D = 0;
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, HopperBackward, ::testing::ValuesIn(cases_or_placeholder()),
+                         [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+}  // namespace
