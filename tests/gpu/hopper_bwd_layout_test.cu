@@ -1,0 +1,112 @@
+// Host-only checks (no GPU needed: CuTe layouts evaluated on the CPU) of the Hopper backward's
+// register and shared-memory layouts (src/cuda/hopper/bwd_traits.cuh), for head dims 64 and 128:
+// the transposed shared-memory views name the same elements, P^T / dS^T accumulator registers are the
+// registers the RS wgmma expects as its A operand, each warpgroup owns its 64 keys of S^T and its
+// D / 2 columns of dQ, and atomic_add_rows' column pairs hold. Built only with the Hopper kernels.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "cuda/hopper/bwd_traits.cuh"
+#include "cuda/hopper/fwd_mainloop.cuh"  // acc_layout_as_a_operand
+
+namespace {
+
+using namespace cute;
+
+template <int D>
+void check_hopper_bwd_layouts() {
+  using T = flashsigmoid::cuda::hopper::BwdTraits<D, cutlass::bfloat16_t>;
+  constexpr int BN = T::kBlockN, BM = T::kBlockM;
+  SCOPED_TRACE("D " + std::to_string(D));
+
+  // Transposed views: same element, and bijections onto their tiles.
+  int bad = 0;
+  {
+    typename T::SmemLayoutK k;
+    typename T::SmemLayoutKt kt;
+    std::vector<int> seen(BN * D, 0);
+    for (int n = 0; n < BN; ++n) {
+      for (int d = 0; d < D; ++d) {
+        bad += kt(d, n) != k(n, d);
+        const int o = k(n, d);
+        bad += o < 0 || o >= BN * D || seen[o]++ != 0;
+      }
+    }
+    EXPECT_EQ(bad, 0) << "sK / sKt";
+  }
+  bad = 0;
+  {
+    typename T::SmemLayoutQ q;
+    typename T::SmemLayoutQt qt;
+    for (int s = 0; s < T::kStages; ++s) {
+      for (int m = 0; m < BM; ++m) {
+        for (int d = 0; d < D; ++d) bad += qt(d, m, s) != q(m, d, s);
+      }
+    }
+    EXPECT_EQ(bad, 0) << "sQ / sQt";
+  }
+  bad = 0;
+  {
+    typename T::SmemLayoutDsT dst;
+    typename T::SmemLayoutDs ds;
+    std::vector<int> seen(2 * BN * BM, 0);
+    for (int b = 0; b < 2; ++b) {
+      for (int n = 0; n < BN; ++n) {
+        for (int m = 0; m < BM; ++m) {
+          bad += ds(m, n, b) != dst(n, m, b);
+          const int o = dst(n, m, b);
+          bad += o < 0 || o >= 2 * BN * BM || seen[o]++ != 0;
+        }
+      }
+    }
+    EXPECT_EQ(bad, 0) << "sDs / sDsT";
+  }
+
+  typename T::TiledMmaSdP mma_sdp;
+  typename T::TiledMmaDKV mma_dkv;
+  typename T::TiledMmaDQ mma_dq;
+  std::vector<int> s_cover(BN * BM, 0), dq_cover(BM * D, 0);
+  int bad_rows = 0, bad_a = 0, bad_pairs = 0, bad_cols = 0;
+  for (int ctid = 0; ctid < T::kNConsumerThreads; ++ctid) {
+    const int wg = ctid / 128;
+    // S^T / dP^T registers: (key, query), keys of this thread's warpgroup only.
+    Tensor cS = mma_sdp.get_thread_slice(ctid).partition_C(make_identity_tensor(Shape<Int<BN>, Int<BM>>{}));
+    for (int i = 0; i < size(cS); ++i) {
+      const int key = get<0>(cS(i));
+      bad_rows += key / 64 != wg;
+      s_cover[key * BM + get<1>(cS(i))]++;
+    }
+    // The same registers viewed as the A operand of dV += P^T dO / dK += dS^T Q hold the (key, query)
+    // element the RS wgmma reads there.
+    Tensor cA = make_tensor(cS.data(), flashsigmoid::cuda::hopper::acc_layout_as_a_operand(cS.layout()));
+    Tensor want = mma_dkv.get_thread_slice(ctid).partition_A(make_identity_tensor(Shape<Int<BN>, Int<BM>>{}));
+    bad_a += size(cA) != size(want);
+    for (int i = 0; i < size(want); ++i) bad_a += !(cA(i) == want(i));
+    // dQ registers: (query, column), this warpgroup's half of D; pairs 2i, 2i+1 are neighbouring
+    // columns of one row (atomic_add_rows).
+    Tensor cQ = mma_dq.get_thread_slice(ctid).partition_C(make_identity_tensor(Shape<Int<BM>, Int<D>>{}));
+    for (int i = 0; i < size(cQ); ++i) {
+      const int col = get<1>(cQ(i));
+      bad_cols += col / (D / 2) != wg;
+      dq_cover[get<0>(cQ(i)) * D + col]++;
+      if (i % 2 == 0) {
+        bad_pairs += get<0>(cQ(i + 1)) != get<0>(cQ(i)) || get<1>(cQ(i + 1)) != col + 1 || col % 2 != 0;
+      }
+    }
+  }
+  EXPECT_EQ(bad_rows, 0) << "S^T registers outside the warpgroup's keys";
+  EXPECT_EQ(bad_a, 0) << "P^T / dS^T registers are not the RS wgmma's A operand";
+  EXPECT_EQ(bad_cols, 0) << "dQ registers outside the warpgroup's columns";
+  EXPECT_EQ(bad_pairs, 0) << "dQ register pairs are not neighbouring columns";
+  int bad_cover = 0;
+  for (int c : s_cover) bad_cover += c != 1;
+  for (int c : dq_cover) bad_cover += c != 1;
+  EXPECT_EQ(bad_cover, 0) << "S^T or dQ elements not held by exactly one register";
+}
+
+TEST(HopperBwdLayouts, D64) { check_hopper_bwd_layouts<64>(); }
+TEST(HopperBwdLayouts, D128) { check_hopper_bwd_layouts<128>(); }
+
+}  // namespace
