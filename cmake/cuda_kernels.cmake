@@ -52,10 +52,11 @@ endif()
 # The Hopper forward (src/cuda/hopper, wgmma + TMA + setmaxnreg: sm_90a instructions). Its units
 # are compiled only when the architectures include 90a or 90, and then for 90a alone (an sm_90a
 # cubin runs on every compute-capability-9.0 device), in an object library so that the other units
-# keep the project's architecture list; CI's arch-80 build never compiles them. Head dims 64, 128 and 256.
+# keep the project's architecture list; CI's arch-80 build never compiles them. Head dims 64, 128 and 256
+# (the Hopper backward, src/cuda/hopper/bwd_*.cuh, not yet run on a GPU: 64 and 128).
 # FLASHSIGMOID_HOPPER: AUTO (default) dispatches sm_90 devices to it whenever 90a/90 is built;
 # OFF keeps every device on the portable kernel; ON requires 90a/90 in the archs.
-set(FLASHSIGMOID_HOPPER AUTO CACHE STRING "Dispatch the forward on sm_90 devices to the Hopper kernel: AUTO, ON or OFF")
+set(FLASHSIGMOID_HOPPER AUTO CACHE STRING "Dispatch the forward and backward on sm_90 devices to the Hopper kernels: AUTO, ON or OFF")
 set_property(CACHE FLASHSIGMOID_HOPPER PROPERTY STRINGS AUTO ON OFF)
 set(_fs_hopper_arch OFF)
 foreach(_fs_arch IN LISTS CMAKE_CUDA_ARCHITECTURES)
@@ -112,7 +113,7 @@ if(_fs_hopper_mode)
                         "(got ${CMAKE_CUDA_ARCHITECTURES})")
   endif()
   target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_HOPPER_ENABLED=1)
-  message(STATUS "flashsigmoid: Hopper forward dispatched on sm_90 devices (FLASHSIGMOID_HOPPER=${FLASHSIGMOID_HOPPER})")
+  message(STATUS "flashsigmoid: Hopper forward and backward dispatched on sm_90 devices (FLASHSIGMOID_HOPPER=${FLASHSIGMOID_HOPPER})")
 endif()
 
 target_sources(flashsigmoid PRIVATE src/cuda/backend.cu)

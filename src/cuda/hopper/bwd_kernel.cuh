@@ -16,7 +16,7 @@
 //              the two TMA loads complete them.
 //     waits:   every consumer thread in consumer_wait, before the step's S^T and dP^T GEMMs.
 //   pipe_qdo.empty[s] (arrival count 256 = every consumer thread)
-//     arrives: every consumer thread in consumer_release, after warpgroup_wait<0> shows its
+//     arrives: every consumer thread in consumer_release, after a warpgroup_wait shows its
 //              warpgroup's dV and dK GEMMs (the last readers of Q and dO) have finished.
 //     waits:   the producer thread in producer_acquire before refilling the stage (its state starts at
 //              phase 1, so the first kStages acquires pass at once).
@@ -90,6 +90,15 @@ struct KeyTileStore {
     CUTE_DEVICE Element* o_tile() { return tile; }
   };
 };
+
+// The kernel covers dense problems only: every sequence has the problem's lengths and starts at row
+// 0. Read from the kernel parameters where needed (constant bank: nothing to keep in registers).
+__device__ __forceinline__ detail::SeqInfo dense_seq(const detail::BwdParams& p) {
+  detail::SeqInfo s;
+  s.len_q = p.seqlen_q;
+  s.len_k = p.seqlen_k;
+  return s;
+}
 
 // Which steps a key block runs: the query heads of its GQA group times the visible query blocks.
 struct BwdSteps {
@@ -165,7 +174,7 @@ __device__ __forceinline__ void bwd_produce(const BwdKernelParams<Traits>& prm, 
 template <class Traits, class AccKV>
 __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, typename Traits::SharedStorage& ss,
                                             typename Traits::PipelineQdO& pipe, const BwdSteps& steps,
-                                            const detail::SeqInfo& seq, int b, int hk, std::int64_t j0,
+                                            int b, int hk, std::int64_t j0,
                                             float* part, AccKV& acc_dk, AccKV& acc_dv, int ctid) {
   using Element = typename Traits::Element;
   constexpr int BM = Traits::kBlockM;
@@ -214,6 +223,7 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     const int i0 = (steps.m_begin + t % steps.m_count) * BM;
     // Rebuilt every step rather than kept per head: registers are the limit at D 128 (a few
     // parameter loads per step are cheap next to five 64 x 64 x D GEMMs).
+    const detail::SeqInfo seq = dense_seq(p);
     const detail::ScoreTransform st = detail::make_score_transform(p, seq, b, h).scaled_by(0.5f);  // logit() = s / 2
     const std::int64_t i1 = seq.len_q - i0 < BM ? seq.len_q : i0 + BM;
     const bool full = st.block_unmasked(i0, i1, j0, j0 + BN);
@@ -245,31 +255,34 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     static_assert(std::is_same_v<decltype(shape(tPrP)), decltype(partition_shape_A(mma_dkv, Shape<Int<BN>, Int<BM>>{}))>,
                   "P^T is not laid out as the dV wgmma's A operand");
 
-    // dS^T -> shared memory (this warpgroup's 64 key rows), visible to the async proxy (wgmma),
-    // then wait for the other warpgroup's rows.
+    // dS^T -> shared memory (this warpgroup's 64 key rows), visible to the async proxy (wgmma).
     Tensor tDsT = thr_sdp.partition_C(sDsT(_, _, buf));
     copy(rdS, tDsT);
     cutlass::arch::fence_view_async_shared();
-    cutlass::arch::NamedBarrier::sync(kThreads, Traits::kBarDsReady);
 
+    // dV, dK first: they need only this warpgroup's registers, so they run while the other warpgroup
+    // finishes its dS^T rows. dQ is issued once P^T's registers are free (at D 128, acc_dQ next to
+    // P^T, dS^T, acc_dK and acc_dV made the consumers spill).
+    wgmma_gemm<false>(mma_dkv, tPrP, tKVrDo(_, _, _, stage), acc_dv);   // dV += P^T dO
+    wgmma_gemm<false>(mma_dkv, tdSrdS, tKVrQ(_, _, _, stage), acc_dk);  // dK += dS^T Q
+    cutlass::arch::NamedBarrier::sync(kThreads, Traits::kBarDsReady);  // both warpgroups' dS^T rows are in
+    warpgroup_wait<1>();  // dV is done: P^T's registers are free
+    warpgroup_fence_operand(acc_dv);
+    warpgroup_fence_operand(rP);
     Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<BM>, Int<D>>{});
-    wgmma_gemm<true>(mma_dq, tQrDs(_, _, _, buf), tQrK, acc_dq);             // dQ part = dS K
-    wgmma_gemm<false>(mma_dkv, tPrP, tKVrDo(_, _, _, stage), acc_dv);        // dV += P^T dO
-    wgmma_gemm<false>(mma_dkv, tdSrdS, tKVrQ(_, _, _, stage), acc_dk);       // dK += dS^T Q
-    warpgroup_wait<2>();  // dQ is done: its atomics overlap the dV, dK GEMMs
+    wgmma_gemm<true>(mma_dq, tQrDs(_, _, _, buf), tQrK, acc_dq);  // dQ part = dS K
+    warpgroup_wait<1>();  // dK is done: Q and dO of this stage are no longer read
+    warpgroup_fence_operand(acc_dk);
+    warpgroup_fence_operand(rdS);
+    pipe.consumer_release(state);
+    ++state;
+    warpgroup_wait<0>();
     warpgroup_fence_operand(acc_dq);
     {
       const detail::OperandStrides acc_stride = portable::dq_accum_strides<D>(p);
       portable::atomic_add_rows(acc_dq, tQcQ, prm.dq_accum + acc_stride.offset(b, seq.q_begin + i0, h),
                                 acc_stride.row, seq.len_q - i0);
     }
-    warpgroup_wait<0>();
-    warpgroup_fence_operand(acc_dv);
-    warpgroup_fence_operand(acc_dk);
-    warpgroup_fence_operand(rP);
-    warpgroup_fence_operand(rdS);
-    pipe.consumer_release(state);  // this warpgroup no longer reads the stage's Q and dO
-    ++state;
 
     if (part != nullptr && t % steps.m_count == steps.m_count - 1) {  // the head's last step: fixed order
       CUTE_UNROLL
@@ -305,7 +318,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
   const int n_block = blockIdx.x;
   const int hk = blockIdx.y;
   const int b = blockIdx.z;
-  const detail::SeqInfo seq = detail::seq_info(p, b);  // dense: q_begin = k_begin = 0
+  const detail::SeqInfo seq = dense_seq(p);
   const std::int64_t j0 = std::int64_t(n_block) * BN;
   const std::int64_t keys = seq.len_k - j0 < BN ? seq.len_k - j0 : BN;
   const BwdSteps steps = make_steps<Traits>(p, seq, b, hk, j0, keys);
@@ -344,7 +357,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
     clear(acc_dk);
     clear(acc_dv);
     if (steps.count() > 0) {
-      bwd_consume<Traits>(prm, ss, pipe, steps, seq, b, hk, j0, part, acc_dk, acc_dv, ctid);
+      bwd_consume<Traits>(prm, ss, pipe, steps, b, hk, j0, part, acc_dk, acc_dv, ctid);
     } else if (part != nullptr) {  // no query sees this key block: its partials are 0
       for (int g = ctid; g < steps.group; g += Traits::kNConsumerThreads) part[std::int64_t(g) * gridDim.x] = 0.0f;
     }

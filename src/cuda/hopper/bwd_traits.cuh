@@ -134,7 +134,7 @@ struct BwdTraits {
   static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "over the H100/H200 shared-memory limit per block");
 
-  // atomic_add_rows (portable/bwd_kernel.cuh) adds accumulator elements 2i, 2i+1 as columns c, c+1
+  // atomic_add_rows_rel (bwd_kernel.cuh) adds accumulator elements 2i, 2i+1 as columns c, c+1
   // of one row: a wgmma accumulator's first value mode is 2 wide and steps one column (64 in its
   // m + 64 n index).
   using DqCLayout = typename TiledMmaDQ::Atom::Traits::CLayout;
