@@ -73,27 +73,26 @@ echo "built in $((SECONDS - t0)) s"
 TESTS="$BUILD/tests/gpu/flashsigmoid_gpu_tests"
 if want tests; then
   if (( HOPPER )); then
-    # A hang in the new pipeline must cost one minute, not the call.
-    echo "== Hopper smoke test (60 s limit)"
-    timeout 60 "$TESTS" --gtest_filter='Cases/HopperForward.MatchesReference/basic_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_varlen_bf16_d*:Cases/HopperForward.MatchesReference/hopper_persistent_bf16_d*' \
-      2>&1 | tail -30 | tee "$LOG/hopper_smoke.log"
-    smoke=${PIPESTATUS[0]}
-    if (( smoke != 0 )); then
-      echo "Hopper smoke test failed (exit $smoke): the remaining steps force the portable forward"
-      export FLASHSIGMOID_FORWARD_KERNEL=portable
-      status=1
-    fi
-    # The Hopper backward (not yet validated) gets its own line and limit, so that a failure there
-    # leaves the Hopper forward's checks running.
-    echo "== Hopper backward smoke test (60 s limit)"
-    timeout 60 "$TESTS" --gtest_filter='Cases/HopperBackward.MatchesReference/basic_bf16_d*:Cases/HopperBackward.MatchesReference/causal_fp16_d*:Cases/HopperBackward.MatchesReference/hbwd_long_bf16_d*:Cases/HopperBackward.MatchesReference/hbwd_long_causal_gqa_bias_bf16_d*' \
-      2>&1 | tail -30 | tee "$LOG/hopper_bwd_smoke.log"
-    bwd_smoke=${PIPESTATUS[0]}
-    if (( bwd_smoke != 0 )); then
-      echo "Hopper backward smoke test failed (exit $bwd_smoke): the remaining steps force the portable backward"
-      export FLASHSIGMOID_BACKWARD_KERNEL=portable
-      status=1
-    fi
+    # A hang in a Hopper pipeline must cost one minute, not the call. smoke WHAT FILTER VAR LOGNAME:
+    # on failure, the remaining steps force the portable kernel through VAR. The backward (not yet
+    # validated) has its own line, so that a failure there leaves the Hopper forward's checks running.
+    smoke() {
+      echo "== Hopper $1 smoke test (60 s limit)"
+      timeout 60 "$TESTS" --gtest_filter="$2" 2>&1 | tail -30 | tee "$LOG/$4"
+      local rc=${PIPESTATUS[0]}
+      if (( rc != 0 )); then
+        echo "Hopper $1 smoke test failed (exit $rc): the remaining steps force the portable $1"
+        export "$3=portable"
+        status=1
+      fi
+      return $rc
+    }
+    smoke forward 'Cases/HopperForward.MatchesReference/basic_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_varlen_bf16_d*:Cases/HopperForward.MatchesReference/hopper_persistent_bf16_d*' \
+      FLASHSIGMOID_FORWARD_KERNEL hopper_smoke.log
+    smoke=$?
+    smoke backward 'Cases/HopperBackward.MatchesReference/basic_bf16_d*:Cases/HopperBackward.MatchesReference/causal_fp16_d*:Cases/HopperBackward.MatchesReference/hbwd_long_bf16_d*:Cases/HopperBackward.MatchesReference/hbwd_long_causal_gqa_bias_bf16_d*' \
+      FLASHSIGMOID_BACKWARD_KERNEL hopper_bwd_smoke.log
+    bwd_smoke=$?
     if [[ -z "${SKIP_PORTABLE_PASS:-}" ]]; then
       echo "== GPU tests, portable forward and backward forced"
       (cd "$BUILD" && FLASHSIGMOID_FORWARD_KERNEL=portable FLASHSIGMOID_BACKWARD_KERNEL=portable \

@@ -92,25 +92,13 @@ inline std::vector<Case> backward_cases() {
   std::vector<Case> base = base_cases();
   // Backward-specific extras: a key block seen by many query blocks of several heads (dK/dV loop
   // over a GQA group), and d(bias) with causal masking and uneven varlen blocks.
-  Case c;
-  c.name = "gqa_long_nk_causal_bias";
-  c.Hq = 4;
-  c.Hkv = 2;
-  c.Nq = 190;
-  c.Nk = 333;
-  c.causal = true;
-  c.bias_mode = BiasMode::per_head;
-  base.push_back(c);
-  Case v;
-  v.name = "varlen_window_bias";
-  v.Hq = 2;
-  v.Hkv = 1;
-  v.lens_q = {0, 97, 64, 1};
-  v.lens_k = {33, 130, 0, 5};
-  v.window_left = 40;
-  v.window_right = 3;
-  v.bias_mode = BiasMode::per_head;
-  base.push_back(v);
+  add_case(base, "gqa_long_nk_causal_bias", [](Case& c) {
+    c.Hq = 4; c.Hkv = 2; c.Nq = 190; c.Nk = 333; c.causal = true; c.bias_mode = BiasMode::per_head;
+  });
+  add_case(base, "varlen_window_bias", [](Case& c) {
+    c.Hq = 2; c.Hkv = 1; c.lens_q = {0, 97, 64, 1}; c.lens_k = {33, 130, 0, 5};
+    c.window_left = 40; c.window_right = 3; c.bias_mode = BiasMode::per_head;
+  });
   return expand_cases(base);
 }
 

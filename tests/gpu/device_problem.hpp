@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
@@ -67,14 +68,55 @@ struct DeviceProblem {
   }
 };
 
+// Sets an environment variable (e.g. a kernel override) for one scope, then restores it.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* before = std::getenv(name);
+    had_ = before != nullptr;
+    if (had_) saved_ = before;
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had_) {
+      setenv(name_, saved_.c_str(), 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string saved_;
+};
+
+// Appends a case named `name`: the defaults of Case, then `edit` (the case lists' building block).
+template <class Edit>
+void add_case(std::vector<Case>& list, std::string name, Edit&& edit) {
+  Case c;
+  c.name = std::move(name);
+  edit(c);
+  list.push_back(c);
+}
+
+// GTest needs at least one case per suite: a list left empty because none of its head dims is built
+// gets one placeholder (D 0) that the test skips, saying so.
+inline std::vector<Case> or_placeholder(std::vector<Case> cases) {
+  if (cases.empty()) {
+    Case c;
+    c.name = "no_head_dim_built";
+    c.D = 0;
+    cases.push_back(c);
+  }
+  return cases;
+}
+
 inline std::vector<Case> base_cases() {
   std::vector<Case> base;
-  auto add = [&](std::string name, auto&& edit) {
-    Case c;
-    c.name = std::move(name);
-    edit(c);
-    base.push_back(c);
-  };
+  auto add = [&](std::string name, auto&& edit) { add_case(base, std::move(name), edit); };
   add("basic", [](Case& c) { c.B = 2; c.Nq = c.Nk = 130; });
   add("one_block", [](Case& c) { c.B = 1; c.Nq = c.Nk = 64; });
   add("tiny", [](Case& c) { c.B = 3; c.Nq = 1; c.Nk = 1; });

@@ -38,12 +38,7 @@ const char* expected_kernel() {
 
 std::vector<Case> hopper_backward_cases() {
   std::vector<Case> base;
-  auto add = [&](std::string name, auto&& edit) {
-    Case c;
-    c.name = std::move(name);
-    edit(c);
-    base.push_back(c);
-  };
+  auto add = [&](std::string name, auto&& edit) { fs_gpu::add_case(base, std::move(name), edit); };
   // Many query blocks per key block and many key blocks: the 2-stage Q/dO pipeline and the two dS
   // buffers wrap many times.
   add("hbwd_long", [](Case& c) { c.B = 1; c.Hq = c.Hkv = 2; c.Nq = c.Nk = 1100; });
@@ -126,31 +121,13 @@ TEST(HopperBackwardErrors, BadBackwardKernelOverride) {
   const fs_test::Problem p = fs_test::make_problem(c, 1);
   fs_gpu::DeviceProblem d(p);
   fs_gpu::DeviceGrads g(p, false);
-  const char* before = std::getenv("FLASHSIGMOID_BACKWARD_KERNEL");
-  const std::string saved = before ? before : "";
-  setenv("FLASHSIGMOID_BACKWARD_KERNEL", "hoper", 1);
+  const fs_gpu::ScopedEnv override_kernel("FLASHSIGMOID_BACKWARD_KERNEL", "hoper");
   fs_gpu::expect_error([&] { flashsigmoid::backward(d.q, d.k, d.v, d.dout, g.grads(), d.o); },
                        "FLASHSIGMOID_BACKWARD_KERNEL is 'hoper'; accepted: auto (or unset), portable");
-  if (before) {
-    setenv("FLASHSIGMOID_BACKWARD_KERNEL", saved.c_str(), 1);
-  } else {
-    unsetenv("FLASHSIGMOID_BACKWARD_KERNEL");
-  }
 }
 
-// GTest needs at least one case; a build without head dims 64/128 gets a placeholder that skips.
-std::vector<Case> cases_or_placeholder() {
-  std::vector<Case> cases = hopper_backward_cases();
-  if (cases.empty()) {
-    Case c;
-    c.name = "no_hopper_head_dim_built";
-    c.D = 0;
-    cases.push_back(c);
-  }
-  return cases;
-}
-
-INSTANTIATE_TEST_SUITE_P(Cases, HopperBackward, ::testing::ValuesIn(cases_or_placeholder()),
+INSTANTIATE_TEST_SUITE_P(Cases, HopperBackward,
+                         ::testing::ValuesIn(fs_gpu::or_placeholder(hopper_backward_cases())),
                          [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 }  // namespace

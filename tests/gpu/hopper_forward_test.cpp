@@ -37,12 +37,7 @@ const char* expected_kernel(const Case& c) {
 
 std::vector<Case> hopper_cases() {
   std::vector<Case> base = fs_gpu::base_cases();
-  auto add = [&](std::string name, auto&& edit) {
-    Case c;
-    c.name = std::move(name);
-    edit(c);
-    base.push_back(c);
-  };
+  auto add = [&](std::string name, auto&& edit) { fs_gpu::add_case(base, std::move(name), edit); };
   // Many key blocks: the 2-3 stage K/V pipeline wraps several times (barrier phases flip).
   add("hopper_long", [](Case& c) { c.B = 1; c.Hq = c.Hkv = 2; c.Nq = c.Nk = 1100; });
   add("hopper_long_nq_lt_nk", [](Case& c) { c.B = 1; c.Nq = 200; c.Nk = 2049; });
@@ -93,16 +88,9 @@ TEST(HopperForwardErrors, BadForwardKernelOverride) {
   fs_gpu::DeviceProblem d(p);
   const flashsigmoid::testing::HostTensor out = p.like_q();
   fs_gpu::DeviceTensor dout(out);
-  const char* before = std::getenv("FLASHSIGMOID_FORWARD_KERNEL");
-  const std::string saved = before ? before : "";
-  setenv("FLASHSIGMOID_FORWARD_KERNEL", "portabel", 1);
+  const fs_gpu::ScopedEnv override_kernel("FLASHSIGMOID_FORWARD_KERNEL", "portabel");
   fs_gpu::expect_error([&] { flashsigmoid::forward(d.q, d.k, d.v, dout, d.o); },
                        "FLASHSIGMOID_FORWARD_KERNEL is 'portabel'; accepted: auto (or unset), portable");
-  if (before) {
-    setenv("FLASHSIGMOID_FORWARD_KERNEL", saved.c_str(), 1);
-  } else {
-    unsetenv("FLASHSIGMOID_FORWARD_KERNEL");
-  }
 }
 
 // Every schedule the benchmark can pick gives the same results: one CTA per tile, causal order across
@@ -136,19 +124,8 @@ TEST(HopperForwardSchedule, EveryScheduleMatchesReference) {
   schedule = saved;
 }
 
-// GTest needs at least one case; a build without head dims 64/128/256 gets a placeholder that skips.
-std::vector<Case> hopper_cases_or_placeholder() {
-  std::vector<Case> cases = hopper_cases();
-  if (cases.empty()) {
-    Case c;
-    c.name = "no_hopper_head_dim_built";
-    c.D = 0;
-    cases.push_back(c);
-  }
-  return cases;
-}
-
-INSTANTIATE_TEST_SUITE_P(Cases, HopperForward, ::testing::ValuesIn(hopper_cases_or_placeholder()),
+INSTANTIATE_TEST_SUITE_P(Cases, HopperForward,
+                         ::testing::ValuesIn(fs_gpu::or_placeholder(hopper_cases())),
                          [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 }  // namespace

@@ -45,37 +45,11 @@
 #include "cuda/common/sigmoid.cuh"
 #include "cuda/hopper/bwd_traits.cuh"
 #include "cuda/hopper/fwd_epilogue.cuh"  // store_output (the dK / dV tiles have the O tile's shape)
+#include "cuda/common/scores_to_probs.cuh"
 #include "cuda/hopper/fwd_mainloop.cuh"  // wgmma_gemm, acc_layout_as_a_operand
 #include "cuda/portable/bwd_kernel.cuh"  // probs_to_dscores, scale_fragment, dq_accum_strides, atomic_add_rows
 
 namespace flashsigmoid::cuda::hopper {
-
-// P^T = sigmoid(transform(S^T)) on a transposed score tile (rows = keys, columns = queries), in place.
-// The portable scores_to_probs_transposed's rules, with the mask evaluated as the Hopper forward's
-// scores_to_probs does it (Tile::Window relative to the thread's first register, so the mask costs
-// three scalars instead of a coordinate register per element).
-template <class AccS, class CoordS>
-__device__ __forceinline__ void scores_to_probs_t(AccS& acc_s, const CoordS& tScS, const detail::ScoreTransform& st,
-                                                  std::int64_t i0, std::int64_t j0, bool full_block) {
-  const detail::ScoreTransform::Tile tile = st.tile(i0, j0);
-  if (full_block && tile.alibi_slope == 0.0f) {
-    detail::ScoreTransform::Tile plain = tile;
-    plain.alibi_slope = 0.0f;
-    CUTE_UNROLL
-    for (int i = 0; i < size(acc_s); ++i) acc_s(i) = sigmoid_of_half_logit(plain.logit(acc_s(i), 0, 0));
-  } else {
-    const int k0 = get<0>(tScS(0));  // key, relative to j0
-    const int q0 = get<1>(tScS(0));  // query, relative to i0
-    const detail::ScoreTransform::Tile::Window win = tile.window(q0, k0);  // rows = queries, cols = keys
-    CUTE_UNROLL
-    for (int i = 0; i < size(acc_s); ++i) {
-      const int dk = get<0>(tScS(i)) - k0;
-      const int dq = get<1>(tScS(i)) - q0;
-      acc_s(i) = !full_block && win.masked(dq, dk) ? 0.0f
-                                                   : sigmoid_of_half_logit(tile.logit(acc_s(i), q0 + dq, k0 + dk));
-    }
-  }
-}
 
 // What the forward's store_output needs to stage one (kBlockN, D) dK or dV accumulator tile through
 // the shared-memory buffer `tile` (K's or V's space, 128 x D elements either way).
@@ -239,7 +213,7 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     wgmma_gemm<true>(mma_sdp, tSrV, tSrDo(_, _, _, stage), acc_dp);  // dP^T = V dO^T
     warpgroup_wait<1>();  // S^T is done; dP^T may still run under the sigmoid
     warpgroup_fence_operand(acc_s);
-    scores_to_probs_t(acc_s, tScS, st, i0, j0, full);
+    scores_to_probs<true>(acc_s, tScS, st, i0, j0, full);
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc_dp);
     db += portable::probs_to_dscores<true>(acc_dp, acc_s);  // acc_dp := dS^T

@@ -41,7 +41,7 @@
 #include "cuda/common/sigmoid.cuh"
 #include "cuda/hopper/fwd_traits.cuh"
 #include "cuda/hopper/tile_scheduler.cuh"
-#include "cuda/portable/fwd_kernel.cuh"  // portable::scores_to_probs: the one score -> P step
+#include "cuda/common/scores_to_probs.cuh"  // the one score -> P step
 
 namespace flashsigmoid::cuda::hopper {
 
@@ -204,7 +204,7 @@ __device__ __forceinline__ void consume(typename Traits::SharedStorage& ss, type
   // S -> P for key block `it` (in place in acc_s; fp32).
   auto probs = [&](int it) {
     const std::int64_t j0 = std::int64_t(w.n_begin + it) * BN;
-    portable::scores_to_probs(acc_s, tScS, w.st, w.m0, j0, w.st.block_unmasked(w.m0, w.m0 + w.rows, j0, j0 + BN));
+    scores_to_probs(acc_s, tScS, w.st, w.m0, j0, w.st.block_unmasked(w.m0, w.m0 + w.rows, j0, j0 + BN));
   };
   // P(it) into rP; called only when no wgmma reads rP. The fences keep the compiler from moving
   // these register writes above the preceding warpgroup_wait (wgmma reads rP asynchronously).

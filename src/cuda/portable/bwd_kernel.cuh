@@ -19,31 +19,10 @@
 #include "cuda/common/sigmoid.cuh"
 #include "cuda/portable/bwd_traits.cuh"
 #include "cuda/portable/fwd_epilogue.cuh"
-#include "cuda/portable/fwd_kernel.cuh"  // scores_to_probs: the forward's P, element for element
+#include "cuda/common/scores_to_probs.cuh"  // the forward's P, element for element
+#include "cuda/portable/fwd_kernel.cuh"
 
 namespace flashsigmoid::cuda::portable {
-
-// scores_to_probs for a transposed score tile S^T (rows = keys, columns = queries): the same
-// transform and sigmoid, with (r, c) swapped when asking the tile for masks and ALiBi distances.
-template <class AccS, class CoordS>
-__device__ __forceinline__ void scores_to_probs_transposed(AccS& acc_s, const CoordS& tScS,
-                                                           const detail::ScoreTransform& st, std::int64_t i0,
-                                                           std::int64_t j0, bool full_block) {
-  const detail::ScoreTransform::Tile tile = st.tile(i0, j0);
-  if (full_block && tile.alibi_slope == 0.0f) {
-    detail::ScoreTransform::Tile plain = tile;
-    plain.alibi_slope = 0.0f;
-    CUTE_UNROLL
-    for (int i = 0; i < size(acc_s); ++i) acc_s(i) = sigmoid_of_half_logit(plain.logit(acc_s(i), 0, 0));
-  } else {
-    CUTE_UNROLL
-    for (int i = 0; i < size(acc_s); ++i) {
-      const int kr = get<0>(tScS(i));  // key, relative to j0
-      const int qc = get<1>(tScS(i));  // query, relative to i0
-      acc_s(i) = !full_block && tile.masked(qc, kr) ? 0.0f : sigmoid_of_half_logit(tile.logit(acc_s(i), qc, kr));
-    }
-  }
-}
 
 // dS = dP * P * (1 - P), in place in acc_dp. Returns the sum of this thread's dS (0 when unused).
 template <bool kSum, class AccDP, class AccP>
@@ -279,7 +258,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       Tensor acc_s = partition_fragment_C(mma, Shape<Int<BK>, Int<BQ>>{});
       clear(acc_s);
       gemm_ss(acc_s, rA, rB, tsK, tsQ(_, _, _, stage), mma, s2r_a, s2r_b, s2r_a_thr, s2r_b_thr);
-      scores_to_probs_transposed(acc_s, tScS, st, i0, j0, full);
+      scores_to_probs<true>(acc_s, tScS, st, i0, j0, full);
 
       if constexpr (kDoDV) {  // dV += P^T dO
         Tensor rP = convert_fragment<Element>(acc_s);

@@ -7,54 +7,11 @@
 #include <cstdint>
 
 #include "common/score_transform.hpp"
-#include "common/sigmoid_fma.hpp"
-#include "cuda/common/sigmoid.cuh"
+#include "cuda/common/scores_to_probs.cuh"
 #include "cuda/portable/fwd_epilogue.cuh"
 #include "cuda/portable/fwd_traits.cuh"
 
 namespace flashsigmoid::cuda::portable {
-
-// S (fp32, in place) -> P = sigmoid(logit). Blocks that are fully visible skip the per-element
-// mask; ALiBi needs the (row, col) of each element, the plain path does not. Coordinates are
-// tile-local 32-bit ints (ScoreTransform::Tile) to keep the register count down.
-template <class AccS, class CoordS>
-__device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS, const detail::ScoreTransform& st,
-                                                std::int64_t i0, std::int64_t j0, bool full_block) {
-  const detail::ScoreTransform::Tile tile = st.tile(i0, j0);
-  if (full_block && tile.alibi_slope == 0.0f) {
-    detail::ScoreTransform::Tile plain = tile;
-    plain.alibi_slope = 0.0f;  // a compile-time-visible zero: logit() is one FMA here
-    CUTE_UNROLL
-    for (int i = 0; i < size(acc_s); ++i) {
-#if defined(FLASHSIGMOID_SIGMOID_FMA_EVERY)
-      // Tuning option: every kEvery-th sigmoid on the FMA pipes instead of the MUFU (i is a
-      // compile-time index, so this is no run-time branch).
-      constexpr int kEvery = FLASHSIGMOID_SIGMOID_FMA_EVERY;
-      if (i % kEvery == kEvery - 1) {
-        acc_s(i) = detail::sigmoid_of_half_logit_fma(plain.logit(acc_s(i), 0, 0));
-        continue;
-      }
-#endif
-      acc_s(i) = sigmoid_of_half_logit(plain.logit(acc_s(i), 0, 0));
-    }
-  } else {
-    // ALiBi, or a partial block. Coordinates are taken relative to this thread's first register:
-    // each (dr, dc) is then a compile-time offset and the mask needs three scalars (Tile::Window),
-    // not one register per element (which made the Hopper kernel spill).
-    const int r0 = get<0>(tScS(0));
-    const int c0 = get<1>(tScS(0));
-    const detail::ScoreTransform::Tile::Window win = tile.window(r0, c0);
-    CUTE_UNROLL
-    for (int i = 0; i < size(acc_s); ++i) {
-      const int dr = get<0>(tScS(i)) - r0;
-      const int dc = get<1>(tScS(i)) - c0;
-      // Masked and past-the-end keys contribute exactly 0 (their V rows are zero-filled, so 0 * V
-      // stays finite).
-      acc_s(i) = !full_block && win.masked(dr, dc) ? 0.0f
-                                                   : sigmoid_of_half_logit(tile.logit(acc_s(i), r0 + dr, c0 + dc));
-    }
-  }
-}
 
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocks)

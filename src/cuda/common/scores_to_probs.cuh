@@ -1,0 +1,61 @@
+// The one score -> P step of every CUDA kernel (portable and Hopper, forward and backward):
+// P = sigmoid(transform(S)) in place on an MMA accumulator fragment, with the shared
+// ScoreTransform (scale, bias, ALiBi, causal / window / bounds masks).
+#pragma once
+
+#include <cstdint>
+
+#include <cute/tensor.hpp>
+
+#include "common/score_transform.hpp"
+#include "common/sigmoid_fma.hpp"
+#include "cuda/common/sigmoid.cuh"
+
+namespace flashsigmoid::cuda {
+
+// tScS gives each register's (row, column) in the tile, relative to (i0, j0): rows are queries and
+// columns keys, or, with kTransposed (the backward's S^T), rows are keys and columns queries.
+// Blocks that are fully visible skip the per-element mask; ALiBi needs each element's (query, key),
+// the plain path does not. Masked and past-the-end elements become exactly 0 (their V rows are
+// zero-filled, so 0 * V stays finite).
+template <bool kTransposed = false, class AccS, class CoordS>
+__device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS, const detail::ScoreTransform& st,
+                                                std::int64_t i0, std::int64_t j0, bool full_block) {
+  using cute::get;
+  const detail::ScoreTransform::Tile tile = st.tile(i0, j0);
+  if (full_block && tile.alibi_slope == 0.0f) {
+    detail::ScoreTransform::Tile plain = tile;
+    plain.alibi_slope = 0.0f;  // a compile-time-visible zero: logit() is one FMA here
+    CUTE_UNROLL
+    for (int i = 0; i < cute::size(acc_s); ++i) {
+#if defined(FLASHSIGMOID_SIGMOID_FMA_EVERY)
+      // Tuning option: every kEvery-th sigmoid on the FMA pipes instead of the MUFU (i is a
+      // compile-time index, so this is no run-time branch).
+      constexpr int kEvery = FLASHSIGMOID_SIGMOID_FMA_EVERY;
+      if (i % kEvery == kEvery - 1) {
+        acc_s(i) = detail::sigmoid_of_half_logit_fma(plain.logit(acc_s(i), 0, 0));
+        continue;
+      }
+#endif
+      acc_s(i) = sigmoid_of_half_logit(plain.logit(acc_s(i), 0, 0));
+    }
+  } else {
+    // ALiBi, or a partial block. Coordinates are taken relative to this thread's first register:
+    // each offset is then a compile-time constant and the mask needs three scalars (Tile::Window),
+    // not one register per element (which made the Hopper kernels spill).
+    auto query = [&](int i) { return int(kTransposed ? get<1>(tScS(i)) : get<0>(tScS(i))); };
+    auto key = [&](int i) { return int(kTransposed ? get<0>(tScS(i)) : get<1>(tScS(i))); };
+    const int q0 = query(0);
+    const int k0 = key(0);
+    const detail::ScoreTransform::Tile::Window win = tile.window(q0, k0);
+    CUTE_UNROLL
+    for (int i = 0; i < cute::size(acc_s); ++i) {
+      const int dq = query(i) - q0;
+      const int dk = key(i) - k0;
+      acc_s(i) = !full_block && win.masked(dq, dk) ? 0.0f
+                                                   : sigmoid_of_half_logit(tile.logit(acc_s(i), q0 + dq, k0 + dk));
+    }
+  }
+}
+
+}  // namespace flashsigmoid::cuda
