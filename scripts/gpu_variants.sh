@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Times build variants of the portable forward side by side (one GPU call): each variant is
-# configured with its own CUDA flags, all are built in parallel, then each runs the forward
-# benchmark. Used for tuning; results go to bench/NOTES.md and bench/results/.
-#   env: VARIANTS ("name:flags name:flags ...", several flags joined by "_": "x:-DA=1_-DB=2"), FLASHSIGMOID_HEAD_DIMS (default "64;128"),
-#        BENCH_ARGS (default --quick). Needs .deps (carry it).
+# Times build variants side by side (one GPU call): each variant is configured with its own CUDA
+# flags, and optionally its own source tree, all are built in parallel, then each runs the CUDA
+# benchmark, ROUNDS times in turn (A B A B: two runs of one build show the noise). Used for tuning
+# and for before/after comparisons; results go to bench/NOTES.md and bench/results/.
+#   env: VARIANTS ("name[@dir]:flags ...": several flags joined by "_", e.g. "x:-DA=1_-DB=2"; @dir builds
+#        another source tree, e.g. a `git worktree add .wt-main main` carried along: "main@.wt-main:"),
+#        FLASHSIGMOID_HEAD_DIMS (default "64;128"), BENCH_ARGS (default --quick), ROUNDS (default 1),
+#        VARIANT_BACKWARD (default OFF: forward only, faster to build; ON for --backward).
+#   Needs .deps (carry it, and any @dir).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG="${OUT:-$PWD/gpu_check_logs}"
 mkdir -p "$LOG"
 DIMS="${FLASHSIGMOID_HEAD_DIMS:-64;128}"
+export CUTLASS_INCLUDE_DIR="${CUTLASS_INCLUDE_DIR:-$PWD/.deps/cutlass/include}"  # also for @dir trees
 VARIANTS="${VARIANTS:-base: w4:-DFLASHSIGMOID_FWD_WARPS=4 mb2:-DFLASHSIGMOID_FWD_MINBLOCKS=2 exp:-DFLASHSIGMOID_SIGMOID_EXP=1}"
 prefix=()
 if ! cmake --find-package -DNAME=GTest -DCOMPILER_ID=GNU -DLANGUAGE=CXX -DMODE=EXIST >/dev/null 2>&1; then
@@ -18,18 +23,26 @@ if ! cmake --find-package -DNAME=GTest -DCOMPILER_ID=GNU -DLANGUAGE=CXX -DMODE=E
   prefix=(-DCMAKE_PREFIX_PATH=/tmp/gtest)
 fi
 for v in $VARIANTS; do
-  name="${v%%:*}" flags="${v#*:}"
+  name="${v%%:*}" flags="${v#*:}" src=.
+  [[ "$name" == *@* ]] && src="${name#*@}" name="${name%%@*}"
   flags="${flags//_-D/ -D}"  # "_-D" separates several flags inside one variant
-  (cmake -S . -B "build-var-$name" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_ARCHS=90a \
+  (cmake -S "$src" -B "build-var-$name" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_ARCHS=90a \
      -DFLASHSIGMOID_HEAD_DIMS="$DIMS" -DFLASHSIGMOID_BUILD_TESTS=ON -DFLASHSIGMOID_BUILD_CLI=OFF \
+     -DFLASHSIGMOID_CUDA_BACKWARD="${VARIANT_BACKWARD:-OFF}" \
      -DFLASHSIGMOID_BUILD_BENCH=OFF "${prefix[@]}" "-DCMAKE_CUDA_FLAGS=$flags -Xptxas=-v" >/dev/null &&
    cmake --build "build-var-$name" --target flashsigmoid_cuda_fwd_bench -j8 > "$LOG/build_$name.log" 2>&1 ||
    echo "variant $name failed to build") &
 done
 wait
 for v in $VARIANTS; do
-  name="${v%%:*}"
-  echo "== variant $name (${v#*:})"
-  grep -E "registers|spill" "$LOG/build_$name.log" | grep -B1 -A0 "spill" | grep -E "bytes spill" | sort | uniq -c | head -4
-  "build-var-$name/tests/gpu/flashsigmoid_cuda_fwd_bench" ${BENCH_ARGS:---quick} 2>&1 | tee "$LOG/bench_$name.txt"
+  name="${v%%:*}" && name="${name%%@*}"
+  echo "== variant $name (${v#*:}): spills"
+  grep -E "bytes spill" "$LOG/build_$name.log" | sort | uniq -c | head -4
+done
+for round in $(seq "${ROUNDS:-1}"); do
+  for v in $VARIANTS; do
+    name="${v%%:*}" && name="${name%%@*}"
+    echo "== variant $name (${v#*:}), round $round"
+    "build-var-$name/tests/gpu/flashsigmoid_cuda_fwd_bench" ${BENCH_ARGS:---quick} 2>&1 | tee "$LOG/bench_${name}_r$round.txt"
+  done
 done
