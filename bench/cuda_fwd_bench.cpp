@@ -93,39 +93,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--shape takes D:N:causal (e.g. 128:4096:0), got %s\n", shape_arg.c_str());
     return 2;
   }
-  int dev = 0;
-  cudaDeviceProp prop{};
-  check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
-  std::printf("# flashsigmoid CUDA %s, %s (%d SMs), bf16, median of %d reps\n", pass, prop.name,
-              prop.multiProcessorCount, reps);
-
   constexpr std::int64_t kTokens = 16384, kWidth = 2048;  // B*N and Hq*D
-  constexpr int kSets = 3;
-  // GQA 32:8 at D 128 has Hq*D = 4096: size buffers for the largest q.
-  const std::size_t max_elems = std::size_t(kTokens) * 4096;
-  std::vector<void*> q(kSets), k(kSets), v(kSets);
-  void* o = nullptr;
-  for (int s = 0; s < kSets; ++s) {
-    for (auto* ptr : {&q[s], &k[s], &v[s]}) {
-      check(cudaMalloc(ptr, max_elems * 2), "cudaMalloc");
-      const auto host = random_bf16(max_elems, std::uint64_t(s) * 3 + (ptr == &q[s] ? 0 : ptr == &k[s] ? 1 : 2));
-      check(cudaMemcpy(*ptr, host.data(), max_elems * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
-    }
-  }
-  check(cudaMalloc(&o, max_elems * 2), "cudaMalloc");
-  // Backward: dO (random) and the three gradients.
-  void *dout = nullptr, *dq = nullptr, *dk = nullptr, *dv = nullptr;
-  if (backward) {
-    for (void** ptr : {&dout, &dq, &dk, &dv}) check(cudaMalloc(ptr, max_elems * 2), "cudaMalloc");
-    const auto host = random_bf16(max_elems, 99);
-    check(cudaMemcpy(dout, host.data(), max_elems * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
-  }
-  cudaStream_t stream;
-  check(cudaStreamCreate(&stream), "cudaStreamCreate");
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-
   struct Shape {
     int D, N, Hq, Hkv;
     bool causal;
@@ -151,6 +119,43 @@ int main(int argc, char** argv) {
     if (only_d && (sh.D != only_d || sh.N != only_n || int(sh.causal) != only_causal || sh.Hq != sh.Hkv)) continue;
     for (const std::string& mode : kernel_modes) runs.push_back({sh, mode});
   }
+  if (runs.empty()) {
+    std::fprintf(stderr, "--shape %s matches none of the benchmark's MHA shapes; accepted: D 64 or 128, N %s, causal 0 or 1\n",
+                 shape_arg.c_str(), quick ? "1024 or 8192 (--quick)" : "1024, 2048, 4096, 8192 or 16384");
+    return 2;
+  }
+
+  int dev = 0;
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
+  std::printf("# flashsigmoid CUDA %s, %s (%d SMs), bf16, median of %d reps\n", pass, prop.name,
+              prop.multiProcessorCount, reps);
+
+  constexpr int kSets = 3;
+  // GQA 32:8 at D 128 has Hq*D = 4096: size buffers for the largest q.
+  const std::size_t max_elems = std::size_t(kTokens) * 4096;
+  std::vector<void*> q(kSets), k(kSets), v(kSets);
+  void* o = nullptr;
+  for (int s = 0; s < kSets; ++s) {
+    for (auto* ptr : {&q[s], &k[s], &v[s]}) {
+      check(cudaMalloc(ptr, max_elems * 2), "cudaMalloc");
+      const auto host = random_bf16(max_elems, std::uint64_t(s) * 3 + (ptr == &q[s] ? 0 : ptr == &k[s] ? 1 : 2));
+      check(cudaMemcpy(*ptr, host.data(), max_elems * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
+    }
+  }
+  check(cudaMalloc(&o, max_elems * 2), "cudaMalloc");
+  // Backward: dO (random) and the three gradients.
+  void *dout = nullptr, *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  if (backward) {
+    for (void** ptr : {&dout, &dq, &dk, &dv}) check(cudaMalloc(ptr, max_elems * 2), "cudaMalloc");
+    const auto host = random_bf16(max_elems, 99);
+    check(cudaMemcpy(dout, host.data(), max_elems * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
+  }
+  cudaStream_t stream;
+  check(cudaStreamCreate(&stream), "cudaStreamCreate");
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
 
   std::printf("%4s %6s %6s %4s %4s %4s %10s %10s  %s\n", "D", "causal", "N", "B", "Hq", "Hkv", "ms", "TFLOP/s",
               "kernel");
