@@ -1,5 +1,5 @@
 // CUDA forward (or, with --backward, backward) benchmark of flashsigmoid on SPEC.md's shapes:
-// B*N = 16384, Hq*D = 2048, N in 1k..16k, D 64/128, causal or not, bf16; plus GQA 32:8 at D 128.
+// B*N = 16384, Hq*D = 2048, N in 1k..16k, D 64/128, causal or not, bf16 (--dtype fp16: fp16); plus GQA 32:8 at D 128.
 // CUDA events, median of many repetitions after warm-up, rotating over several input sets so L2
 // is not what is timed. TFLOP/s = 4*B*Hq*Nq*Nk*D / t, halved for causal; the backward counts 2.5x
 // that (SPEC.md).
@@ -12,8 +12,9 @@
 // takes a comma-separated list of modes, timed back to back per shape: auto, portable, and two Hopper
 // schedule variants for A/B runs, per-tile (one CTA per tile, not persistent) and no-l2-group (causal
 // longest-first across every head). --shape D:N:causal times one shape (e.g. for ncu).
-//   usage: flashsigmoid_cuda_fwd_bench [--reps N] [--quick] [--backward] [--deterministic]
+//   usage: flashsigmoid_cuda_fwd_bench [--reps N] [--quick] [--backward] [--deterministic] [--dtype bf16|fp16]
 //                                      [--kernel auto|portable|both|MODE,MODE...] [--shape D:N:causal]
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -36,8 +37,8 @@ void check(cudaError_t e, const char* what) {
   }
 }
 
-// Random bf16 values, normal-ish (sum of uniforms), never zero.
-std::vector<std::uint16_t> random_bf16(std::size_t n, std::uint64_t seed) {
+// Random bf16 or fp16 values, normal-ish (sum of uniforms), never zero.
+std::vector<std::uint16_t> random_values(std::size_t n, std::uint64_t seed, bool fp16) {
   std::vector<std::uint16_t> out(n);
   std::uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
   for (std::size_t i = 0; i < n; ++i) {
@@ -50,6 +51,10 @@ std::vector<std::uint16_t> random_bf16(std::size_t n, std::uint64_t seed) {
     }
     float x = acc * 1.7f;
     if (x == 0.0f) x = 0.01f;
+    if (fp16) {
+      out[i] = __half_as_ushort(__float2half_rn(x));
+      continue;
+    }
     std::uint32_t bits;
     std::memcpy(&bits, &x, 4);
     out[i] = std::uint16_t((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
@@ -66,15 +71,23 @@ int main(int argc, char** argv) {
   bool deterministic = false;
   std::string kernel_arg = "auto";
   std::string shape_arg;
+  std::string dtype_arg = "bf16";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--kernel") && i + 1 < argc) kernel_arg = argv[++i];
     if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) shape_arg = argv[++i];
+    if (!std::strcmp(argv[i], "--dtype") && i + 1 < argc) dtype_arg = argv[++i];
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--backward")) backward = true;
     if (!std::strcmp(argv[i], "--deterministic")) deterministic = true;
   }
   const char* pass = backward ? "backward" : "forward";
+  if (dtype_arg != "bf16" && dtype_arg != "fp16") {
+    std::fprintf(stderr, "--dtype takes bf16 or fp16; got %s\n", dtype_arg.c_str());
+    return 2;
+  }
+  const bool fp16 = dtype_arg == "fp16";
+  const flashsigmoid::DType dtype = fp16 ? flashsigmoid::DType::float16 : flashsigmoid::DType::bfloat16;
   std::vector<std::string> kernel_modes;
   if (kernel_arg == "both") kernel_arg = "auto,portable";
   for (std::size_t pos = 0; pos <= kernel_arg.size();) {
@@ -128,8 +141,8 @@ int main(int argc, char** argv) {
   int dev = 0;
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
-  std::printf("# flashsigmoid CUDA %s, %s (%d SMs), bf16, median of %d reps\n", pass, prop.name,
-              prop.multiProcessorCount, reps);
+  std::printf("# flashsigmoid CUDA %s, %s (%d SMs), %s, median of %d reps\n", pass, prop.name,
+              prop.multiProcessorCount, dtype_arg.c_str(), reps);
 
   constexpr int kSets = 3;
   // GQA 32:8 at D 128 has Hq*D = 4096: size buffers for the largest q.
@@ -139,7 +152,7 @@ int main(int argc, char** argv) {
   for (int s = 0; s < kSets; ++s) {
     for (auto* ptr : {&q[s], &k[s], &v[s]}) {
       check(cudaMalloc(ptr, max_elems * 2), "cudaMalloc");
-      const auto host = random_bf16(max_elems, std::uint64_t(s) * 3 + (ptr == &q[s] ? 0 : ptr == &k[s] ? 1 : 2));
+      const auto host = random_values(max_elems, std::uint64_t(s) * 3 + (ptr == &q[s] ? 0 : ptr == &k[s] ? 1 : 2), fp16);
       check(cudaMemcpy(*ptr, host.data(), max_elems * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
     }
   }
@@ -148,7 +161,7 @@ int main(int argc, char** argv) {
   void *dout = nullptr, *dq = nullptr, *dk = nullptr, *dv = nullptr;
   if (backward) {
     for (void** ptr : {&dout, &dq, &dk, &dv}) check(cudaMalloc(ptr, max_elems * 2), "cudaMalloc");
-    const auto host = random_bf16(max_elems, 99);
+    const auto host = random_values(max_elems, 99, fp16);
     check(cudaMemcpy(dout, host.data(), max_elems * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
   }
   cudaStream_t stream;
@@ -174,7 +187,7 @@ int main(int argc, char** argv) {
     if (job.mode == "no-l2-group") schedule.l2_grouping = false;
     const std::int64_t B = kTokens / sh.N;
     auto view = [&](void* data, int H) {
-      return flashsigmoid::TensorView::contiguous(data, flashsigmoid::DType::bfloat16, {B, sh.N, H, sh.D},
+      return flashsigmoid::TensorView::contiguous(data, dtype, {B, sh.N, H, sh.D},
                                                   {flashsigmoid::DeviceType::cuda, dev});
     };
     flashsigmoid::Options opt;

@@ -1,53 +1,87 @@
-// Accuracy of the kernels' sigmoid (src/cuda/common/sigmoid.cuh) against double precision,
-// in the regime that matters: with b = -log(N), most P are around 1/N, so the absolute error
-// near P ~ 1e-4 .. 1e-2 sets the output error.
+// Accuracy of the kernels' two sigmoid forms (src/cuda/common/sigmoid.cuh) against double
+// precision, per decade of P: with b = -log(N) most P are around 1/N, so the error relative to
+// small P sets the output error, and it must stay below the input dtype's rounding (fp16: 2^-11).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "cuda/common/sigmoid.cuh"
 
 namespace {
 
+template <bool kExpForm>
 __global__ void sigmoid_kernel(const float* x, float* y, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) y[i] = flashsigmoid::cuda::sigmoid_of_half_logit(0.5f * x[i]);
+  if (i < n) {
+    const float h = 0.5f * x[i];
+    y[i] = kExpForm ? flashsigmoid::cuda::sigmoid_exp_form(h) : flashsigmoid::cuda::sigmoid_tanh_form(h);
+  }
 }
 
-TEST(SigmoidMath, ErrorAgainstDouble) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) GTEST_SKIP() << "no CUDA device";
-  const int n = 1 << 20;
-  std::vector<float> x(n), y(n);
-  for (int i = 0; i < n; ++i) x[i] = -20.0f + 40.0f * float(i) / float(n);
-  float *dx, *dy;
-  ASSERT_EQ(cudaMalloc(&dx, n * sizeof(float)), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dy, n * sizeof(float)), cudaSuccess);
-  cudaMemcpy(dx, x.data(), n * sizeof(float), cudaMemcpyHostToDevice);
-  sigmoid_kernel<<<(n + 255) / 256, 256>>>(dx, dy, n);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  cudaMemcpy(y.data(), dy, n * sizeof(float), cudaMemcpyDeviceToHost);
-  cudaFree(dx);
-  cudaFree(dy);
-
-  // Max absolute error overall, and max relative error per decade of P.
+struct FormError {
   double max_abs = 0.0;
   double max_rel[6] = {0, 0, 0, 0, 0, 0};  // P in [1e-6,1e-5), ..., [0.1, 1]
+  float at_minus_inf = -1.0f;
+};
+
+template <bool kExpForm>
+FormError measure() {
+  const int n = 1 << 20;
+  std::vector<float> x(n + 1), y(n + 1);
+  for (int i = 0; i < n; ++i) x[i] = -20.0f + 40.0f * float(i) / float(n);
+  x[n] = -INFINITY;  // a masked score
+  float *dx = nullptr, *dy = nullptr;
+  EXPECT_EQ(cudaMalloc(&dx, (n + 1) * sizeof(float)), cudaSuccess);
+  EXPECT_EQ(cudaMalloc(&dy, (n + 1) * sizeof(float)), cudaSuccess);
+  cudaMemcpy(dx, x.data(), (n + 1) * sizeof(float), cudaMemcpyHostToDevice);
+  sigmoid_kernel<kExpForm><<<(n + 256) / 256, 256>>>(dx, dy, n + 1);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cudaMemcpy(y.data(), dy, (n + 1) * sizeof(float), cudaMemcpyDeviceToHost);
+  cudaFree(dx);
+  cudaFree(dy);
+  FormError e;
   for (int i = 0; i < n; ++i) {
     const double ref = 1.0 / (1.0 + std::exp(-double(x[i])));
     const double err = std::fabs(double(y[i]) - ref);
-    max_abs = std::max(max_abs, err);
+    e.max_abs = std::max(e.max_abs, err);
     const int decade = int(std::floor(std::log10(ref))) + 6;
-    if (decade >= 0 && decade < 6) max_rel[decade] = std::max(max_rel[decade], err / ref);
+    if (decade >= 0 && decade < 6) e.max_rel[decade] = std::max(e.max_rel[decade], err / ref);
   }
-  std::printf("sigmoid: max abs error %.3g; max rel error for P in [1e-6,1e-5) %.3g, [1e-5,1e-4) %.3g, "
+  e.at_minus_inf = y[n];
+  std::printf("sigmoid %s form: max abs error %.3g; max rel error for P in [1e-6,1e-5) %.3g, [1e-5,1e-4) %.3g, "
               "[1e-4,1e-3) %.3g, [1e-3,1e-2) %.3g, [1e-2,0.1) %.3g, [0.1,1] %.3g\n",
-              max_abs, max_rel[0], max_rel[1], max_rel[2], max_rel[3], max_rel[4], max_rel[5]);
-  RecordProperty("max_abs_error", std::to_string(max_abs));
-  EXPECT_LE(max_abs, 1e-3);  // tanh.approx: documented relative error 2^-11 on tanh
+              kExpForm ? "exp" : "tanh", e.max_abs, e.max_rel[0], e.max_rel[1], e.max_rel[2], e.max_rel[3],
+              e.max_rel[4], e.max_rel[5]);
+  return e;
 }
+
+bool have_device() {
+  int devices = 0;
+  return cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
+}
+
+TEST(SigmoidMath, TanhFormError) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device";
+  const FormError e = measure<false>();
+  for (int d = 0; d < 6; ++d) RecordProperty("max_rel_decade_" + std::to_string(d), std::to_string(e.max_rel[d]));
+  EXPECT_LE(e.max_abs, 1e-3);  // tanh.approx: documented relative error 2^-11 on tanh
+  EXPECT_EQ(e.at_minus_inf, 0.0f);
+}
+
+// The fp16 form: relative error far below fp16's rounding (2^-11 ~ 4.9e-4) down to P ~ 1e-6.
+TEST(SigmoidMath, ExpFormRelativeError) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device";
+  const FormError e = measure<true>();
+  for (int d = 0; d < 6; ++d) EXPECT_LE(e.max_rel[d], 2e-5) << "decade " << d;
+  EXPECT_EQ(e.at_minus_inf, 0.0f);
+}
+
+static_assert(flashsigmoid::cuda::kSigmoidExpForm<cutlass::half_t>,
+              "fp16 takes the exp form: its rounding is finer than tanh.approx's error on small P");
 
 }  // namespace

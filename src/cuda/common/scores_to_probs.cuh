@@ -18,7 +18,8 @@ namespace flashsigmoid::cuda {
 // Blocks that are fully visible skip the per-element mask; ALiBi needs each element's (query, key),
 // the plain path does not. Masked and past-the-end elements become exactly 0 (their V rows are
 // zero-filled, so 0 * V stays finite).
-template <bool kTransposed = false, class AccS, class CoordS>
+// Element (the input dtype) picks the sigmoid's form (sigmoid.cuh).
+template <class Element, bool kTransposed = false, class AccS, class CoordS>
 __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS, const detail::ScoreTransform& st,
                                                 std::int64_t i0, std::int64_t j0, bool full_block) {
   using cute::get;
@@ -37,7 +38,7 @@ __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS,
         continue;
       }
 #endif
-      acc_s(i) = sigmoid_of_half_logit(plain.logit(acc_s(i), 0, 0));
+      acc_s(i) = sigmoid_of_half_logit<Element>(plain.logit(acc_s(i), 0, 0));
     }
   } else {
     // ALiBi, or a partial block. Coordinates are taken relative to this thread's first register:
@@ -52,8 +53,9 @@ __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS,
     for (int i = 0; i < cute::size(acc_s); ++i) {
       const int dq = query(i) - q0;
       const int dk = key(i) - k0;
-      acc_s(i) = !full_block && win.masked(dq, dk) ? 0.0f
-                                                   : sigmoid_of_half_logit(tile.logit(acc_s(i), q0 + dq, k0 + dk));
+      acc_s(i) = !full_block && win.masked(dq, dk)
+                     ? 0.0f
+                     : sigmoid_of_half_logit<Element>(tile.logit(acc_s(i), q0 + dq, k0 + dk));
     }
   }
 }

@@ -1,12 +1,15 @@
 // Sigmoid on the special-function unit (MUFU), from the half logit h = s / 2 (the score
 // transform is pre-scaled by 0.5, exactly, so the multiply by 0.5 is folded into its FMA).
 //
-// Default: sigmoid(s) = 0.5 + 0.5 * tanh(h), tanh.approx.f32 = one MUFU op per element (as
-// softmax's ex2). FLASHSIGMOID_SIGMOID_EXP (CMake option of the same name) switches to
-// 1 / (1 + 2^(-2h log2 e)): two MUFU ops (ex2, rcp) but a small *relative* error for tiny P,
-// in case tanh.approx's error near saturation (P ~ 1/N) proves too large; the GPU test
-// SigmoidMath.* measures both regimes.
+// tanh form: sigmoid(s) = 0.5 + 0.5 * tanh(h), tanh.approx.f32 = one MUFU op per element (as
+// softmax's ex2). exp form: 1 / (1 + 2^(-2h log2 e)), two MUFU ops (ex2, rcp) but a small
+// *relative* error for tiny P. kSigmoidExpForm below picks per input dtype; the GPU test
+// SigmoidMath.* measures both forms per decade of P.
 #pragma once
+
+#include <type_traits>
+
+#include <cutlass/numeric_types.h>
 
 namespace flashsigmoid::cuda {
 
@@ -16,13 +19,31 @@ __device__ __forceinline__ float tanh_approx(float x) {
   return y;
 }
 
-// -inf gives exactly 0 on both paths.
-__device__ __forceinline__ float sigmoid_of_half_logit(float half_s) {
+// The two forms. -inf gives exactly 0 on both.
+__device__ __forceinline__ float sigmoid_tanh_form(float half_s) { return fmaf(0.5f, tanh_approx(half_s), 0.5f); }
+__device__ __forceinline__ float sigmoid_exp_form(float half_s) { return __fdividef(1.0f, 1.0f + __expf(-2.0f * half_s)); }
+
+// Which form an input dtype gets. The error budget is the dtype's rounding of P (SPEC: at most 2x
+// the error of a plain implementation that rounds an exact P to the dtype). With b = -log N most P
+// are ~1/N, where tanh.approx's error relative to P is a few 1e-4: far below bf16's rounding
+// (2^-9), but fp16's (2^-11) is finer, and fp16 outputs measured 2.5-2.9x the plain error with
+// P ~ 1e-4 (N 2049 with ALiBi). fp16 therefore takes the exp form (relative error ~1e-6, two MUFU
+// ops); bf16 keeps the tanh form. FLASHSIGMOID_SIGMOID_EXP gives every dtype the exp form.
+template <class Element>
+inline constexpr bool kSigmoidExpForm =
 #if defined(FLASHSIGMOID_SIGMOID_EXP)
-  return __fdividef(1.0f, 1.0f + __expf(-2.0f * half_s));
+    true;
 #else
-  return fmaf(0.5f, tanh_approx(half_s), 0.5f);
+    std::is_same_v<Element, cutlass::half_t>;
 #endif
+
+template <class Element>
+__device__ __forceinline__ float sigmoid_of_half_logit(float half_s) {
+  if constexpr (kSigmoidExpForm<Element>) {
+    return sigmoid_exp_form(half_s);
+  } else {
+    return sigmoid_tanh_form(half_s);
+  }
 }
 
 }  // namespace flashsigmoid::cuda

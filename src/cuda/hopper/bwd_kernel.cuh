@@ -213,7 +213,7 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     wgmma_gemm<true>(mma_sdp, tSrV, tSrDo(_, _, _, stage), acc_dp);  // dP^T = V dO^T
     warpgroup_wait<1>();  // S^T is done; dP^T may still run under the sigmoid
     warpgroup_fence_operand(acc_s);
-    scores_to_probs<true>(acc_s, tScS, st, i0, j0, full);
+    scores_to_probs<Element, true>(acc_s, tScS, st, i0, j0, full);
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc_dp);
     db += portable::probs_to_dscores<true>(acc_dp, acc_s);  // acc_dp := dS^T

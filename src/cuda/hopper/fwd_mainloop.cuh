@@ -204,7 +204,7 @@ __device__ __forceinline__ void consume(typename Traits::SharedStorage& ss, type
   // S -> P for key block `it` (in place in acc_s; fp32).
   auto probs = [&](int it) {
     const std::int64_t j0 = std::int64_t(w.n_begin + it) * BN;
-    scores_to_probs(acc_s, tScS, w.st, w.m0, j0, w.st.block_unmasked(w.m0, w.m0 + w.rows, j0, j0 + BN));
+    scores_to_probs<Element>(acc_s, tScS, w.st, w.m0, j0, w.st.block_unmasked(w.m0, w.m0 + w.rows, j0, j0 + BN));
   };
   // P(it) into rP; called only when no wgmma reads rP. The fences keep the compiler from moving
   // these register writes above the preceding warpgroup_wait (wgmma reads rP asynchronously).

@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       Tensor acc_s = partition_fragment_C(mma, Shape<Int<BK>, Int<BQ>>{});
       clear(acc_s);
       gemm_ss(acc_s, rA, rB, tsK, tsQ(_, _, _, stage), mma, s2r_a, s2r_b, s2r_a_thr, s2r_b_thr);
-      scores_to_probs<true>(acc_s, tScS, st, i0, j0, full);
+      scores_to_probs<Element, true>(acc_s, tScS, st, i0, j0, full);
 
       if constexpr (kDoDV) {  // dV += P^T dO
         Tensor rP = convert_fragment<Element>(acc_s);
@@ -443,7 +443,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       Tensor acc_s = partition_fragment_C(mma, Shape<Int<BM>, Int<BN>>{});
       clear(acc_s);
       gemm_ss(acc_s, rA, rB, tsQ, tsK(_, _, _, stage), mma, s2r_a, s2r_b, s2r_a_thr, s2r_b_thr);
-      scores_to_probs(acc_s, tScS, st, m0, j0, st.block_unmasked(m0, m0 + rows, j0, j0 + BN));
+      scores_to_probs<Element>(acc_s, tScS, st, m0, j0, st.block_unmasked(m0, m0 + rows, j0, j0 + BN));
 
       Tensor acc_dp = partition_fragment_C(mma, Shape<Int<BM>, Int<BN>>{});
       clear(acc_dp);

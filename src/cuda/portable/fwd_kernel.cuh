@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocks)
       gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), mma, s2r_q, s2r_k, s2r_q_thr, s2r_k_thr);
 
       const std::int64_t j0 = std::int64_t(n) * BN;
-      scores_to_probs(acc_s, tScS, st, m0, j0, st.block_unmasked(m0, m0 + rows, j0, j0 + BN));
+      scores_to_probs<Element>(acc_s, tScS, st, m0, j0, st.block_unmasked(m0, m0 + rows, j0, j0 + BN));
       Tensor rP = convert_fragment<Element>(acc_s);
       Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));
 
