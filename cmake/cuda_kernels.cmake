@@ -37,7 +37,7 @@ endforeach()
 list(JOIN _fs_built ", " _fs_built_str)
 target_compile_definitions(flashsigmoid PRIVATE "FLASHSIGMOID_CUDA_BUILT_HEAD_DIMS=\"${_fs_built_str}\"")
 
-option(FLASHSIGMOID_SIGMOID_EXP "CUDA kernels: sigmoid as 1/(1+exp(-s)) (2 MUFU ops) instead of tanh.approx (1)" OFF)
+option(FLASHSIGMOID_SIGMOID_EXP "CUDA kernels: bf16 too computes the sigmoid as 1/(1+exp(-s)) (2 MUFU ops, as fp16 always does) instead of tanh.approx (1)" OFF)
 if(FLASHSIGMOID_SIGMOID_EXP)
   target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_SIGMOID_EXP=1)
 endif()
