@@ -20,13 +20,22 @@ function(fs_instantiate template name hd dt out_var)
   configure_file(${PROJECT_SOURCE_DIR}/src/cuda/${template}.cu.in ${out} @ONLY)
   set(${out_var} ${out} PARENT_SCOPE)
 endfunction()
+# The CUDA backward (portable kernels, and the Hopper backward where 90a is built) is dispatched by
+# default (validated on the H200: bench/results/); OFF leaves its kernels out of the build (faster
+# builds for forward-only tuning) and makes a CUDA backward call a clear error.
+option(FLASHSIGMOID_CUDA_BACKWARD "Build and dispatch the CUDA backward kernels" ON)
+set(_fs_dirs fwd)
+if(FLASHSIGMOID_CUDA_BACKWARD)
+  target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_CUDA_BACKWARD_ENABLED=1)
+  list(APPEND _fs_dirs bwd)
+endif()
 set(_fs_built "")
 foreach(_fs_hd IN LISTS FLASHSIGMOID_HEAD_DIMS)
   if(NOT _fs_hd IN_LIST _fs_valid_head_dims)
     message(FATAL_ERROR "FLASHSIGMOID_HEAD_DIMS: ${_fs_hd} is not one of ${_fs_valid_head_dims}")
   endif()
   foreach(_fs_dt bf16 fp16)
-    foreach(_fs_dir fwd bwd)
+    foreach(_fs_dir IN LISTS _fs_dirs)
       fs_instantiate(portable/${_fs_dir}_inst ${_fs_dir} ${_fs_hd} ${_fs_dt} _fs_src)
       target_sources(flashsigmoid PRIVATE ${_fs_src})
     endforeach()
@@ -42,18 +51,11 @@ if(FLASHSIGMOID_SIGMOID_EXP)
   target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_SIGMOID_EXP=1)
 endif()
 
-# The portable backward is compiled always and dispatched by default (validated on the H200:
-# bench/results/); OFF makes a CUDA backward call a clear error.
-option(FLASHSIGMOID_CUDA_BACKWARD "Dispatch CUDA tensors' backward to the portable kernels" ON)
-if(FLASHSIGMOID_CUDA_BACKWARD)
-  target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_CUDA_BACKWARD_ENABLED=1)
-endif()
-
 # The Hopper forward (src/cuda/hopper, wgmma + TMA + setmaxnreg: sm_90a instructions). Its units
 # are compiled only when the architectures include 90a or 90, and then for 90a alone (an sm_90a
 # cubin runs on every compute-capability-9.0 device), in an object library so that the other units
 # keep the project's architecture list; CI's arch-80 build never compiles them. Head dims 64, 128 and 256
-# (the Hopper backward, src/cuda/hopper/bwd_*.cuh, not yet run on a GPU: 64 and 128).
+# (the Hopper backward, src/cuda/hopper/bwd_*.cuh: 64 and 128).
 # FLASHSIGMOID_HOPPER: AUTO (default) dispatches sm_90 devices to it whenever 90a/90 is built;
 # OFF keeps every device on the portable kernel; ON requires 90a/90 in the archs.
 set(FLASHSIGMOID_HOPPER AUTO CACHE STRING "Dispatch the forward and backward on sm_90 devices to the Hopper kernels: AUTO, ON or OFF")
@@ -72,13 +74,13 @@ if(_fs_hopper_arch)
         fs_instantiate(hopper/fwd_inst hopper_fwd ${_fs_hd} ${_fs_dt} _fs_src)
         list(APPEND _fs_hopper_sources ${_fs_src})
         # The Hopper backward (src/cuda/hopper/bwd_*.cuh): head dims 64 and 128.
-        if(NOT _fs_hd EQUAL 256)
+        if(NOT _fs_hd EQUAL 256 AND FLASHSIGMOID_CUDA_BACKWARD)
           fs_instantiate(hopper/bwd_inst hopper_bwd ${_fs_hd} ${_fs_dt} _fs_src)
           list(APPEND _fs_hopper_sources ${_fs_src})
         endif()
       endforeach()
       target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_HOPPER_HDIM_${_fs_hd}=1)
-      if(NOT _fs_hd EQUAL 256)
+      if(NOT _fs_hd EQUAL 256 AND FLASHSIGMOID_CUDA_BACKWARD)
         target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_HOPPER_BWD_HDIM_${_fs_hd}=1)
       endif()
     endif()

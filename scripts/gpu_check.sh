@@ -74,8 +74,8 @@ TESTS="$BUILD/tests/gpu/flashsigmoid_gpu_tests"
 if want tests; then
   if (( HOPPER )); then
     # A hang in a Hopper pipeline must cost one minute, not the call. smoke WHAT FILTER VAR LOGNAME:
-    # on failure, the remaining steps force the portable kernel through VAR. The backward (not yet
-    # validated) has its own line, so that a failure there leaves the Hopper forward's checks running.
+    # on failure, the remaining steps force the portable kernel through VAR. The backward has its own
+    # line, so that a failure there leaves the Hopper forward's checks running.
     smoke() {
       echo "== Hopper $1 smoke test (60 s limit)"
       timeout 60 "$TESTS" --gtest_filter="$2" 2>&1 | tail -30 | tee "$LOG/$4"

@@ -182,7 +182,7 @@ bool try_hopper_forward([[maybe_unused]] const AttnParams& p, [[maybe_unused]] b
   return false;
 }
 
-// Runs the Hopper backward (not yet validated on a GPU) when this build has it for D and it covers the
+// Runs the Hopper backward when this build has it for D and it covers the
 // problem: dense (varlen stays on the portable kernels), default mode (Options::deterministic needs the
 // portable kernels' atomic-free path), query and key rows to build TMA descriptors over, an sm_90 device.
 // Returns false to leave the problem to the portable kernels.
@@ -258,10 +258,11 @@ void cuda_forward(const AttnParams& p) {
 // which has the default mode's guarantees: dQ by atomics, dK, dV and d(bias) in a fixed order.
 void cuda_backward(const BwdParams& p) {
 #if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
-  // Compiled in every CUDA build; a build configured with FLASHSIGMOID_CUDA_BACKWARD=OFF says so.
+  // A build configured with FLASHSIGMOID_CUDA_BACKWARD=OFF has no backward kernels, and says so.
+  (void)p;
   throw Error("flashsigmoid: the CUDA backward is off in this build (configured with "
               "-DFLASHSIGMOID_CUDA_BACKWARD=OFF); reconfigure with ON, or run the backward on cpu tensors");
-#endif
+#else
   check_alignment("q", p.q, p.q_stride);
   check_alignment("k", p.k, p.k_stride);
   check_alignment("v", p.v, p.v_stride);
@@ -288,6 +289,7 @@ void cuda_backward(const BwdParams& p) {
       }
     });
   });
+#endif
 }
 
 }  // namespace flashsigmoid::detail

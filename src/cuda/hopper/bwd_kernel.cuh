@@ -1,6 +1,6 @@
 // Hopper (sm_90a) sigmoid-attention backward: TMA + mbarrier pipeline, warp specialisation
 // (1 producer warpgroup, 2 consumer warpgroups with setmaxnreg), wgmma for every GEMM.
-// DRAFT: compiled, not yet run on a GPU. Dense problems, head dims 64 / 128, default
+// Validated on the H200 (bench/results/h200-kernels-2026-11-29b.md). Dense problems, head dims 64 / 128, default
 // (non-deterministic) mode only: backend.cu routes everything else to the portable kernels.
 // Tiles, shared memory and GEMM operand majors: bwd_traits.cuh. The math is the portable
 // backward's (portable/bwd_kernel.cuh): P = sigmoid(transform(S)), dS = dP P (1 - P),

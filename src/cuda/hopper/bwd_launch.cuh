@@ -1,4 +1,4 @@
-// Host side of the Hopper backward (DRAFT: compiled, not yet run on a GPU): workspaces, TMA
+// Host side of the Hopper backward: workspaces, TMA
 // descriptors, then on params.stream the wgmma dK/dV/dQ kernel, the portable dq_convert_kernel
 // (dQ = scale * workspace, in dQ's dtype) and, with d(bias), the portable dbias_reduce_kernel over
 // the per-key-block partials. Workspaces are stream-ordered (cudaMallocAsync / cudaFreeAsync), as in

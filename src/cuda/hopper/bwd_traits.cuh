@@ -1,5 +1,5 @@
 // Tile shapes, shared-memory plan, GEMM atoms, TMA and pipeline types of the Hopper (sm_90a)
-// backward, per (head dim, dtype). DRAFT: compiled, not yet run on a GPU.
+// backward, per (head dim, dtype).
 //
 // CTA = one key block (kBlockN = 128 keys) of one (kv head, batch); 3 warpgroups (384 threads):
 // warpgroup 0 is the producer (one thread issues every TMA load), warpgroups 1 and 2 are consumers,
