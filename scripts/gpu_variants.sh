@@ -7,7 +7,8 @@
 #        another source tree, e.g. a `git worktree add .wt-main main` carried along: "main@.wt-main:"),
 #        FLASHSIGMOID_HEAD_DIMS (default "64;128"), BENCH_ARGS (default --quick), ROUNDS (default 1),
 #        VARIANT_BACKWARD (default OFF: forward only, faster to build; ON for --backward).
-#   Needs .deps (carry it, and any @dir).
+#   Needs .deps (carry it, and any @dir). Per-variant build logs and benchmark tables end up in
+#   $OUT/variant_logs.tgz; stdout has the tables and the ptxas spill summary.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG="${OUT:-$PWD/gpu_check_logs}"
@@ -43,6 +44,10 @@ for round in $(seq "${ROUNDS:-1}"); do
   for v in $VARIANTS; do
     name="${v%%:*}" && name="${name%%@*}"
     echo "== variant $name (${v#*:}), round $round"
-    "build-var-$name/tests/gpu/flashsigmoid_cuda_fwd_bench" ${BENCH_ARGS:---quick} 2>&1 | tee "$LOG/bench_${name}_r$round.txt"
+    timeout 300 "build-var-$name/tests/gpu/flashsigmoid_cuda_fwd_bench" ${BENCH_ARGS:---quick} 2>&1 |
+      tee "$LOG/bench_${name}_r$round.txt"
   done
 done
+# One archive for the per-variant files (the device tool returns only a few files per call); stdout
+# already holds every benchmark table.
+(cd "$LOG" && tar -czf variant_logs.tgz build_*.log bench_*_r*.txt && rm -f build_*.log bench_*_r*.txt)
