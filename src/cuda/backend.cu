@@ -140,23 +140,14 @@ bool is_sm90(int index) {
   return v == 2;
 }
 
-// FLASHSIGMOID_FORWARD_KERNEL=portable (read at every call) forces the portable forward, so the
-// benchmark can time both kernels in one process; unset or "auto" lets dispatch choose.
-bool hopper_forward_allowed() {
-  const char* env = std::getenv("FLASHSIGMOID_FORWARD_KERNEL");
+// FLASHSIGMOID_FORWARD_KERNEL / FLASHSIGMOID_BACKWARD_KERNEL=portable (read at every call) force
+// the portable kernels, so the benchmark can time both in one process; unset or "auto" lets
+// dispatch choose. False when `variable` forces the portable kernel.
+bool hopper_allowed_by(const char* variable) {
+  const char* env = std::getenv(variable);
   if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0) return true;
   if (std::strcmp(env, "portable") == 0) return false;
-  throw Error(std::string("flashsigmoid: environment variable FLASHSIGMOID_FORWARD_KERNEL is '") + env +
-              "'; accepted: auto (or unset), portable");
-}
-
-// FLASHSIGMOID_BACKWARD_KERNEL=portable (read at every call) forces the portable backward, as
-// FLASHSIGMOID_FORWARD_KERNEL does for the forward.
-bool hopper_backward_allowed() {
-  const char* env = std::getenv("FLASHSIGMOID_BACKWARD_KERNEL");
-  if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0) return true;
-  if (std::strcmp(env, "portable") == 0) return false;
-  throw Error(std::string("flashsigmoid: environment variable FLASHSIGMOID_BACKWARD_KERNEL is '") + env +
+  throw Error(std::string("flashsigmoid: environment variable ") + variable + " is '" + env +
               "'; accepted: auto (or unset), portable");
 }
 #endif
@@ -232,7 +223,7 @@ void cuda_forward(const AttnParams& p) {
   DeviceGuard guard(p.device.index);
   // Read before dispatch, so that a bad override is an error whatever the head dim.
 #if defined(FLASHSIGMOID_HOPPER_ENABLED)
-  const bool hopper_allowed = hopper_forward_allowed();
+  const bool hopper_allowed = hopper_allowed_by("FLASHSIGMOID_FORWARD_KERNEL");
 #else
   const bool hopper_allowed = false;
 #endif
@@ -273,7 +264,7 @@ void cuda_backward(const BwdParams& p) {
   DeviceGuard guard(p.device.index);
   // Read before dispatch, so that a bad override is an error whatever the problem.
 #if defined(FLASHSIGMOID_HOPPER_ENABLED)
-  const bool hopper_allowed = hopper_backward_allowed();
+  const bool hopper_allowed = hopper_allowed_by("FLASHSIGMOID_BACKWARD_KERNEL");
 #else
   const bool hopper_allowed = false;
 #endif

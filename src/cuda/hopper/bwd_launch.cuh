@@ -1,8 +1,7 @@
 // Host side of the Hopper backward: workspaces, TMA
 // descriptors, then on params.stream the wgmma dK/dV/dQ kernel, the portable dq_convert_kernel
 // (dQ = scale * workspace, in dQ's dtype) and, with d(bias), the portable dbias_reduce_kernel over
-// the per-key-block partials. Workspaces are stream-ordered (cudaMallocAsync / cudaFreeAsync), as in
-// the portable backward, so the whole backward can be captured in a CUDA graph.
+// the per-key-block partials. Workspaces: portable/bwd_workspace.cuh, as in the portable backward.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,6 +12,7 @@
 #include "cuda/hopper/bwd_kernel.cuh"
 #include "cuda/hopper/fwd_launch.cuh"  // tma_view
 #include "cuda/hopper/launch.hpp"
+#include "cuda/portable/bwd_workspace.cuh"
 #include "cuda/portable/launch.hpp"  // check_cuda
 
 namespace flashsigmoid::cuda::hopper {
@@ -32,24 +32,12 @@ void run_bwd(const detail::BwdParams& p) {
   if (p.batch == 0 || n_blocks == 0) return;
 
   // d(bias) partials per (batch, query head, key block) and the zeroed fp32 dQ workspace.
-  float* part = nullptr;
-  float* dq_accum = nullptr;
-  const std::int64_t n_part = p.batch * p.heads_q * n_blocks;
-  if (p.dbias != nullptr) {
-    check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&part), std::size_t(n_part) * sizeof(float), stream),
-               "cudaMallocAsync(Hopper backward d(bias) workspace)");
-  }
-  const std::size_t accum_bytes = std::size_t(p.rows_q * p.heads_q * D) * sizeof(float);
-  if (accum_bytes > 0) {
-    check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&dq_accum), accum_bytes, stream),
-               "cudaMallocAsync(Hopper backward dQ workspace)");
-    check_cuda(cudaMemsetAsync(dq_accum, 0, accum_bytes, stream), "cudaMemsetAsync(Hopper backward dQ workspace)");
-  }
+  portable::BwdWorkspace ws(p, p.batch * p.heads_q * n_blocks, true, D, stream, "Hopper backward");
 
   BwdKernelParams<Traits> prm{};
   prm.p = p;
-  prm.dq_accum = dq_accum;
-  prm.dbias_part = part;
+  prm.dq_accum = ws.dq_accum;
+  prm.dbias_part = ws.part;
   auto gQ = tma_view<Traits>(p.q, p.seqlen_q, p.heads_q, p.batch, p.q_stride);
   auto gdO = tma_view<Traits>(p.dout, p.seqlen_q, p.heads_q, p.batch, p.do_stride);
   auto gK = tma_view<Traits>(p.k, p.seqlen_k, p.heads_kv, p.batch, p.k_stride);
@@ -70,25 +58,11 @@ void run_bwd(const detail::BwdParams& p) {
   kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(prm);
   check_cuda(cudaGetLastError(), "Hopper backward kernel launch");
 
-  // dQ = scale * dq_accum (the portable fused mode's conversion, 64 rows per CTA).
-  constexpr int kConvertRows = 64;
-  const std::int64_t conv_blocks = (p.seqlen_q + kConvertRows - 1) / kConvertRows;
-  if (conv_blocks > 0) {
-    const dim3 conv_grid(unsigned(conv_blocks), unsigned(p.heads_q), unsigned(p.batch));
-    portable::dq_convert_kernel<Traits><<<conv_grid, 128, 0, stream>>>(p, dq_accum);
-    check_cuda(cudaGetLastError(), "Hopper backward dQ conversion launch");
-  }
-  if (part != nullptr && p.heads_q > 0) {
-    const int threads = 128;
-    const unsigned blocks = unsigned((p.heads_q + threads - 1) / threads);
-    // <1>, not the portable units' <0>: those are compiled for every built architecture and these
-    // units for sm_90a alone, so the two must not be one (weak, merged) kernel symbol.
-    portable::dbias_reduce_kernel<1><<<blocks, threads, 0, stream>>>(part, p.dbias, int(p.batch), int(p.heads_q),
-                                                                      int(n_blocks));
-    check_cuda(cudaGetLastError(), "Hopper backward d(bias) reduction launch");
-  }
-  if (dq_accum != nullptr) check_cuda(cudaFreeAsync(dq_accum, stream), "cudaFreeAsync(Hopper backward dQ workspace)");
-  if (part != nullptr) check_cuda(cudaFreeAsync(part, stream), "cudaFreeAsync(Hopper backward d(bias) workspace)");
+  ws.convert_dq<Traits>(p, stream);  // dQ = scale * dq_accum, as the portable fused mode
+  // <1>, not the portable units' <0>: those are compiled for every built architecture and these
+  // units for sm_90a alone, so the two must not be one (weak, merged) kernel symbol.
+  if (ws.part != nullptr && p.heads_q > 0) ws.reduce_dbias<1>(p, n_blocks, stream);
+  ws.release(stream);
 }
 
 }  // namespace flashsigmoid::cuda::hopper

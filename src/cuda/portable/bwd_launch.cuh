@@ -1,9 +1,8 @@
 // Host side of the portable backward, all on params.stream. Deterministic mode: the dK/dV kernel
 // (once, or twice at head dims that split dV and dK), the dQ kernel, and the d(bias) reduction.
 // Default mode (head dims without the split): the dK/dV kernel also adds dQ with fp32 atomics
-// (5 GEMMs per tile pair instead of 7), then dQ is converted and d(bias) reduced. The workspaces
-// (d(bias) partials, the fp32 dQ accumulator) are stream-ordered (cudaMallocAsync, cudaMemsetAsync,
-// cudaFreeAsync): no host synchronisation, so the backward can be captured in a CUDA graph.
+// (5 GEMMs per tile pair instead of 7), then dQ is converted and d(bias) reduced. Workspaces and the
+// finishing kernels: bwd_workspace.cuh.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -11,6 +10,7 @@
 #include <string>
 
 #include "cuda/portable/bwd_kernel.cuh"
+#include "cuda/portable/bwd_workspace.cuh"
 #include "cuda/portable/launch.hpp"
 
 namespace flashsigmoid::cuda::portable {
@@ -38,22 +38,12 @@ void run_bwd(const detail::BwdParams& p) {
   }
   const bool fused = !p.deterministic && !Traits::kSplitDkDv;
 
-  // Stream-ordered workspaces: the d(bias) partials (per key block when fused, else per query
-  // block) and, when fused, the zeroed fp32 dQ accumulator.
-  float* part = nullptr;
-  float* dq_accum = nullptr;
+  // The d(bias) partials (per key block when fused, else per query block) and, when fused, the zeroed
+  // fp32 dQ accumulator.
   const std::int64_t part_blocks = fused ? n_blocks : m_blocks;
-  const std::int64_t n_part = p.batch * p.heads_q * part_blocks;
-  if (p.dbias != nullptr && n_part > 0) {
-    check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&part), std::size_t(n_part) * sizeof(float), stream),
-               "cudaMallocAsync(backward d(bias) workspace)");
-  }
-  const std::size_t accum_bytes = std::size_t(p.rows_q * p.heads_q * D) * sizeof(float);
-  if (fused && accum_bytes > 0) {
-    check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&dq_accum), accum_bytes, stream),
-               "cudaMallocAsync(backward dQ workspace)");
-    check_cuda(cudaMemsetAsync(dq_accum, 0, accum_bytes, stream), "cudaMemsetAsync(backward dQ workspace)");
-  }
+  BwdWorkspace ws(p, p.batch * p.heads_q * part_blocks, fused, D, stream, "backward");
+  float* const part = ws.part;
+  float* const dq_accum = ws.dq_accum;
 
   // dK, dV (every key row is written, zeros where no query sees it), and dQ's terms when fused.
   if (n_blocks > 0 && p.batch > 0) {
@@ -73,14 +63,8 @@ void run_bwd(const detail::BwdParams& p) {
     }
   }
 
-  if (fused) {  // dQ = scale * dq_accum, rows of each sequence only
-    constexpr int kConvertRows = 64;  // dq_convert_kernel's rows per CTA
-    const std::int64_t blocks = (p.seqlen_q + kConvertRows - 1) / kConvertRows;
-    if (blocks > 0 && p.batch > 0) {
-      const dim3 grid(unsigned(blocks), unsigned(p.heads_q), unsigned(p.batch));
-      dq_convert_kernel<Traits><<<grid, 128, 0, stream>>>(p, dq_accum);
-      check_cuda(cudaGetLastError(), "backward dQ conversion launch");
-    }
+  if (fused) {
+    ws.convert_dq<Traits>(p, stream);
   } else if (m_blocks > 0 && p.batch > 0) {  // dQ and the per-query-block d(bias) partials
     const dim3 grid(unsigned(m_blocks), unsigned(p.heads_q), unsigned(p.batch));
     auto kernel = &dq_kernel<Traits>;
@@ -88,15 +72,8 @@ void run_bwd(const detail::BwdParams& p) {
     kernel<<<grid, Traits::kNThreads, Traits::kSmemDq, stream>>>(p, part);
     check_cuda(cudaGetLastError(), "backward dQ kernel launch");
   }
-  if (p.dbias != nullptr && p.heads_q > 0) {
-    const int threads = 128;
-    const unsigned blocks = unsigned((p.heads_q + threads - 1) / threads);
-    dbias_reduce_kernel<><<<blocks, threads, 0, stream>>>(part, p.dbias, int(p.batch), int(p.heads_q),
-                                                          part != nullptr ? int(part_blocks) : 0);
-    check_cuda(cudaGetLastError(), "backward d(bias) reduction launch");
-  }
-  if (dq_accum != nullptr) check_cuda(cudaFreeAsync(dq_accum, stream), "cudaFreeAsync(backward dQ workspace)");
-  if (part != nullptr) check_cuda(cudaFreeAsync(part, stream), "cudaFreeAsync(backward d(bias) workspace)");
+  if (p.dbias != nullptr && p.heads_q > 0) ws.reduce_dbias(p, part_blocks, stream);
+  ws.release(stream);
 }
 
 }  // namespace flashsigmoid::cuda::portable
