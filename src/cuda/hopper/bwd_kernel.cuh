@@ -47,6 +47,7 @@
 #include "cuda/hopper/fwd_epilogue.cuh"  // store_output (the dK / dV tiles have the O tile's shape)
 #include "cuda/common/scores_to_probs.cuh"
 #include "cuda/hopper/fwd_mainloop.cuh"  // wgmma_gemm, acc_layout_as_a_operand
+#include "cuda/hopper/shared_storage.cuh"
 #include "cuda/portable/bwd_kernel.cuh"  // probs_to_dscores, scale_fragment, dq_accum_strides, atomic_add_rows
 
 namespace flashsigmoid::cuda::hopper {
@@ -187,6 +188,10 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
   // (key, query) of each S^T / dP^T register, and (query, column) of each dQ register.
   Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<BN>, Int<BM>>{}));
   Tensor tQcQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<BM>, Int<D>>{}));
+  // dS^T register -> shared-memory copy (stmatrix: one 32-bit shared address for the whole tile).
+  auto r2s_ds = make_tiled_copy_C(typename Traits::R2SAtom{}, mma_sdp);
+  auto r2s_ds_thr = r2s_ds.get_thread_slice(ctid);
+  Tensor tR2SsDs = r2s_ds_thr.partition_D(sDsT);  // (CPY, CPY_M, CPY_N, buffer)
 
   float db = 0.0f;  // this thread's sum of dS over the current query head's steps
 
@@ -229,9 +234,8 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     static_assert(std::is_same_v<decltype(shape(tPrP)), decltype(partition_shape_A(mma_dkv, Shape<Int<BN>, Int<BM>>{}))>,
                   "P^T is not laid out as the dV wgmma's A operand");
 
-    // dS^T -> shared memory (this warpgroup's 64 key rows), visible to the async proxy (wgmma).
-    Tensor tDsT = thr_sdp.partition_C(sDsT(_, _, buf));
-    copy(rdS, tDsT);
+    // dS^T -> shared memory (this warpgroup's 64 key rows) by stmatrix, visible to the async proxy (wgmma).
+    copy(r2s_ds, r2s_ds_thr.retile_S(rdS), tR2SsDs(_, _, _, buf));
     cutlass::arch::fence_view_async_shared();
 
     // dV, dK first: they need only this warpgroup's registers, so they run while the other warpgroup
@@ -284,10 +288,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
   using Pipeline = typename Traits::PipelineQdO;
   constexpr int BN = Traits::kBlockN;
   constexpr int D = Traits::kHeadDim;
-  extern __shared__ unsigned char smem_raw[];
-  // The 128-byte swizzle repeats every 1024 bytes: TMA and wgmma need the tiles 1024-aligned.
-  auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(
-      (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t(1023));
+  auto& ss = shared_storage<typename Traits::SharedStorage>();
   const detail::BwdParams& p = prm.p;
   const int n_block = blockIdx.x;
   const int hk = blockIdx.y;

@@ -98,6 +98,8 @@ struct BwdTraits {
   // dS^T (keys, queries, buffer), queries contiguous (64 of them = one 128-byte swizzle row), and its
   // (queries, keys, buffer) view: the MN-major A operand of dQ = dS K.
   using SmemLayoutDsT = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<kBlockM>, _2>{}));
+  // Registers -> swizzled shared memory by stmatrix (8 x 8 blocks of 16-bit values, rows contiguous).
+  using R2SAtom = Copy_Atom<SM90_U32x4_STSM_N, Element>;
   using SmemLayoutDs = decltype(composition(
       SmemLayoutDsT{}, make_ordered_layout(Shape<Int<kBlockM>, Int<kBlockN>, _2>{}, Step<_2, _1, _3>{})));
 

@@ -16,6 +16,7 @@
 #include "cuda/hopper/fwd_epilogue.cuh"
 #include "cuda/hopper/fwd_mainloop.cuh"
 #include "cuda/hopper/fwd_traits.cuh"
+#include "cuda/hopper/shared_storage.cuh"
 
 namespace flashsigmoid::cuda::hopper {
 
@@ -25,10 +26,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_
   using Element = typename Traits::Element;
   using SharedStorage = typename Traits::SharedStorage;
   using PipelineKV = typename Traits::PipelineKV;
-  extern __shared__ unsigned char smem_raw[];
-  // The 128-byte swizzle repeats every 1024 bytes: TMA and wgmma need the tiles 1024-aligned.
-  SharedStorage& ss = *reinterpret_cast<SharedStorage*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) &
-                                                         ~std::uintptr_t(1023));
+  SharedStorage& ss = shared_storage<SharedStorage>();
   const detail::AttnParams& p = prm.p;
 
   const int warp_group = threadIdx.x / 128;  // 0: producer, 1..2: consumers

@@ -58,15 +58,21 @@ __host__ __device__ __forceinline__ detail::OperandStrides dq_accum_strides(cons
 // rows_left only (the rest lie past the sequence end: other sequences' rows or out of bounds).
 // Elements 2i, 2i+1 of an SM80 C fragment are columns c, c+1 of one row (the atom's value mode
 // (2, 2) runs along N first: BwdTraits checks it), so sm_90 adds each pair with one 8-byte reduction.
+// Coordinates are taken relative to the thread's first element, so that each offset is a
+// compile-time constant: one base pointer, no per-element 64-bit address arithmetic.
 template <class Acc, class Coord>
 __device__ __forceinline__ void atomic_add_rows(const Acc& acc, const Coord& tCc, float* dst,
                                                 std::int64_t row_stride, std::int64_t rows_left) {
+  const int r0 = get<0>(tCc(0));
+  const int c0 = get<1>(tCc(0));
+  float* base = dst + r0 * row_stride + c0;
+  const std::int64_t rows_after_r0 = rows_left - r0;
   CUTE_UNROLL
   for (int i = 0; i < size(acc); i += 2) {
-    const int r = get<0>(tCc(i));
-    const int c = get<1>(tCc(i));
-    if (r < rows_left) {
-      float* at = dst + r * row_stride + c;
+    const int dr = get<0>(tCc(i)) - r0;
+    const int dc = get<1>(tCc(i)) - c0;
+    if (dr < rows_after_r0) {
+      float* at = base + dr * row_stride + dc;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
       atomicAdd(reinterpret_cast<float2*>(at), make_float2(acc(i), acc(i + 1)));
 #else
