@@ -118,7 +118,7 @@ if(_fs_hopper_mode)
   message(STATUS "flashsigmoid: Hopper forward and backward dispatched on sm_90 devices (FLASHSIGMOID_HOPPER=${FLASHSIGMOID_HOPPER})")
 endif()
 
-target_sources(flashsigmoid PRIVATE src/cuda/backend.cu)
+target_sources(flashsigmoid PRIVATE src/cuda/backend.cu src/cuda/device_info.cu)
 target_include_directories(flashsigmoid PRIVATE ${CUTLASS_INCLUDE_DIR})
 target_link_libraries(flashsigmoid PUBLIC CUDA::cudart)
 target_compile_options(flashsigmoid PRIVATE

@@ -1,8 +1,6 @@
 // CUDA backend entry: device queries and kernel dispatch.
 #include <cuda_runtime.h>
 
-#include <array>
-#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -12,6 +10,7 @@
 #include <cutlass/numeric_types.h>
 
 #include "backends.hpp"
+#include "cuda/common/device_info.hpp"
 #include "cuda/hopper/launch.hpp"
 #include "cuda/portable/launch.hpp"
 
@@ -123,22 +122,8 @@ thread_local const char* g_last_backward_kernel = "none";
 
 #if defined(FLASHSIGMOID_HOPPER_ENABLED)
 // True when device `index` has compute capability 9.0 (H100/H200: the sm_90a kernels run there).
-// Cached per device: the first call asks the runtime.
-bool is_sm90(int index) {
-  static std::array<std::atomic<int>, 64> cache{};  // 0 unknown, 1 no, 2 yes
-  if (index < 0 || index >= int(cache.size())) return false;
-  int v = cache[index].load(std::memory_order_relaxed);
-  if (v == 0) {
-    int major = 0, minor = 0;
-    cuda::check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index),
-                     "cudaDeviceGetAttribute(compute capability)");
-    cuda::check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index),
-                     "cudaDeviceGetAttribute(compute capability)");
-    v = (major == 9 && minor == 0) ? 2 : 1;
-    cache[index].store(v, std::memory_order_relaxed);
-  }
-  return v == 2;
-}
+// Cached per device (device_info).
+bool is_sm90(int index) { return index >= 0 && cuda::device_info(index).is_sm90(); }
 
 // FLASHSIGMOID_FORWARD_KERNEL / FLASHSIGMOID_BACKWARD_KERNEL=portable (read at every call) force
 // the portable kernels, so the benchmark can time both in one process; unset or "auto" lets

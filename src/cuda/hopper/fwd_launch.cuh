@@ -10,7 +10,9 @@
 #include <string>
 
 #include "cuda/hopper/fwd_kernel.cuh"
+#include "cuda/common/device_info.hpp"
 #include "cuda/hopper/launch.hpp"
+#include "cuda/hopper/tile_scheduler.cuh"
 #include "cuda/portable/launch.hpp"  // check_cuda
 
 namespace flashsigmoid::cuda::hopper {
@@ -62,39 +64,28 @@ void run_fwd(const detail::AttnParams& p) {
   prm.tma_v = make_tma_copy(SM90_TMA_LOAD{}, gV, take<0, 2>(typename Traits::SmemLayoutV{}),
                             Shape<Int<Traits::kBlockN>, Int<D>>{}, _1{});
 
-  prm.sched.m_blocks = int(m_blocks);
-  prm.sched.heads = int(p.heads_q);
-  prm.sched.batch = int(p.batch);
-  prm.sched.causal = p.causal;
-  const Schedule& schedule = hopper::schedule();
-  if (p.causal && schedule.l2_grouping) {
-    int device_l2 = 0;
-    check_cuda(cudaDeviceGetAttribute(&device_l2, cudaDevAttrL2CacheSize, p.device.index),
-               "cudaDeviceGetAttribute(L2 cache size)");
-    const std::int64_t l2 = schedule.l2_bytes > 0 ? std::int64_t(schedule.l2_bytes) : device_l2;
-    // K and V bytes one (head, batch) pair reads (GQA: shared by group_size() query heads); the
-    // group's K/V gets half of L2, the rest is for Q, O and the other traffic.
-    const std::int64_t keys = varlen ? (p.total_k + p.batch - 1) / std::max<std::int64_t>(p.batch, 1) : p.seqlen_k;
-    const std::int64_t kv_bytes = std::max<std::int64_t>(2 * keys * D * std::int64_t(sizeof(Element)) / p.group_size(), 1);
-    prm.sched.group = int(std::clamp<std::int64_t>(l2 / 2 / kv_bytes, 1, p.heads_q * p.batch));
-  }
   const std::int64_t tiles = m_blocks * p.heads_q * p.batch;
   if (tiles > 0x7fffffff) {
     throw Error("flashsigmoid: Hopper forward problem too large (" + std::to_string(tiles) +
                 " tiles of 128 query rows); accepted: fewer than 2^31");
   }
-  int sms = 0;
-  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device.index),
-             "cudaDeviceGetAttribute(multiprocessor count)");
+  FwdProblem problem;
+  problem.m_blocks = m_blocks;
+  problem.heads = p.heads_q;
+  problem.batch = p.batch;
+  problem.causal = p.causal;
+  problem.seqlen_k = p.seqlen_k;
+  problem.mean_keys = varlen ? (p.total_k + p.batch - 1) / std::max<std::int64_t>(p.batch, 1) : p.seqlen_k;
+  problem.kv_bytes_per_key = 2 * D * std::int64_t(sizeof(Element));
+  problem.group_size = p.group_size();
+  const DeviceInfo device = device_info(p.device.index);
+  const FwdLaunchPlan plan = plan_forward(problem, device.sms, device.l2_bytes, hopper::schedule());
+  prm.sched = plan.sched;
 
   auto kernel = &fwd_kernel<Traits>;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
              "cudaFuncSetAttribute(Hopper forward shared memory)");
-  // Persistent: one CTA per SM at most (the kernel's tile loop also runs one tile per CTA). Not for
-  // causal runs over 8k keys and more: there the hardware's dynamic order of one CTA per tile
-  // measured 10-20 % faster than the static rounds (and the static rounds faster below 8k).
-  const bool long_causal = p.causal && p.seqlen_k >= 8192;
-  const dim3 grid(unsigned(schedule.persistent && !long_causal && tiles > sms ? sms : tiles));
+  const dim3 grid(unsigned(plan.grid));  // plan_forward (tile_scheduler.cuh) says why
   kernel<<<grid, Traits::kNThreads, kSmem, static_cast<cudaStream_t>(p.stream)>>>(prm);
   check_cuda(cudaGetLastError(), "Hopper forward kernel launch");
 }

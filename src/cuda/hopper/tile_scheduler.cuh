@@ -9,7 +9,10 @@
 // head of a 16k-key problem reads 16 heads' K/V at once: 128 MB, which thrashes the 50 MB L2).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+
+#include "cuda/hopper/launch.hpp"  // Schedule
 
 namespace flashsigmoid::cuda::hopper {
 
@@ -35,7 +38,7 @@ struct TileScheduler {
     return round * int(gridDim.x) + cta;
   }
 
-  __device__ TileCoord coord(int t) const {
+  __host__ __device__ TileCoord coord(int t) const {
     TileCoord c;
     int hb;
     if (causal) {
@@ -56,5 +59,48 @@ struct TileScheduler {
     return c;
   }
 };
+
+// What plan_forward needs to know about one forward problem.
+struct FwdProblem {
+  std::int64_t m_blocks = 0;   // query blocks per (head, batch)
+  std::int64_t heads = 0;      // query heads
+  std::int64_t batch = 0;
+  bool causal = false;
+  std::int64_t seqlen_k = 0;   // keys per sequence (varlen: the longest)
+  std::int64_t mean_keys = 0;  // keys per sequence (varlen: the mean), for the L2 group
+  std::int64_t kv_bytes_per_key = 0;  // K and V bytes of one key row of one kv head (2 D element bytes)
+  std::int64_t group_size = 1;        // query heads per kv head (GQA): they share one K/V
+};
+
+struct FwdLaunchPlan {
+  TileScheduler sched;
+  std::int64_t grid = 0;  // CTAs
+};
+
+// The Hopper forward's launch choices, fixed by measurement (bench/NOTES.md, 2026-11-29):
+// - persistent: at most one CTA per SM walking its tiles, except causal runs over 8k keys and more,
+//   where the hardware's dynamic order of one CTA per tile measured 10-20 % faster than the static
+//   rounds (and the static rounds faster below 8k);
+// - causal: longest-first order within groups of (head, batch) pairs whose K/V takes at most half
+//   of L2 (the rest is for Q, O and the other traffic).
+// knobs: the benchmark's A/B switches (launch.hpp); l2_bytes: the device's, unless knobs.l2_bytes > 0.
+inline FwdLaunchPlan plan_forward(const FwdProblem& pr, int sms, std::int64_t l2_bytes, const Schedule& knobs) {
+  FwdLaunchPlan plan;
+  plan.sched.m_blocks = int(pr.m_blocks);
+  plan.sched.heads = int(pr.heads);
+  plan.sched.batch = int(pr.batch);
+  plan.sched.causal = pr.causal;
+  const std::int64_t pairs = pr.heads * pr.batch;
+  if (pr.causal && knobs.l2_grouping) {
+    const std::int64_t l2 = knobs.l2_bytes > 0 ? std::int64_t(knobs.l2_bytes) : l2_bytes;
+    const std::int64_t kv_bytes =
+        std::max<std::int64_t>(pr.mean_keys * pr.kv_bytes_per_key / std::max<std::int64_t>(pr.group_size, 1), 1);
+    plan.sched.group = int(std::clamp<std::int64_t>(l2 / 2 / kv_bytes, 1, std::max<std::int64_t>(pairs, 1)));
+  }
+  const std::int64_t tiles = pr.m_blocks * pairs;
+  const bool long_causal = pr.causal && pr.seqlen_k >= 8192;
+  plan.grid = knobs.persistent && !long_causal && tiles > sms ? sms : tiles;
+  return plan;
+}
 
 }  // namespace flashsigmoid::cuda::hopper
