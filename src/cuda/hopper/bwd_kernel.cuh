@@ -172,19 +172,21 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
   typename Traits::TiledMmaDKV mma_dkv;
   typename Traits::TiledMmaDQ mma_dq;
   auto thr_sdp = mma_sdp.get_thread_slice(ctid);
-  auto thr_dkv = mma_dkv.get_thread_slice(ctid);
   auto thr_dq = mma_dq.get_thread_slice(ctid);
+  auto desc_sdp = descriptor_slice(mma_sdp, ctid);
+  auto desc_dkv = descriptor_slice(mma_dkv, ctid);
+  auto desc_dq = descriptor_slice(mma_dq, ctid);
   // wgmma descriptors. S^T, dP^T: this warpgroup's 64 keys of K / V against Q / dO (per stage).
-  Tensor tSrK = thr_sdp.partition_fragment_A(sK);
-  Tensor tSrV = thr_sdp.partition_fragment_A(sV);
-  Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);    // (MMA, MMA_N, MMA_K, stage)
-  Tensor tSrDo = thr_sdp.partition_fragment_B(sdO);  // (MMA, MMA_N, MMA_K, stage)
+  Tensor tSrK = desc_sdp.partition_fragment_A(sK);
+  Tensor tSrV = desc_sdp.partition_fragment_A(sV);
+  Tensor tSrQ = desc_sdp.partition_fragment_B(sQ);    // (MMA, MMA_N, MMA_K, stage)
+  Tensor tSrDo = desc_sdp.partition_fragment_B(sdO);  // (MMA, MMA_N, MMA_K, stage)
   // dV, dK: B = dO^T / Q^T views (D, queries, stage).
-  Tensor tKVrDo = thr_dkv.partition_fragment_B(sdOt);
-  Tensor tKVrQ = thr_dkv.partition_fragment_B(sQt);
+  Tensor tKVrDo = desc_dkv.partition_fragment_B(sdOt);
+  Tensor tKVrQ = desc_dkv.partition_fragment_B(sQt);
   // dQ: A = dS (queries, keys, buffer), B = this warpgroup's D / 2 columns of K^T.
-  Tensor tQrDs = thr_dq.partition_fragment_A(sDs);   // (MMA, MMA_M, MMA_K, buffer)
-  Tensor tQrK = thr_dq.partition_fragment_B(sKt);
+  Tensor tQrDs = desc_dq.partition_fragment_A(sDs);   // (MMA, MMA_M, MMA_K, buffer)
+  Tensor tQrK = desc_dq.partition_fragment_B(sKt);
   // (key, query) of each S^T / dP^T register, and (query, column) of each dQ register.
   Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<BN>, Int<BM>>{}));
   Tensor tQcQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<BM>, Int<D>>{}));
