@@ -135,19 +135,15 @@ __device__ __forceinline__ void produce(const FwdParams<Traits>& prm, typename T
 // Consumers.
 
 // The slice of a warpgroup-wide tiled MMA whose operand fragments (wgmma shared-memory descriptors)
-// depend only on which warpgroup a consumer thread is in. With FLASHSIGMOID_WG_UNIFORM_DESC (a tuning
-// option until measured) the slice is taken at the warpgroup's first thread, with the warpgroup index
-// broadcast from lane 0 (CUTLASS's canonical_warp_group_idx), so the compiler can see the descriptors
-// are warp-uniform and keep them in uniform registers: SASS showed the Hopper forward at D 128 holding
-// the Q descriptors in 16 general registers and spilling them. Accumulator (partition_C) coordinates
-// always need the thread's own slice.
+// depend only on which warpgroup a consumer thread is in: taken at the warpgroup's first thread, with
+// the warpgroup index broadcast from lane 0 (as CUTLASS's canonical_warp_group_idx), so the compiler
+// sees the descriptors are warp-uniform and keeps them in uniform registers. Accumulator
+// (partition_C) coordinates still need the thread's own slice. The backward uses it (SASS: 54 -> 6
+// R2UR in its loop; measured +1-4 %); the forward keeps per-thread slices, which measured the same at
+// bf16 D 128 and 6 % faster at fp16 D 64 (bench/NOTES.md, "Uniform wgmma descriptors").
 template <class TiledMma>
 __device__ __forceinline__ auto descriptor_slice(TiledMma& mma, int ctid) {
-#if defined(FLASHSIGMOID_WG_UNIFORM_DESC)
   return mma.get_slice(__shfl_sync(0xffffffffu, ctid / 128, 0) * 128);
-#else
-  return mma.get_thread_slice(ctid);
-#endif
 }
 
 // acc (+)= A B over the K mode of the fragments, as one wgmma batch of this warpgroup. Does not
@@ -201,11 +197,10 @@ __device__ __forceinline__ void consume(typename Traits::SharedStorage& ss, type
   typename Traits::TiledMmaQK mma_qk;
   typename Traits::TiledMmaPV mma_pv;
   auto thr_qk = mma_qk.get_thread_slice(ctid);
-  auto desc_qk = descriptor_slice(mma_qk, ctid);
-  auto desc_pv = descriptor_slice(mma_pv, ctid);
-  Tensor tSrQ = desc_qk.partition_fragment_A(sQ);   // wgmma descriptors (this warpgroup's 64 rows)
-  Tensor tSrK = desc_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
-  Tensor tOrV = desc_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
+  auto thr_pv = mma_pv.get_thread_slice(ctid);
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);   // wgmma descriptors (this warpgroup's 64 rows)
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
   // (row, col) inside the 128 x kBlockN score tile of each accumulator register.
   Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<BM>, Int<BN>>{}));
 
