@@ -2,7 +2,8 @@
 // register and shared-memory layouts (src/cuda/hopper/bwd_traits.cuh), for head dims 64 and 128:
 // the transposed shared-memory views name the same elements, P^T / dS^T accumulator registers are the
 // registers the RS wgmma expects as its A operand, each warpgroup owns its 64 keys of S^T and its
-// D / 2 columns of dQ, and atomic_add_rows' column pairs hold. Built only with the Hopper kernels.
+// D / 2 columns of dQ, which its one-warpgroup partition writes to the right place of its fp32
+// staging tile (a bijection onto the tile). Built only with the Hopper kernels.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -67,8 +68,13 @@ void check_hopper_bwd_layouts() {
   typename T::TiledMmaSdP mma_sdp;
   typename T::TiledMmaDKV mma_dkv;
   typename T::TiledMmaDQ mma_dq;
-  std::vector<int> s_cover(BN * BM, 0), dq_cover(BM * D, 0);
-  int bad_rows = 0, bad_a = 0, bad_pairs = 0, bad_cols = 0;
+  typename T::TiledMmaDQPart mma_dq_part;
+  // The staging tile's shape, as the kernel partitions it (the swizzle only permutes addresses).
+  auto staging_partition = mma_dq_part.get_thread_slice(0).partition_C(
+      make_identity_tensor(shape(typename T::SmemLayoutDq{})));
+  constexpr int kCols = T::kDqCols;
+  std::vector<int> s_cover(BN * BM, 0), dq_cover(BM * D, 0), staged(T::kNConsumerWarpGroups * BM * kCols, 0);
+  int bad_rows = 0, bad_a = 0, bad_staging = 0, bad_cols = 0;
   for (int ctid = 0; ctid < T::kNConsumerThreads; ++ctid) {
     const int wg = ctid / 128;
     // S^T / dP^T registers: (key, query), keys of this thread's warpgroup only.
@@ -84,25 +90,29 @@ void check_hopper_bwd_layouts() {
     Tensor want = mma_dkv.get_thread_slice(ctid).partition_A(make_identity_tensor(Shape<Int<BN>, Int<BM>>{}));
     bad_a += size(cA) != size(want);
     for (int i = 0; i < size(want); ++i) bad_a += !(cA(i) == want(i));
-    // dQ registers: (query, column), this warpgroup's half of D; pairs 2i, 2i+1 are neighbouring
-    // columns of one row (atomic_add_rows).
+    // dQ registers: (query, column), this warpgroup's half of D. The kernel copies them to its
+    // staging tile through the one-warpgroup MMA's partition: register i lands at (row, col - w D / 2).
     Tensor cQ = mma_dq.get_thread_slice(ctid).partition_C(make_identity_tensor(Shape<Int<BM>, Int<D>>{}));
+    Tensor cPart = mma_dq_part.get_thread_slice(ctid % 128).partition_C(make_identity_tensor(Shape<Int<BM>, Int<kCols>>{}));
+    bad_staging += size(cQ) != size(cPart) || size(staging_partition) != size(cPart);
     for (int i = 0; i < size(cQ); ++i) {
-      const int col = get<1>(cQ(i));
-      bad_cols += col / (D / 2) != wg;
-      dq_cover[get<0>(cQ(i)) * D + col]++;
-      if (i % 2 == 0) {
-        bad_pairs += get<0>(cQ(i + 1)) != get<0>(cQ(i)) || get<1>(cQ(i + 1)) != col + 1 || col % 2 != 0;
-      }
+      const int row = get<0>(cQ(i)), col = get<1>(cQ(i));
+      bad_cols += col / kCols != wg;
+      dq_cover[row * D + col]++;
+      bad_staging += get<0>(cPart(i)) != row || get<1>(cPart(i)) + wg * kCols != col;
+      const int r = get<0>(cPart(i)), c = get<1>(cPart(i));
+      if (r < 0 || r >= BM || c < 0 || c >= kCols) ++bad_staging;
+      else staged[(wg * BM + r) * kCols + c]++;
     }
   }
   EXPECT_EQ(bad_rows, 0) << "S^T registers outside the warpgroup's keys";
   EXPECT_EQ(bad_a, 0) << "P^T / dS^T registers are not the RS wgmma's A operand";
   EXPECT_EQ(bad_cols, 0) << "dQ registers outside the warpgroup's columns";
-  EXPECT_EQ(bad_pairs, 0) << "dQ register pairs are not neighbouring columns";
+  EXPECT_EQ(bad_staging, 0) << "dQ registers do not land at their (row, column) of the staging tile";
   int bad_cover = 0;
   for (int c : s_cover) bad_cover += c != 1;
   for (int c : dq_cover) bad_cover += c != 1;
+  for (int c : staged) bad_cover += c != 1;
   EXPECT_EQ(bad_cover, 0) << "S^T or dQ elements not held by exactly one register";
 }
 

@@ -4,7 +4,7 @@
 // (non-deterministic) mode only: backend.cu routes everything else to the portable kernels.
 // Tiles, shared memory and GEMM operand majors: bwd_traits.cuh. The math is the portable
 // backward's (portable/bwd_kernel.cuh): P = sigmoid(transform(S)), dS = dP P (1 - P),
-// dV = P^T dO, dK = scale dS^T Q, dQ = scale dS K (fp32 atomics into a workspace), d(bias) = sum dS.
+// dV = P^T dO, dK = scale dS^T Q, dQ = scale dS K (fp32 TMA reduce-adds into a workspace), d(bias) = sum dS.
 //
 // Barrier protocol (one CTA per key block, not persistent; all mbarriers are used for one tile):
 //   barrier_kv (ClusterTransactionBarrier, arrival count 1; phase 0 only)
@@ -26,6 +26,12 @@
 //     barrier also protects the rewrite: a warpgroup writes buffer t & 1 again at step t + 2 only
 //     after passing kBarDsReady(t + 1), which the other warpgroup reaches only after its
 //     warpgroup_wait on the dQ GEMM of step t.
+//   dQ staging tile of warpgroup w (fp32, written by its 128 threads, read by its TMA reduce-add):
+//     named barrier kBarDqStaged + w (128 threads) after every thread has written its dQ part of step
+//     t and fenced it for the async proxy; then its thread 0 issues the reduce-add and commits it.
+//     Before the tile is rewritten at step t + 1, that thread waits until the reduce-add has read it
+//     (cp.async.bulk.wait_group.read 0), then passes kBarDsReady(t + 1), which every consumer thread
+//     passes before writing the tile again.
 //   Named barrier kBarDbias (256), at the last step of each query head when d(bias) is requested:
 //     the warps' sums are in warp_sums before consumer thread 0 adds them (the next write to
 //     warp_sums comes after a later kBarDsReady, which thread 0 reaches after its read).
@@ -48,7 +54,7 @@
 #include "cuda/common/scores_to_probs.cuh"
 #include "cuda/hopper/fwd_mainloop.cuh"  // wgmma_gemm, acc_layout_as_a_operand
 #include "cuda/hopper/shared_storage.cuh"
-#include "cuda/portable/bwd_kernel.cuh"  // probs_to_dscores, scale_fragment, dq_accum_strides, atomic_add_rows
+#include "cuda/portable/bwd_kernel.cuh"  // probs_to_dscores, scale_fragment
 
 namespace flashsigmoid::cuda::hopper {
 
@@ -172,7 +178,6 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
   typename Traits::TiledMmaDKV mma_dkv;
   typename Traits::TiledMmaDQ mma_dq;
   auto thr_sdp = mma_sdp.get_thread_slice(ctid);
-  auto thr_dq = mma_dq.get_thread_slice(ctid);
   auto desc_sdp = descriptor_slice(mma_sdp, ctid);
   auto desc_dkv = descriptor_slice(mma_dkv, ctid);
   auto desc_dq = descriptor_slice(mma_dq, ctid);
@@ -189,7 +194,15 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
   Tensor tQrK = desc_dq.partition_fragment_B(sKt);
   // (key, query) of each S^T / dP^T register, and (query, column) of each dQ register.
   Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<BN>, Int<BM>>{}));
-  Tensor tQcQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<BM>, Int<D>>{}));
+  // dQ: registers -> this warpgroup's staging tile (the same registers as partitioned by a
+  // one-warpgroup MMA of its D / 2 columns), then tile -> workspace by one TMA reduce-add.
+  const int wg = ctid / 128;
+  const bool dq_issuer = ctid % 128 == 0;
+  Tensor sDq = make_tensor(make_smem_ptr(ss.dq.data() + wg * cosize_v<typename Traits::SmemLayoutDq>),
+                           typename Traits::SmemLayoutDq{});
+  Tensor tDqsDq = typename Traits::TiledMmaDQPart{}.get_thread_slice(ctid % 128).partition_C(sDq);
+  auto tma_dq = prm.tma_dq.get_slice(_0{});
+  Tensor tDqsDqTma = tma_dq.partition_S(sDq);
   // dS^T register -> shared-memory copy (stmatrix: one 32-bit shared address for the whole tile).
   auto r2s_ds = make_tiled_copy_C(typename Traits::R2SAtom{}, mma_sdp);
   auto r2s_ds_thr = r2s_ds.get_thread_slice(ctid);
@@ -245,6 +258,7 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     // P^T, dS^T, acc_dK and acc_dV made the consumers spill).
     wgmma_gemm<false>(mma_dkv, tPrP, tKVrDo(_, _, _, stage), acc_dv);   // dV += P^T dO
     wgmma_gemm<false>(mma_dkv, tdSrdS, tKVrQ(_, _, _, stage), acc_dk);  // dK += dS^T Q
+    if (dq_issuer) tma_store_wait<0>();  // the previous step's dQ reduce-add has read the staging tile
     cutlass::arch::NamedBarrier::sync(kThreads, Traits::kBarDsReady);  // both warpgroups' dS^T rows are in
     warpgroup_wait<1>();  // dV is done: P^T's registers are free
     warpgroup_fence_operand(acc_dv);
@@ -258,10 +272,16 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     ++state;
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc_dq);
-    {
-      const detail::OperandStrides acc_stride = portable::dq_accum_strides<D>(p);
-      portable::atomic_add_rows(acc_dq, tQcQ, prm.dq_accum + acc_stride.offset(b, seq.q_begin + i0, h),
-                                acc_stride.row, seq.len_q - i0);
+    static_assert(decltype(size(acc_dq))::value == decltype(size(tDqsDq))::value, "dQ staging partition");
+    copy(acc_dq, tDqsDq);
+    cutlass::arch::fence_view_async_shared();  // visible to the TMA (async proxy)
+    cutlass::arch::NamedBarrier::sync(128, Traits::kBarDqStaged + wg);
+    if (dq_issuer) {
+      // (kBlockM, D / 2) tile (i0 / kBlockM, wg) of head h; rows past the sequence end are clipped.
+      Tensor gDq = local_tile(prm.tma_dq.get_tma_tensor(prm.shape_q)(_, _, h, b), Shape<Int<BM>, Int<Traits::kDqCols>>{},
+                              make_coord(i0 / BM, wg));
+      copy(prm.tma_dq, tDqsDqTma, tma_dq.partition_D(gDq));
+      tma_store_arrive();
     }
 
     if (part != nullptr && t % steps.m_count == steps.m_count - 1) {  // the head's last step: fixed order
@@ -278,6 +298,7 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
       db = 0.0f;
     }
   }
+  if (dq_issuer) tma_store_wait<0>();  // the last reduce-add has read the staging tile before the CTA ends
 }
 
 // Grid (key blocks, kv heads, batch); Traits::kNThreads threads; Traits::kSmemBytes dynamic shared memory.

@@ -36,7 +36,6 @@ void run_bwd(const detail::BwdParams& p) {
 
   BwdKernelParams<Traits> prm{};
   prm.p = p;
-  prm.dq_accum = ws.dq_accum;
   prm.dbias_part = ws.part;
   auto gQ = tma_view<Traits>(p.q, p.seqlen_q, p.heads_q, p.batch, p.q_stride);
   auto gdO = tma_view<Traits>(p.dout, p.seqlen_q, p.heads_q, p.batch, p.do_stride);
@@ -50,6 +49,10 @@ void run_bwd(const detail::BwdParams& p) {
   prm.tma_do = make_tma_copy(SM90_TMA_LOAD{}, gdO, take<0, 2>(typename Traits::SmemLayoutDo{}), tile_q, _1{});
   prm.tma_k = make_tma_copy(SM90_TMA_LOAD{}, gK, typename Traits::SmemLayoutK{}, tile_k, _1{});
   prm.tma_v = make_tma_copy(SM90_TMA_LOAD{}, gV, typename Traits::SmemLayoutV{}, tile_k, _1{});
+  // The dQ workspace: one warpgroup's (kBlockM, D / 2) part per reduce-add.
+  auto gDq = tma_view<Traits, float>(ws.dq_accum, p.seqlen_q, p.heads_q, p.batch, portable::dq_accum_strides<D>(p));
+  prm.tma_dq = make_tma_copy(SM90_TMA_REDUCE_ADD{}, gDq, typename Traits::SmemLayoutDq{},
+                             Shape<Int<Traits::kBlockM>, Int<Traits::kDqCols>>{}, _1{});
 
   auto kernel = &bwd_kernel<Traits>;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes),

@@ -10,12 +10,13 @@
 //   P^T = sigmoid(transform(S^T)), dS^T = dP^T P^T (1 - P^T)   (registers)
 //   dV += P^T dO, dK += dS^T Q          (RS wgmma: P^T, dS^T in registers as the A operand)
 // and both warpgroups together dQ(64 x D) = dS K (SS wgmma on the dS^T tile they wrote to shared
-// memory; warpgroup w computes columns [w D/2, (w + 1) D/2)), added to an fp32 workspace with
-// atomics (as the portable fused mode; dq_convert_kernel scales and converts it).
+// memory; warpgroup w computes columns [w D/2, (w + 1) D/2)). Each warpgroup stages its dQ part in
+// shared memory (fp32) and one of its threads adds it to the fp32 workspace with a TMA reduce-add
+// (the workspace of the portable fused mode; dq_convert_kernel scales and converts it).
 //
 // Shared memory: K, V (once), kStages x (Q, dO), 2 x dS^T (double-buffered so that one named
-// barrier per step suffices: bwd_kernel.cuh). D 64: 16 + 16 + 2 x (8 + 8) + 2 x 16 = 96 KB;
-// D 128: 32 + 32 + 2 x (16 + 16) + 2 x 16 = 160 KB.
+// barrier per step suffices: bwd_kernel.cuh), the fp32 dQ staging tile. D 64: 16 + 16 + 2 x (8 + 8)
+// + 2 x 16 + 16 = 112 KB; D 128: 32 + 32 + 2 x (16 + 16) + 2 x 16 + 32 = 192 KB.
 #pragma once
 
 #include <type_traits>
@@ -57,6 +58,7 @@ struct BwdTraits {
   static constexpr int kBarDsReady = 3;  // both warpgroups' dS^T of this step are in shared memory
   static constexpr int kBarEpilogue = 4; // every dQ GEMM (which reads all of K) is done
   static constexpr int kBarDbias = 5;    // the warps' d(bias) sums are in shared memory
+  static constexpr int kBarDqStaged = 6; // + warpgroup (6, 7): its dQ part is in the staging tile
 
   // ---- GEMMs ----
   using AtomLayoutM = Layout<Shape<Int<kNConsumerWarpGroups>, _1, _1>>;  // warpgroups stacked along M (keys)
@@ -73,11 +75,13 @@ struct BwdTraits {
   // dQ = dS K (queries x D, GEMM K = the 128 keys): A = dS seen as (queries, keys) from the dS^T
   // tile whose queries are contiguous: MN-major; B = K seen as (D, keys): MN-major. The two
   // warpgroups split D (wgmma N = D / 2 each).
-  using TiledMmaDQ = decltype(make_tiled_mma(
-      GMMA::ss_op_selector<Element, Element, float, Shape<Int<kBlockM>, Int<kHeadDim / kNConsumerWarpGroups>,
-                                                          Int<kBlockN>>,
-                           GMMA::Major::MN, GMMA::Major::MN>(),
-      Layout<Shape<_1, Int<kNConsumerWarpGroups>, _1>>{}));
+  static constexpr int kDqCols = kHeadDim / kNConsumerWarpGroups;  // dQ columns per warpgroup
+  using MmaDQOp = decltype(GMMA::ss_op_selector<Element, Element, float, Shape<Int<kBlockM>, Int<kDqCols>, Int<kBlockN>>,
+                                                GMMA::Major::MN, GMMA::Major::MN>());
+  using TiledMmaDQ = decltype(make_tiled_mma(MmaDQOp{}, Layout<Shape<_1, Int<kNConsumerWarpGroups>, _1>>{}));
+  // One warpgroup's part of the dQ GEMM on its own (64 x D / 2): its thread partition of the C tile
+  // is that warpgroup's registers of TiledMmaDQ, relative to the warpgroup's first column.
+  using TiledMmaDQPart = decltype(make_tiled_mma(MmaDQOp{}));
 
   // ---- shared memory ----
   // K's swizzle atom spans exactly D / 2 columns, so that each warpgroup's half of D in the dQ GEMM
@@ -103,6 +107,10 @@ struct BwdTraits {
   using SmemLayoutDs = decltype(composition(
       SmemLayoutDsT{}, make_ordered_layout(Shape<Int<kBlockM>, Int<kBlockN>, _2>{}, Step<_2, _1, _3>{})));
 
+  // One warpgroup's fp32 dQ part (queries, D / 2), staged for the TMA reduce-add: 128-byte swizzle
+  // (8 rows x 32 floats per atom), so that the accumulator's column pairs of 8 rows fall in distinct banks.
+  using SmemLayoutDq = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<float>{}, Shape<Int<kBlockM>, Int<kDqCols>>{}));
+
   // ---- TMA: global tensors seen as (rows, D, heads, batch), D contiguous (as the forward) ----
   using ShapeQKV = Shape<int32_t, int32_t, int32_t, int32_t>;
   using StrideQKV = Stride<int64_t, _1, int64_t, int64_t>;
@@ -114,6 +122,11 @@ struct BwdTraits {
                                       Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
   using TmaV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutV{},
                                       Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
+  // The fp32 dQ workspace (rows, D, heads, batch), same shape as Q: one warpgroup's (kBlockM, D / 2)
+  // part added per TMA reduce-add; rows past the sequence end are clipped (dense problems only).
+  using GmemTensorDq = decltype(make_tensor(make_gmem_ptr(static_cast<float*>(nullptr)), ShapeQKV{}, StrideQKV{}));
+  using TmaDq = decltype(make_tma_copy(SM90_TMA_REDUCE_ADD{}, GmemTensorDq{}, SmemLayoutDq{},
+                                       Shape<Int<kBlockM>, Int<kDqCols>>{}, _1{}));
   // Bytes one TMA tile delivers (rows outside the tensor are zero-filled and still counted).
   static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element);
   static constexpr uint32_t kTmaBytesKV = kBlockN * kHeadDim * sizeof(Element);
@@ -128,6 +141,7 @@ struct BwdTraits {
     cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q;
     cute::array_aligned<Element, cosize_v<SmemLayoutDo>, 1024> dout;
     cute::array_aligned<Element, cosize_v<SmemLayoutDsT>, 1024> ds;
+    cute::array_aligned<float, kNConsumerWarpGroups * cosize_v<SmemLayoutDq>, 1024> dq;  // per warpgroup
     typename PipelineQdO::SharedStorage pipe_qdo;
     cutlass::arch::ClusterTransactionBarrier barrier_kv;  // K and V have landed
     float warp_sums[kNConsumerThreads / 32];              // d(bias): one sum per consumer warp
@@ -135,12 +149,6 @@ struct BwdTraits {
   // + 1024: the kernel aligns the dynamic shared-memory base up to 1024 bytes (the swizzle's period).
   static constexpr int kSmemBytes = int(sizeof(SharedStorage)) + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "over the H100/H200 shared-memory limit per block");
-
-  // atomic_add_rows_rel (bwd_kernel.cuh) adds accumulator elements 2i, 2i+1 as columns c, c+1
-  // of one row: a wgmma accumulator's first value mode is 2 wide and steps one column (64 in its
-  // m + 64 n index).
-  using DqCLayout = typename TiledMmaDQ::Atom::Traits::CLayout;
-  static_assert(size<1, 0>(DqCLayout{}) == 2 && stride<1, 0>(DqCLayout{}) == 64, "C value pairs must be columns");
 };
 
 // Kernel parameters: the resolved problem, the four TMA descriptors (built on the host, passed as a
@@ -154,7 +162,8 @@ struct BwdKernelParams {
   typename Traits::TmaQ tma_do;
   typename Traits::TmaK tma_k;
   typename Traits::TmaV tma_v;
-  float* dq_accum;    // zeroed [rows_q, Hq, D] (portable::dq_accum_strides), unscaled dS K
+  typename Traits::TmaDq tma_dq;  // reduce-add into the zeroed fp32 workspace [rows_q, Hq, D]
+                                  // (portable::dq_accum_strides): unscaled dS K
   float* dbias_part;  // null, or [B, Hq, key blocks] per-key-block sums of dS
 };
 

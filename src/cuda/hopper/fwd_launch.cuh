@@ -20,15 +20,15 @@ namespace flashsigmoid::cuda::hopper {
 // A (rows, D, heads, batch) view of one operand for make_tma_copy. TMA wants every global stride
 // a multiple of 16 bytes (backend.cu's check_alignment guarantees it); a mode of extent 1 is never
 // indexed past 0, so its stride (which may be 0 or anything for such a mode) is replaced by one
-// TMA accepts.
-template <class Traits>
+// TMA accepts. Value: the element type seen (the inputs: const Element; the backward's fp32 dQ
+// workspace, which a TMA reduce-add writes: float).
+template <class Traits, class Value = const typename Traits::Element>
 auto tma_view(const void* ptr, std::int64_t rows, std::int64_t heads, std::int64_t batch,
               const detail::OperandStrides& s) {
-  using Element = typename Traits::Element;
   auto safe = [](std::int64_t extent, std::int64_t stride) { return extent == 1 ? std::int64_t(8) : stride; };
   auto shape = typename Traits::ShapeQKV{int32_t(rows), int32_t(Traits::kHeadDim), int32_t(heads), int32_t(batch)};
   auto stride = typename Traits::StrideQKV{safe(rows, s.row), _1{}, safe(heads, s.head), safe(batch, s.batch)};
-  return make_tensor(make_gmem_ptr(static_cast<const Element*>(ptr)), make_layout(shape, stride));
+  return make_tensor(make_gmem_ptr(static_cast<Value*>(const_cast<void*>(ptr))), make_layout(shape, stride));
 }
 
 template <int D, class Element>
