@@ -3,7 +3,9 @@
 // the transposed shared-memory views name the same elements, P^T / dS^T accumulator registers are the
 // registers the RS wgmma expects as its A operand, each warpgroup owns its 64 keys of S^T and its
 // D / 2 columns of dQ, which its one-warpgroup partition writes to the right place of its fp32
-// staging tile (a bijection onto the tile). Built only with the Hopper kernels.
+// staging tile (a bijection onto the tile, register pairs contiguous), and the stmatrix stores of the
+// forward's O and the backward's dK / dV epilogue put each register at its own coordinate. Built only
+// with the Hopper kernels.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -11,6 +13,7 @@
 
 #include "cuda/hopper/bwd_traits.cuh"
 #include "cuda/hopper/fwd_mainloop.cuh"  // acc_layout_as_a_operand
+#include "cuda/hopper/fwd_traits.cuh"
 
 namespace {
 
@@ -114,9 +117,96 @@ void check_hopper_bwd_layouts() {
   for (int c : dq_cover) bad_cover += c != 1;
   for (int c : staged) bad_cover += c != 1;
   EXPECT_EQ(bad_cover, 0) << "S^T or dQ elements not held by exactly one register";
+
+  // The staging tile's plain offsets (store_pairs_shared): a bijection onto the tile, and columns
+  // 2c, 2c + 1 of a row adjacent, the pair 8-byte aligned.
+  typename T::SmemOffsetsDq offsets;
+  std::vector<int> offset_seen(BM * kCols, 0);
+  int bad_offsets = 0;
+  for (int r = 0; r < BM; ++r) {
+    for (int c = 0; c < kCols; ++c) {
+      const int o = offsets(r, c);
+      if (o < 0 || o >= BM * kCols || offset_seen[o]++ != 0) ++bad_offsets;
+      if (c % 2 == 0) bad_offsets += offsets(r, c + 1) != o + 1 || o % 2 != 0;
+    }
+  }
+  EXPECT_EQ(bad_offsets, 0) << "dQ staging offsets";
+}
+
+// The epilogue's stmatrix copy (fwd_epilogue.cuh's store_output) of a TiledMma's C tile of shape
+// (M, N), emulated per warp as PTX defines stmatrix.x4 (m8n8, b16): for each instruction, lane l
+// gives the address of row l % 8 of matrix l / 8, and row r, elements 2q, 2q + 1 of matrix j come
+// from lane 4r + q's register j (the register's two b16 halves). Each accumulator coordinate must be
+// stored at that coordinate, every element of the tile once.
+template <class TiledMma, int M, int N>
+void check_stmatrix_epilogue(int threads) {
+  TiledMma mma;
+  auto r2s = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, cutlass::bfloat16_t>{}, mma);
+  using Tile = Shape<Int<M>, Int<N>>;
+  std::vector<int> cover(M * N, 0);
+  int bad = 0;
+  for (int warp = 0; warp < threads / 32; ++warp) {
+    auto from = [&](int lane) {  // this lane's registers' coordinates, in the order copy() hands them over
+      auto thr = r2s.get_thread_slice(warp * 32 + lane);
+      return thr.retile_S(mma.get_thread_slice(warp * 32 + lane).partition_C(make_identity_tensor(Tile{})));
+    };
+    auto to = [&](int lane) { return r2s.get_thread_slice(warp * 32 + lane).partition_D(make_identity_tensor(Tile{})); };
+    const int n_instr = int(size(to(0))) / 8;  // 8 b16 per lane's address row
+    bad += size(from(0)) != size(to(0));
+    for (int k = 0; k < n_instr; ++k) {
+      for (int lane = 0; lane < 32; ++lane) {
+        const int j = lane / 8, r = lane % 8;
+        auto dst = to(lane);
+        for (int e = 0; e < 8; ++e) {
+          auto src = from(4 * r + e / 2);
+          const auto want = src(k * 8 + 2 * j + e % 2);  // register j of that lane, half e % 2
+          const auto got = dst(k * 8 + e);
+          bad += !(want == got);
+          cover[get<0>(got) * N + get<1>(got)]++;
+        }
+      }
+    }
+  }
+  for (int c : cover) bad += c != 1;
+  EXPECT_EQ(bad, 0) << "stmatrix epilogue copy";
 }
 
 TEST(HopperBwdLayouts, D64) { check_hopper_bwd_layouts<64>(); }
 TEST(HopperBwdLayouts, D128) { check_hopper_bwd_layouts<128>(); }
+
+// The epilogue's read-back (store_output): 16-byte vectors of 8 columns (c % 8 == 0) at plain
+// offsets of the swizzled tile must be contiguous and 16-byte aligned, and the offsets a bijection.
+template <class SmemLayout, int M, int N>
+void check_vector_readback() {
+  const auto offsets = as_position_independent_swizzle_layout(SmemLayout{});
+  std::vector<int> seen(M * N, 0);
+  int bad = 0;
+  for (int r = 0; r < M; ++r) {
+    for (int c = 0; c < N; ++c) {
+      const int o = offsets(r, c);
+      if (o < 0 || o >= M * N || seen[o]++ != 0) ++bad;
+      if (c % 8 == 0) bad += o % 8 != 0;
+      else bad += o != offsets(r, c - c % 8) + c % 8;
+    }
+  }
+  EXPECT_EQ(bad, 0) << "epilogue read-back vectors";
+}
+
+TEST(HopperEpilogueLayouts, ForwardO) {
+  using flashsigmoid::cuda::hopper::FwdTraits;
+  check_vector_readback<FwdTraits<64, cutlass::bfloat16_t>::SmemLayoutO, 128, 64>();
+  check_vector_readback<FwdTraits<128, cutlass::bfloat16_t>::SmemLayoutO, 128, 128>();
+  check_vector_readback<FwdTraits<256, cutlass::bfloat16_t>::SmemLayoutO, 128, 256>();
+  check_stmatrix_epilogue<FwdTraits<64, cutlass::bfloat16_t>::TiledMmaPV, 128, 64>(256);
+  check_stmatrix_epilogue<FwdTraits<128, cutlass::bfloat16_t>::TiledMmaPV, 128, 128>(256);
+  check_stmatrix_epilogue<FwdTraits<256, cutlass::bfloat16_t>::TiledMmaPV, 128, 256>(256);
+}
+TEST(HopperEpilogueLayouts, BackwardDkDv) {
+  using flashsigmoid::cuda::hopper::BwdTraits;
+  check_vector_readback<BwdTraits<64, cutlass::bfloat16_t>::SmemLayoutV, 128, 64>();
+  check_vector_readback<BwdTraits<128, cutlass::bfloat16_t>::SmemLayoutV, 128, 128>();
+  check_stmatrix_epilogue<BwdTraits<64, cutlass::bfloat16_t>::TiledMmaDKV, 128, 64>(256);
+  check_stmatrix_epilogue<BwdTraits<128, cutlass::bfloat16_t>::TiledMmaDKV, 128, 128>(256);
+}
 
 }  // namespace

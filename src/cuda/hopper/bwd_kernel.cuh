@@ -102,6 +102,20 @@ __device__ __forceinline__ BwdSteps make_steps(const detail::BwdParams& p, const
   return s;
 }
 
+// Stores an fp32 accumulator fragment into a shared-memory tile: elements 2i, 2i+1 (neighbouring
+// columns of one row, BwdTraits checks it) by one st.shared.v2.f32 at offsets(row, column) floats
+// past the 32-bit shared address `base` (the swizzle keeps each pair in one 16-byte chunk). A CuTe
+// copy into the swizzled tile compiled to one generic 64-bit store per element (SASS).
+template <class Acc, class Coord, class Offsets>
+__device__ __forceinline__ void store_pairs_shared(const Acc& acc, const Coord& tCc, const Offsets& offsets,
+                                                   uint32_t base) {
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc); i += 2) {
+    const uint32_t addr = base + 4u * uint32_t(offsets(get<0>(tCc(i)), get<1>(tCc(i))));
+    asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(acc(i)), "f"(acc(i + 1)) : "memory");
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Producer: one thread loads K and V once, then Q and dO of every step into the 2-stage pipeline.
 template <class Traits>
@@ -194,13 +208,15 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
   Tensor tQrK = desc_dq.partition_fragment_B(sKt);
   // (key, query) of each S^T / dP^T register, and (query, column) of each dQ register.
   Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<BN>, Int<BM>>{}));
-  // dQ: registers -> this warpgroup's staging tile (the same registers as partitioned by a
-  // one-warpgroup MMA of its D / 2 columns), then tile -> workspace by one TMA reduce-add.
+  // dQ: registers -> this warpgroup's staging tile at the (row, column) each register has in a
+  // one-warpgroup MMA of its D / 2 columns, then tile -> workspace by one TMA reduce-add.
   const int wg = ctid / 128;
   const bool dq_issuer = ctid % 128 == 0;
   Tensor sDq = make_tensor(make_smem_ptr(ss.dq.data() + wg * cosize_v<typename Traits::SmemLayoutDq>),
                            typename Traits::SmemLayoutDq{});
-  Tensor tDqsDq = typename Traits::TiledMmaDQPart{}.get_thread_slice(ctid % 128).partition_C(sDq);
+  const uint32_t sdq_base = cast_smem_ptr_to_uint(ss.dq.data() + wg * cosize_v<typename Traits::SmemLayoutDq>);
+  Tensor tDqcDq = typename Traits::TiledMmaDQPart{}.get_thread_slice(ctid % 128).partition_C(
+      make_identity_tensor(Shape<Int<BM>, Int<Traits::kDqCols>>{}));
   auto tma_dq = prm.tma_dq.get_slice(_0{});
   Tensor tDqsDqTma = tma_dq.partition_S(sDq);
   // dS^T register -> shared-memory copy (stmatrix: one 32-bit shared address for the whole tile).
@@ -272,8 +288,8 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     ++state;
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc_dq);
-    static_assert(decltype(size(acc_dq))::value == decltype(size(tDqsDq))::value, "dQ staging partition");
-    copy(acc_dq, tDqsDq);
+    static_assert(decltype(size(acc_dq))::value == decltype(size(tDqcDq))::value, "dQ staging partition");
+    store_pairs_shared(acc_dq, tDqcDq, typename Traits::SmemOffsetsDq{}, sdq_base);
     cutlass::arch::fence_view_async_shared();  // visible to the TMA (async proxy)
     cutlass::arch::NamedBarrier::sync(128, Traits::kBarDqStaged + wg);
     if (dq_issuer) {

@@ -110,6 +110,13 @@ struct BwdTraits {
   // One warpgroup's fp32 dQ part (queries, D / 2), staged for the TMA reduce-add: 128-byte swizzle
   // (8 rows x 32 floats per atom), so that the accumulator's column pairs of 8 rows fall in distinct banks.
   using SmemLayoutDq = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<float>{}, Shape<Int<kBlockM>, Int<kDqCols>>{}));
+  // The same map as plain (row, column) -> float offset, for stores with 32-bit shared addresses
+  // (bwd_kernel.cuh's store_pairs_shared).
+  using SmemOffsetsDq = decltype(as_position_independent_swizzle_layout(SmemLayoutDq{}));
+  // store_pairs_shared stores accumulator elements 2i, 2i+1 as columns c, c+1 of one row: a wgmma
+  // accumulator's first value mode is 2 wide and steps one column (64 in its m + 64 n index).
+  using DqCLayout = typename TiledMmaDQ::Atom::Traits::CLayout;
+  static_assert(size<1, 0>(DqCLayout{}) == 2 && stride<1, 0>(DqCLayout{}) == 64, "C value pairs must be columns");
 
   // ---- TMA: global tensors seen as (rows, D, heads, batch), D contiguous (as the forward) ----
   using ShapeQKV = Shape<int32_t, int32_t, int32_t, int32_t>;
