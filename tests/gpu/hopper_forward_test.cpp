@@ -53,6 +53,13 @@ std::vector<Case> hopper_cases() {
   add("hopper_persistent_causal_window", [](Case& c) {
     c.B = 3; c.Hq = 8; c.Hkv = 4; c.Nq = 700; c.Nk = 800; c.causal = true; c.window_left = 150;
   });
+  // Five or more tiles per CTA (768 tiles on 132 SMs): the Q barrier's parity and the O staging
+  // buffer's reuse wrap several times; causal gives tiles of 1-3 key blocks, so tile boundaries
+  // (epilogue, next Q) come close together.
+  add("hopper_many_tiles_per_cta", [](Case& c) { c.B = 4; c.Hq = 64; c.Hkv = 16; c.Nq = c.Nk = 300; });
+  add("hopper_many_tiles_per_cta_causal", [](Case& c) {
+    c.B = 4; c.Hq = 64; c.Hkv = 16; c.Nq = c.Nk = 300; c.causal = true;
+  });
   // Packed sequences whose tiles overhang into their neighbours' rows (and past the tensor's end).
   add("hopper_long_varlen", [](Case& c) {
     c.Hq = 4; c.Hkv = 2; c.lens_q = {1000, 3, 0, 700}; c.lens_k = {900, 1500, 40, 700};
