@@ -40,8 +40,26 @@ __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS,
 #endif
       acc_s(i) = sigmoid_of_half_logit<Element>(plain.logit(acc_s(i), 0, 0));
     }
+  } else if (tile.alibi_slope == 0.0f) {
+    // A partial block without ALiBi (the causal diagonal, window edges, the last key block): every
+    // element's sigmoid is computed and the masked ones are dropped by a select. Written as
+    // "masked ? 0 : sigmoid(...)" it compiled to a branch and a reconvergence per element (about 15
+    // instructions each, SASS), and a warp issues the MUFU op anyway when any of its lanes needs it.
+    // S is finite everywhere (past-the-end K rows are zero-filled), so the dropped values are too.
+    detail::ScoreTransform::Tile plain = tile;
+    plain.alibi_slope = 0.0f;
+    const int q0 = int(kTransposed ? get<1>(tScS(0)) : get<0>(tScS(0)));
+    const int k0 = int(kTransposed ? get<0>(tScS(0)) : get<1>(tScS(0)));
+    const detail::ScoreTransform::Tile::Window win = tile.window(q0, k0);
+    CUTE_UNROLL
+    for (int i = 0; i < cute::size(acc_s); ++i) {
+      const int dq = int(kTransposed ? get<1>(tScS(i)) : get<0>(tScS(i))) - q0;
+      const int dk = int(kTransposed ? get<0>(tScS(i)) : get<1>(tScS(i))) - k0;
+      const float p = sigmoid_of_half_logit<Element>(plain.logit(acc_s(i), 0, 0));
+      acc_s(i) = win.masked(dq, dk) ? 0.0f : p;
+    }
   } else {
-    // ALiBi, or a partial block. Coordinates are taken relative to this thread's first register:
+    // ALiBi (any block). Coordinates are taken relative to this thread's first register:
     // each offset is then a compile-time constant and the mask needs three scalars (Tile::Window),
     // not one register per element (which made the Hopper kernels spill).
     auto query = [&](int i) { return int(kTransposed ? get<1>(tScS(i)) : get<0>(tScS(i))); };
