@@ -41,7 +41,7 @@ struct BwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = 128;  // keys per CTA (2 consumer warpgroups x wgmma M 64)
-  static constexpr int kBlockM = 64;   // queries per step
+  static constexpr int kBlockM = kHeadDim_ == 64 ? 128 : 64;  // queries per step
   static constexpr int kStages = 2;    // Q / dO pipeline depth
 
   static constexpr int kNConsumerWarpGroups = kBlockN / 64;
