@@ -232,7 +232,7 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     const int h = hk * steps.group + t / steps.m_count;
     const int i0 = (steps.m_begin + t % steps.m_count) * BM;
     // Rebuilt every step rather than kept per head: registers are the limit at D 128 (a few
-    // parameter loads per step are cheap next to five 64 x 64 x D GEMMs).
+    // parameter loads per step are cheap next to five 64 x kBlockM x D GEMMs).
     const detail::SeqInfo seq = dense_seq(p);
     const detail::ScoreTransform st = detail::make_score_transform(p, seq, b, h).scaled_by(0.5f);  // logit() = s / 2
     const std::int64_t i1 = seq.len_q - i0 < BM ? seq.len_q : i0 + BM;

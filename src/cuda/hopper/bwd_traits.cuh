@@ -4,19 +4,19 @@
 // CTA = one key block (kBlockN = 128 keys) of one (kv head, batch); 3 warpgroups (384 threads):
 // warpgroup 0 is the producer (one thread issues every TMA load), warpgroups 1 and 2 are consumers,
 // each owning 64 of the 128 keys (the wgmma M). The CTA walks the query heads of its GQA group and,
-// per head, the query blocks (kBlockM = 64 rows) that the masks leave visible. Per step a consumer
-// warpgroup computes, for its 64 keys:
-//   S^T = K Q^T, dP^T = V dO^T          (SS wgmma, 64 x 64 fp32 each)
+// per head, the query blocks (kBlockM rows: 128 at D 64, 64 at D 128) that the masks leave visible. Per
+// step a consumer warpgroup computes, for its 64 keys:
+//   S^T = K Q^T, dP^T = V dO^T          (SS wgmma, 64 x kBlockM fp32 each)
 //   P^T = sigmoid(transform(S^T)), dS^T = dP^T P^T (1 - P^T)   (registers)
 //   dV += P^T dO, dK += dS^T Q          (RS wgmma: P^T, dS^T in registers as the A operand)
-// and both warpgroups together dQ(64 x D) = dS K (SS wgmma on the dS^T tile they wrote to shared
+// and both warpgroups together dQ(kBlockM x D) = dS K (SS wgmma on the dS^T tile they wrote to shared
 // memory; warpgroup w computes columns [w D/2, (w + 1) D/2)). Each warpgroup stages its dQ part in
 // shared memory (fp32) and one of its threads adds it to the fp32 workspace with a TMA reduce-add
 // (the workspace of the portable fused mode; dq_convert_kernel scales and converts it).
 //
 // Shared memory: K, V (once), kStages x (Q, dO), 2 x dS^T (double-buffered so that one named
-// barrier per step suffices: bwd_kernel.cuh), the fp32 dQ staging tile. D 64: 16 + 16 + 2 x (8 + 8)
-// + 2 x 16 + 16 = 112 KB; D 128: 32 + 32 + 2 x (16 + 16) + 2 x 16 + 32 = 192 KB.
+// barrier per step suffices: bwd_kernel.cuh), the fp32 dQ staging tiles. D 64 (kBlockM 128): 16 + 16 +
+// 2 x (16 + 16) + 2 x 32 + 32 = 192 KB; D 128: 32 + 32 + 2 x (16 + 16) + 2 x 16 + 32 = 192 KB.
 #pragma once
 
 #include <type_traits>
@@ -41,7 +41,10 @@ struct BwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockN = 128;  // keys per CTA (2 consumer warpgroups x wgmma M 64)
-  static constexpr int kBlockM = 64;   // queries per step
+  // Queries per step. D 64: 128, so that the S^T / dP^T GEMMs have N 128 and dK / dV K 128 (the
+  // per-step barriers and wgmma latency amortised over twice the work: +7 % at N >= 4k on the H200,
+  // despite 212 B of spill); D 128: 64 (128 would not fit the registers).
+  static constexpr int kBlockM = kHeadDim_ == 64 ? 128 : 64;
   static constexpr int kStages = 2;    // Q / dO pipeline depth
 
   static constexpr int kNConsumerWarpGroups = kBlockN / 64;
