@@ -1,14 +1,15 @@
 // GPU tests of the Hopper (sm_90a) backward: the backward tests' case list (backward_check.hpp) in
-// the default mode, restricted to what the Hopper backward covers (dense, head dims 64 / 128, query
-// and key rows), plus longer cases (many query and key blocks, so the Q/dO pipeline and the double-
-// buffered dS tile wrap; causal, GQA, windows that leave whole key blocks unseen, odd lengths), each
-// also checking which kernel ran. Skipped, with the reason, when the build does not dispatch to the
+// the default mode, restricted to what the Hopper backward covers (dense or varlen, head dims 64 / 128,
+// query and key rows), plus longer cases (many query and key blocks, so the Q/dO pipeline and the double-
+// buffered dS tile wrap; causal, GQA, windows that leave whole key blocks unseen, odd lengths, packed
+// sequences whose blocks overhang into their neighbours' rows), each also checking which kernel ran. Skipped, with the reason, when the build does not dispatch to the
 // Hopper kernels, when no GPU is visible, or when the device is not sm_90.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,9 +25,17 @@ using flashsigmoid::BiasMode;
 using fs_test::Alibi;
 using fs_test::Case;
 
-// Cases the Hopper backward takes (backend.cu's try_hopper_backward; the default mode is the test's).
+// Cases the Hopper backward takes (backend.cu's try_hopper_backward; the default mode is the test's):
+// head dims 64 / 128 and at least one query and one key row in all (varlen: summed over the sequences).
 bool hopper_covers(const Case& c) {
-  return !c.varlen() && (c.D == 64 || c.D == 128) && c.B > 0 && c.Nq > 0 && c.Nk > 0;
+  if (c.D != 64 && c.D != 128) return false;
+  if (c.varlen()) {
+    auto rows = [](const std::vector<std::int64_t>& lens) {
+      return std::accumulate(lens.begin(), lens.end(), std::int64_t(0));
+    };
+    return rows(c.lens_q) > 0 && rows(c.lens_k) > 0;
+  }
+  return c.B > 0 && c.Nq > 0 && c.Nk > 0;
 }
 
 // FLASHSIGMOID_BACKWARD_KERNEL=portable (scripts/gpu_check.sh's portable pass) sends every case to
@@ -62,6 +71,19 @@ std::vector<Case> hopper_backward_cases() {
     c.B = 2; c.Hq = 6; c.Hkv = 3; c.Nq = c.Nk = 515; c.layout = flashsigmoid::testing::Layout::heads_major;
     c.window_left = 100; c.window_right = 100;
   });
+  // Packed sequences: query and key blocks overhang into the next sequence's rows (and past the
+  // tensor's end); a sequence without queries (its keys get zero dK, dV), one with 3 queries and many
+  // key blocks, a key block column past a short sequence's end.
+  add("hbwd_long_varlen", [](Case& c) {
+    c.Hq = 4; c.Hkv = 2; c.lens_q = {1000, 3, 0, 700}; c.lens_k = {900, 1500, 40, 700};
+  });
+  add("hbwd_long_varlen_causal_window_bias", [](Case& c) {
+    c.lens_q = {513, 1025}; c.lens_k = {1100, 1025}; c.causal = true; c.window_left = 200;
+    c.bias_mode = BiasMode::per_head;
+  });
+  add("hbwd_varlen_mqa_no_keys", [](Case& c) {
+    c.Hq = 4; c.Hkv = 1; c.lens_q = {50, 300, 129}; c.lens_k = {0, 500, 127}; c.alibi = Alibi::per_head;
+  });
   std::vector<Case> cases;
   for (const Case& c : fs_gpu::backward_cases()) {
     if (hopper_covers(c)) cases.push_back(c);
@@ -85,8 +107,9 @@ TEST_P(HopperBackward, MatchesReference) {
   EXPECT_STREQ(flashsigmoid::cuda::last_backward_kernel(), expected_kernel());
 }
 
-// Options::deterministic and varlen problems stay on the portable kernels.
-TEST(HopperBackwardDispatch, DeterministicAndVarlenArePortable) {
+// Options::deterministic stays on the portable kernels; a varlen problem runs the Hopper backward
+// (unless the portable kernels are forced).
+TEST(HopperBackwardDispatch, DeterministicIsPortableVarlenIsHopper) {
   FS_SKIP_WITHOUT_HOPPER();
 #if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
   GTEST_SKIP() << "the CUDA backward is off in this build (configured with -DFLASHSIGMOID_CUDA_BACKWARD=OFF)";
@@ -102,7 +125,7 @@ TEST(HopperBackwardDispatch, DeterministicAndVarlenArePortable) {
   v.lens_q = {40, 70};
   v.lens_k = {50, 90};
   fs_gpu::check_backward(v, /*deterministic=*/false);
-  EXPECT_STREQ(flashsigmoid::cuda::last_backward_kernel(), "portable");
+  EXPECT_STREQ(flashsigmoid::cuda::last_backward_kernel(), expected_kernel());
 }
 
 // A misspelt kernel override is an error, not a silent fallback.

@@ -1,7 +1,7 @@
 // Hopper (sm_90a) sigmoid-attention backward: TMA + mbarrier pipeline, warp specialisation
 // (1 producer warpgroup, 2 consumer warpgroups with setmaxnreg), wgmma for every GEMM.
-// Validated on the H200 (bench/results/h200-kernels-2026-11-29b.md). Dense problems, head dims 64 / 128, default
-// (non-deterministic) mode only: backend.cu routes everything else to the portable kernels.
+// Validated on the H200 (bench/results/h200-kernels-2026-11-29b.md). Dense and varlen problems, head dims 64 / 128,
+// default (non-deterministic) mode only: backend.cu routes everything else to the portable kernels.
 // Tiles, shared memory and GEMM operand majors: bwd_traits.cuh. The math is the portable
 // backward's (portable/bwd_kernel.cuh): P = sigmoid(transform(S)), dS = dP P (1 - P),
 // dV = P^T dO, dK = scale dS^T Q, dQ = scale dS K (fp32 TMA reduce-adds into a workspace), d(bias) = sum dS.
@@ -72,13 +72,23 @@ struct KeyTileStore {
   };
 };
 
-// The kernel covers dense problems only: every sequence has the problem's lengths and starts at row
-// 0. Read from the kernel parameters where needed (constant bank: nothing to keep in registers).
-__device__ __forceinline__ detail::SeqInfo dense_seq(const detail::BwdParams& p) {
-  detail::SeqInfo s;
-  s.len_q = p.seqlen_q;
-  s.len_k = p.seqlen_k;
-  return s;
+// Varlen: the TMA descriptors span the packed rows as one "batch" (index 0) and a sequence's rows
+// start at SeqInfo::q_begin / k_begin; dense: one descriptor batch per sequence, starting at row 0.
+__device__ __forceinline__ int tma_batch_index(const detail::BwdParams& p, int b) {
+  return p.cu_seqlens_q != nullptr ? 0 : b;
+}
+
+// A query block that overhangs its sequence's end holds rows that are not this sequence's queries:
+// zero-filled past a dense tensor (dO = 0 there, so they add nothing), but the next sequence's rows
+// in a packed (varlen) tensor. P = 0 for those columns of P^T makes their dS = dP P (1 - P) exactly 0,
+// so they add nothing to dV, dK or d(bias), and their rows of the staged dQ are exactly 0: the TMA
+// reduce-add of the whole block into the next sequence's rows then leaves those unchanged.
+template <class AccS, class CoordS>
+__device__ __forceinline__ void drop_queries_from(AccS& acc_s, const CoordS& tScS, int q_end) {
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc_s); ++i) {
+    if (int(get<1>(tScS(i))) >= q_end) acc_s(i) = 0.0f;  // tScS: (key, query) of S^T
+  }
 }
 
 // Which steps a key block runs: the query heads of its GQA group times the visible query blocks.
@@ -94,6 +104,7 @@ __device__ __forceinline__ BwdSteps make_steps(const detail::BwdParams& p, const
                                                std::int64_t j0, std::int64_t keys) {
   BwdSteps s;
   s.group = int(p.heads_q / p.heads_kv);
+  if (keys <= 0) return s;  // varlen: this sequence has no keys at this block
   const detail::ScoreTransform st = detail::make_score_transform(p, seq, b, std::int64_t(hk) * s.group);
   const std::int64_t q_lo = st.query_begin(j0);
   const std::int64_t q_hi = st.query_end(j0 + keys, seq.len_q);
@@ -120,8 +131,8 @@ __device__ __forceinline__ void store_pairs_shared(const Acc& acc, const Coord& 
 // Producer: one thread loads K and V once, then Q and dO of every step into the 2-stage pipeline.
 template <class Traits>
 __device__ __forceinline__ void bwd_produce(const BwdKernelParams<Traits>& prm, typename Traits::SharedStorage& ss,
-                                            typename Traits::PipelineQdO& pipe, const BwdSteps& steps, int n_block,
-                                            int hk, int b) {
+                                            typename Traits::PipelineQdO& pipe, const BwdSteps& steps,
+                                            const detail::SeqInfo& seq, int n_block, int hk, int b) {
   constexpr int BM = Traits::kBlockM;
   constexpr int BN = Traits::kBlockN;
   constexpr int D = Traits::kHeadDim;
@@ -130,13 +141,15 @@ __device__ __forceinline__ void bwd_produce(const BwdKernelParams<Traits>& prm, 
   Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
   Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutDo{});
 
-  Tensor gK = local_tile(prm.tma_k.get_tma_tensor(prm.shape_k)(_, _, hk, b), Shape<Int<BN>, Int<D>>{},
-                         make_coord(n_block, _0{}));
-  Tensor gV = local_tile(prm.tma_v.get_tma_tensor(prm.shape_k)(_, _, hk, b), Shape<Int<BN>, Int<D>>{},
-                         make_coord(n_block, _0{}));
+  const int bb = tma_batch_index(prm.p, b);
+  Tensor mK = domain_offset(make_coord(seq.k_begin, _0{}), prm.tma_k.get_tma_tensor(prm.shape_k)(_, _, hk, bb));
+  Tensor mV = domain_offset(make_coord(seq.k_begin, _0{}), prm.tma_v.get_tma_tensor(prm.shape_k)(_, _, hk, bb));
+  Tensor gK = local_tile(mK, Shape<Int<BN>, Int<D>>{}, make_coord(n_block, _0{}));
+  Tensor gV = local_tile(mV, Shape<Int<BN>, Int<D>>{}, make_coord(n_block, _0{}));
   auto [tKgK, tKsK] = tma_partition(prm.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
   auto [tVgV, tVsV] = tma_partition(prm.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
-  // Rows past the key end are zero-filled (and counted in the transaction bytes).
+  // Rows past the key end are zero-filled (and counted in the transaction bytes), or, varlen, the next
+  // sequence's keys: masked either way.
   ss.barrier_kv.arrive_and_expect_tx(2 * Traits::kTmaBytesKV);
   using BarrierType = cutlass::arch::ClusterTransactionBarrier::ValueType;
   copy(prm.tma_k.with(reinterpret_cast<BarrierType&>(ss.barrier_kv)), tKgK, tKsK);
@@ -145,12 +158,12 @@ __device__ __forceinline__ void bwd_produce(const BwdKernelParams<Traits>& prm, 
   auto state = cutlass::make_producer_start_state<typename Traits::PipelineQdO>();
   for (int g = 0; g < steps.group; ++g) {
     const int h = hk * steps.group + g;
-    // (BM, D, query blocks) of head h; rows past the query end are zero-filled, so dO = 0 there and
-    // those rows add nothing to dV, dK or d(bias).
-    Tensor gQ = local_tile(prm.tma_q.get_tma_tensor(prm.shape_q)(_, _, h, b), Shape<Int<BM>, Int<D>>{},
-                           make_coord(_, _0{}));
-    Tensor gdO = local_tile(prm.tma_do.get_tma_tensor(prm.shape_q)(_, _, h, b), Shape<Int<BM>, Int<D>>{},
-                            make_coord(_, _0{}));
+    // (BM, D, query blocks) of head h; rows past the query end are zero-filled or the next sequence's
+    // (the consumers drop them: drop_queries_from).
+    Tensor mQ = domain_offset(make_coord(seq.q_begin, _0{}), prm.tma_q.get_tma_tensor(prm.shape_q)(_, _, h, bb));
+    Tensor mdO = domain_offset(make_coord(seq.q_begin, _0{}), prm.tma_do.get_tma_tensor(prm.shape_q)(_, _, h, bb));
+    Tensor gQ = local_tile(mQ, Shape<Int<BM>, Int<D>>{}, make_coord(_, _0{}));
+    Tensor gdO = local_tile(mdO, Shape<Int<BM>, Int<D>>{}, make_coord(_, _0{}));
     auto [tQgQ, tQsQ] = tma_partition(prm.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
     auto [tDgD, tDsD] = tma_partition(prm.tma_do, _0{}, Layout<_1>{}, group_modes<0, 2>(sdO), group_modes<0, 2>(gdO));
     for (int m = 0; m < steps.m_count; ++m) {
@@ -233,7 +246,7 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     const int i0 = (steps.m_begin + t % steps.m_count) * BM;
     // Rebuilt every step rather than kept per head: registers are the limit at D 128 (a few
     // parameter loads per step are cheap next to five 64 x kBlockM x D GEMMs).
-    const detail::SeqInfo seq = dense_seq(p);
+    const detail::SeqInfo seq = detail::seq_info(p, b);
     const detail::ScoreTransform st = detail::make_score_transform(p, seq, b, h).scaled_by(0.5f);  // logit() = s / 2
     const std::int64_t i1 = seq.len_q - i0 < BM ? seq.len_q : i0 + BM;
     const bool full = st.block_unmasked(i0, i1, j0, j0 + BN);
@@ -250,6 +263,7 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     warpgroup_wait<1>();  // S^T is done; dP^T may still run under the sigmoid
     warpgroup_fence_operand(acc_s);
     scores_to_probs<Element, true>(acc_s, tScS, st, i0, j0, full);
+    if (i0 + BM > seq.len_q) drop_queries_from(acc_s, tScS, int(seq.len_q - i0));
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc_dp);
     db += portable::probs_to_dscores<true>(acc_dp, acc_s);  // acc_dp := dS^T
@@ -293,9 +307,11 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     cutlass::arch::fence_view_async_shared();  // visible to the TMA (async proxy)
     cutlass::arch::NamedBarrier::sync(128, Traits::kBarDqStaged + wg);
     if (dq_issuer) {
-      // (kBlockM, D / 2) tile (i0 / kBlockM, wg) of head h; rows past the sequence end are clipped.
-      Tensor gDq = local_tile(prm.tma_dq.get_tma_tensor(prm.shape_q)(_, _, h, b), Shape<Int<BM>, Int<Traits::kDqCols>>{},
-                              make_coord(i0 / BM, wg));
+      // (kBlockM, D / 2) tile (i0 / kBlockM, wg) of head h, from the sequence's first row; rows past
+      // the tensor's end are clipped, rows of the next sequence (varlen) get exact zeros added.
+      Tensor mDq = domain_offset(make_coord(seq.q_begin, _0{}),
+                                 prm.tma_dq.get_tma_tensor(prm.shape_q)(_, _, h, tma_batch_index(p, b)));
+      Tensor gDq = local_tile(mDq, Shape<Int<BM>, Int<Traits::kDqCols>>{}, make_coord(i0 / BM, wg));
       copy(prm.tma_dq, tDqsDqTma, tma_dq.partition_D(gDq));
       tma_store_arrive();
     }
@@ -332,7 +348,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
   const int n_block = blockIdx.x;
   const int hk = blockIdx.y;
   const int b = blockIdx.z;
-  const detail::SeqInfo seq = dense_seq(p);
+  const detail::SeqInfo seq = detail::seq_info(p, b);
   const std::int64_t j0 = std::int64_t(n_block) * BN;
   const std::int64_t keys = seq.len_k - j0 < BN ? seq.len_k - j0 : BN;
   const BwdSteps steps = make_steps<Traits>(p, seq, b, hk, j0, keys);
@@ -360,7 +376,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
       cute::prefetch_tma_descriptor(prm.tma_do.get_tma_descriptor());
       cute::prefetch_tma_descriptor(prm.tma_k.get_tma_descriptor());
       cute::prefetch_tma_descriptor(prm.tma_v.get_tma_descriptor());
-      bwd_produce<Traits>(prm, ss, pipe, steps, n_block, hk, b);
+      bwd_produce<Traits>(prm, ss, pipe, steps, seq, n_block, hk, b);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();

@@ -17,14 +17,21 @@
 
 namespace flashsigmoid::cuda::hopper {
 
-// Dense problems with at least one query and one key row (backend.cu's try_hopper_backward decides).
+// Dense or varlen problems with at least one query and one key row in all (backend.cu's
+// try_hopper_backward decides). Varlen: one CTA column per key block of the longest sequence; the
+// blocks past a shorter sequence's end find no keys and write nothing.
 template <int D, class Element>
 void run_bwd(const detail::BwdParams& p) {
   using Traits = BwdTraits<D, Element>;
   const auto stream = static_cast<cudaStream_t>(p.stream);
   const std::int64_t n_blocks = (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
+  // Rows the TMA descriptors span: the packed tensors (varlen) or one sequence (dense), as the forward.
+  const bool varlen = p.is_varlen();
+  const std::int64_t rows_q = varlen ? p.total_q : p.seqlen_q;
+  const std::int64_t rows_k = varlen ? p.total_k : p.seqlen_k;
+  const std::int64_t tma_batch = varlen ? 1 : p.batch;
   if (n_blocks > 0x7fffffff || p.heads_kv > 65535 || p.heads_q > 65535 || p.batch > 65535 ||
-      p.seqlen_q > 0x7fffffff || p.seqlen_k > 0x7fffffff) {
+      rows_q > 0x7fffffff || rows_k > 0x7fffffff) {
     throw Error("flashsigmoid: Hopper backward problem too large (" + std::to_string(n_blocks) + " key blocks, " +
                 std::to_string(p.heads_q) + " heads, batch " + std::to_string(p.batch) +
                 "); accepted: heads and batch <= 65535, sequence lengths < 2^31");
@@ -37,10 +44,10 @@ void run_bwd(const detail::BwdParams& p) {
   BwdKernelParams<Traits> prm{};
   prm.p = p;
   prm.dbias_part = ws.part;
-  auto gQ = tma_view<Traits>(p.q, p.seqlen_q, p.heads_q, p.batch, p.q_stride);
-  auto gdO = tma_view<Traits>(p.dout, p.seqlen_q, p.heads_q, p.batch, p.do_stride);
-  auto gK = tma_view<Traits>(p.k, p.seqlen_k, p.heads_kv, p.batch, p.k_stride);
-  auto gV = tma_view<Traits>(p.v, p.seqlen_k, p.heads_kv, p.batch, p.v_stride);
+  auto gQ = tma_view<Traits>(p.q, rows_q, p.heads_q, tma_batch, p.q_stride);
+  auto gdO = tma_view<Traits>(p.dout, rows_q, p.heads_q, tma_batch, p.do_stride);
+  auto gK = tma_view<Traits>(p.k, rows_k, p.heads_kv, tma_batch, p.k_stride);
+  auto gV = tma_view<Traits>(p.v, rows_k, p.heads_kv, tma_batch, p.v_stride);
   prm.shape_q = gQ.shape();
   prm.shape_k = gK.shape();
   const auto tile_q = Shape<Int<Traits::kBlockM>, Int<D>>{};
@@ -50,7 +57,7 @@ void run_bwd(const detail::BwdParams& p) {
   prm.tma_k = make_tma_copy(SM90_TMA_LOAD{}, gK, typename Traits::SmemLayoutK{}, tile_k, _1{});
   prm.tma_v = make_tma_copy(SM90_TMA_LOAD{}, gV, typename Traits::SmemLayoutV{}, tile_k, _1{});
   // The dQ workspace: one warpgroup's (kBlockM, D / 2) part per reduce-add.
-  auto gDq = tma_view<Traits, float>(ws.dq_accum, p.seqlen_q, p.heads_q, p.batch, portable::dq_accum_strides<D>(p));
+  auto gDq = tma_view<Traits, float>(ws.dq_accum, rows_q, p.heads_q, tma_batch, portable::dq_accum_strides<D>(p));
   prm.tma_dq = make_tma_copy(SM90_TMA_REDUCE_ADD{}, gDq, typename Traits::SmemLayoutDq{},
                              Shape<Int<Traits::kBlockM>, Int<Traits::kDqCols>>{}, _1{});
 

@@ -133,7 +133,8 @@ struct BwdTraits {
   using TmaV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutV{},
                                       Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
   // The fp32 dQ workspace (rows, D, heads, batch), same shape as Q: one warpgroup's (kBlockM, D / 2)
-  // part added per TMA reduce-add; rows past the sequence end are clipped (dense problems only).
+  // part added per TMA reduce-add; rows past the tensor's end are clipped, and the rows of a varlen
+  // block past its sequence's end are exact zeros (bwd_kernel.cuh's drop_queries_from).
   using GmemTensorDq = decltype(make_tensor(make_gmem_ptr(static_cast<float*>(nullptr)), ShapeQKV{}, StrideQKV{}));
   using TmaDq = decltype(make_tma_copy(SM90_TMA_REDUCE_ADD{}, GmemTensorDq{}, SmemLayoutDq{},
                                        Shape<Int<kBlockM>, Int<kDqCols>>{}, _1{}));
