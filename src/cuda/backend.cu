@@ -159,8 +159,8 @@ bool try_hopper_forward([[maybe_unused]] const AttnParams& p, [[maybe_unused]] b
 }
 
 // Runs the Hopper backward when this build has it for D and it covers the
-// problem: dense or varlen, default mode (Options::deterministic needs the portable kernels'
-// atomic-free path), query and key rows to build TMA descriptors over, an sm_90 device.
+// problem: dense or varlen, either mode (deterministic: dQ adds in a fixed order), query and key
+// rows to build TMA descriptors over, an sm_90 device.
 // Returns false to leave the problem to the portable kernels.
 template <int D, class Element>
 bool try_hopper_backward([[maybe_unused]] const BwdParams& p, [[maybe_unused]] bool allowed) {
@@ -170,7 +170,7 @@ bool try_hopper_backward([[maybe_unused]] const BwdParams& p, [[maybe_unused]] b
   if constexpr (kBuilt) {
     const std::int64_t query_rows = p.is_varlen() ? p.total_q : p.seqlen_q;
     const std::int64_t key_rows = p.is_varlen() ? p.total_k : p.seqlen_k;
-    if (allowed && !p.deterministic && query_rows > 0 && key_rows > 0 && p.batch > 0 && is_sm90(p.device.index)) {
+    if (allowed && query_rows > 0 && key_rows > 0 && p.batch > 0 && is_sm90(p.device.index)) {
       cuda::hopper::run_bwd<D, Element>(p);
       return true;
     }

@@ -2,9 +2,9 @@
 // (SPEC.md's error bounds), on the forward tests' case list, in both modes (Options::deterministic
 // true: two kernels, no atomics; false, the default: dQ by fp32 atomics in the dK/dV kernel), with
 // NaN-poisoned outputs and guard bands, determinism, CUDA-graph capture and the dispatch errors.
-// Every test skips when no CUDA device is visible. On sm_90 in 90a builds the default mode's dense
-// D 64/128 cases run the Hopper backward unless FLASHSIGMOID_BACKWARD_KERNEL=portable (gpu_check.sh's
-// first pass sets it); hopper_backward_test.cpp checks which kernel ran.
+// Every test skips when no CUDA device is visible. On sm_90 in 90a builds the D 64/128 cases (both
+// modes, dense and varlen) run the Hopper backward unless FLASHSIGMOID_BACKWARD_KERNEL=portable
+// (gpu_check.sh's first pass sets it); hopper_backward_test.cpp checks which kernel ran.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -94,8 +94,8 @@ void expect_reproducible(bool deterministic) {
   }
 }
 
-// Options::deterministic: two runs on the same inputs give the same bits (every output element and
-// every d(bias) partial has one owner; no atomics).
+// Options::deterministic: two runs on the same inputs give the same bits (portable: every output
+// element and every d(bias) partial has one owner; Hopper: dQ added in a fixed order).
 TEST(GpuBackwardMisc, Deterministic) {
   FS_SKIP_WITHOUT_GPU_BACKWARD();
   expect_reproducible(true);

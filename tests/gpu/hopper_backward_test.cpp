@@ -1,5 +1,5 @@
 // GPU tests of the Hopper (sm_90a) backward: the backward tests' case list (backward_check.hpp) in
-// the default mode, restricted to what the Hopper backward covers (dense or varlen, head dims 64 / 128,
+// both modes, restricted to what the Hopper backward covers (dense or varlen, head dims 64 / 128,
 // query and key rows), plus longer cases (many query and key blocks, so the Q/dO pipeline and the double-
 // buffered dS tile wrap; causal, GQA, windows that leave whole key blocks unseen, odd lengths, packed
 // sequences whose blocks overhang into their neighbours' rows), each also checking which kernel ran. Skipped, with the reason, when the build does not dispatch to the
@@ -107,9 +107,69 @@ TEST_P(HopperBackward, MatchesReference) {
   EXPECT_STREQ(flashsigmoid::cuda::last_backward_kernel(), expected_kernel());
 }
 
-// Options::deterministic stays on the portable kernels; a varlen problem runs the Hopper backward
-// (unless the portable kernels are forced).
-TEST(HopperBackwardDispatch, DeterministicIsPortableVarlenIsHopper) {
+// The same cases in the deterministic mode (dQ adds ordered by key block: bwd_kernel.cuh's DqOrder).
+TEST_P(HopperBackward, DeterministicMatchesReference) {
+  FS_SKIP_WITHOUT_HOPPER();
+#if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
+  GTEST_SKIP() << "the CUDA backward is off in this build (configured with -DFLASHSIGMOID_CUDA_BACKWARD=OFF)";
+#endif
+  const Case& c = GetParam();
+  if (c.D == 0) GTEST_SKIP() << "this build has neither of the Hopper backward's head dims 64, 128";
+  fs_gpu::check_backward(c, /*deterministic=*/true);
+  EXPECT_STREQ(flashsigmoid::cuda::last_backward_kernel(), expected_kernel());
+}
+
+// Deterministic mode with many key blocks adding to each query block (16, and GQA heads sharing a
+// CTA; a varlen batch): three runs on the same inputs give the same bits in every gradient.
+TEST(HopperBackwardDeterminism, ManyKeyBlocksSameBits) {
+  FS_SKIP_WITHOUT_HOPPER();
+#if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
+  GTEST_SKIP() << "the CUDA backward is off in this build (configured with -DFLASHSIGMOID_CUDA_BACKWARD=OFF)";
+#endif
+  std::vector<int> dims;
+  for (int D : fs_gpu::kBuiltHeadDims) {
+    if (D == 64 || D == 128) dims.push_back(D);
+  }
+  if (dims.empty()) GTEST_SKIP() << "this build has neither of the Hopper backward's head dims 64, 128";
+  for (int D : dims) {
+    for (bool varlen : {false, true}) {
+      Case c;
+      c.name = "determinism";
+      c.dtype = flashsigmoid::DType::bfloat16;
+      c.D = D;
+      c.Hq = 8;
+      c.Hkv = 2;
+      c.bias_mode = BiasMode::per_head;
+      if (varlen) {
+        c.lens_q = {1500, 700, 1};
+        c.lens_k = {2048, 900, 300};
+      } else {
+        c.B = 2;
+        c.Nq = c.Nk = 2048;
+      }
+      SCOPED_TRACE(fs_test::describe(c));
+      const fs_test::Problem p = fs_test::make_problem(c, fs_test::test_seed());
+      fs_gpu::DeviceProblem d(p);
+      d.o.deterministic = true;
+      fs_gpu::DeviceGrads first(p, true);
+      flashsigmoid::backward(d.q, d.k, d.v, d.dout, first.grads(), d.o);
+      EXPECT_STREQ(flashsigmoid::cuda::last_backward_kernel(), expected_kernel());
+      for (int run = 1; run < 3; ++run) {
+        fs_gpu::DeviceGrads again(p, true);
+        flashsigmoid::backward(d.q, d.k, d.v, d.dout, again.grads(), d.o);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        EXPECT_EQ(first.dq.download(), again.dq.download()) << "run " << run;
+        EXPECT_EQ(first.dk.download(), again.dk.download()) << "run " << run;
+        EXPECT_EQ(first.dv.download(), again.dv.download()) << "run " << run;
+        EXPECT_EQ(first.dbias.download(), again.dbias.download()) << "run " << run;
+      }
+    }
+  }
+}
+
+// Both modes run the Hopper backward, and so does a varlen problem (unless the portable kernels are
+// forced).
+TEST(HopperBackwardDispatch, BothModesAndVarlenAreHopper) {
   FS_SKIP_WITHOUT_HOPPER();
 #if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
   GTEST_SKIP() << "the CUDA backward is off in this build (configured with -DFLASHSIGMOID_CUDA_BACKWARD=OFF)";
@@ -124,7 +184,7 @@ TEST(HopperBackwardDispatch, DeterministicIsPortableVarlenIsHopper) {
   if (c.D == 0) GTEST_SKIP() << "this build has neither of the Hopper backward's head dims 64, 128";
   c.Nq = c.Nk = 100;
   fs_gpu::check_backward(c, /*deterministic=*/true);
-  EXPECT_STREQ(flashsigmoid::cuda::last_backward_kernel(), "portable");
+  EXPECT_STREQ(flashsigmoid::cuda::last_backward_kernel(), expected_kernel());
   Case v = c;
   v.lens_q = {40, 70};
   v.lens_k = {50, 90};

@@ -1,7 +1,7 @@
 // Hopper (sm_90a) sigmoid-attention backward: TMA + mbarrier pipeline, warp specialisation
 // (1 producer warpgroup, 2 consumer warpgroups with setmaxnreg), wgmma for every GEMM.
 // Validated on the H200 (bench/results/h200-kernels-2026-11-29b.md). Dense and varlen problems, head dims 64 / 128,
-// default (non-deterministic) mode only: backend.cu routes everything else to the portable kernels.
+// both modes (deterministic: DqOrder); backend.cu routes everything else to the portable kernels.
 // Tiles, shared memory and GEMM operand majors: bwd_traits.cuh. The math is the portable
 // backward's (portable/bwd_kernel.cuh): P = sigmoid(transform(S)), dS = dP P (1 - P),
 // dV = P^T dO, dK = scale dS^T Q, dQ = scale dS K (fp32 TMA reduce-adds into a workspace), d(bias) = sum dS.
@@ -46,6 +46,7 @@
 
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/barrier.h>  // GenericBarrier: the deterministic mode's ordered dQ adds
 
 #include "common/score_transform.hpp"
 #include "cuda/common/sigmoid.cuh"
@@ -90,6 +91,44 @@ __device__ __forceinline__ void drop_queries_from(AccS& acc_s, const CoordS& tSc
     if (int(get<1>(tScS(i))) >= q_end) acc_s(i) = 0.0f;  // tScS: (key, query) of S^T
   }
 }
+
+// Deterministic mode: the key blocks that see a query block add their dQ parts to it in increasing
+// key-block order, so every dQ element is summed in one fixed order. One flag per (batch, query head,
+// query block, warpgroup) counts the adds done; key block n waits for its rank among the blocks that
+// see the query block (n minus the first of them: masks leave a contiguous range of key blocks), then
+// adds, waits for the add to complete (not only for its read of shared memory), and counts it. Key
+// block n waits only for key block n - 1 of the same (kv head, batch): a CTA with a lower index, which
+// the GPU starts first, so the waits cannot deadlock. Only the issuing thread takes part.
+struct DqOrder {
+  struct NoSync {  // GenericBarrier syncs its group around a flag; here the group is one thread
+    CUTLASS_DEVICE static void sync() {}
+  };
+  using Flags = cutlass::GenericBarrier<NoSync>;
+  int* flags = nullptr;
+  int index = 0;  // this (batch, head, query block, warpgroup)'s flag
+  int rank = 0;   // adds that must precede this key block's
+
+  // From the parameters alone (not from values the step keeps in registers).
+  template <class Traits>
+  CUTLASS_DEVICE static DqOrder make(const BwdKernelParams<Traits>& prm, int b, int h, int i0, int wg) {
+    const detail::BwdParams& p = prm.p;
+    const detail::ScoreTransform st = detail::make_score_transform(p, detail::seq_info(p, b), b, h);
+    DqOrder o;
+    o.flags = prm.dq_order;
+    o.index = int(((std::int64_t(b) * p.heads_q + h) * prm.m_blocks + i0 / Traits::kBlockM) *
+                      Traits::kNConsumerWarpGroups + wg);
+    o.rank = int(blockIdx.x) - int(st.key_begin(i0) / Traits::kBlockN);
+    return o;
+  }
+  CUTLASS_DEVICE void wait_turn() const {
+    Flags::wait_eq(flags, 0, index, rank);
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");  // the TMA add after the flag's acquire
+  }
+  CUTLASS_DEVICE void done() const {
+    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");  // the add has completed in global memory
+    Flags::arrive_inc(flags, 0, index, 1);
+  }
+};
 
 // Which steps a key block runs: the query heads of its GQA group times the visible query blocks.
 struct BwdSteps {
@@ -179,7 +218,7 @@ __device__ __forceinline__ void bwd_produce(const BwdKernelParams<Traits>& prm, 
 // ---------------------------------------------------------------------------------------------
 // Consumers: every step of the key block into acc_dk (unscaled) and acc_dv; dQ into the workspace;
 // d(bias) partials (ctid: the thread's index among the 256 consumer threads).
-template <class Traits, class AccKV>
+template <class Traits, bool kOrderedDq, class AccKV>
 __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, typename Traits::SharedStorage& ss,
                                             typename Traits::PipelineQdO& pipe, const BwdSteps& steps,
                                             int b, int hk, std::int64_t j0,
@@ -312,8 +351,14 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
       Tensor mDq = domain_offset(make_coord(seq.q_begin, _0{}),
                                  prm.tma_dq.get_tma_tensor(prm.shape_q)(_, _, h, tma_batch_index(p, b)));
       Tensor gDq = local_tile(mDq, Shape<Int<BM>, Int<Traits::kDqCols>>{}, make_coord(i0 / BM, wg));
+      DqOrder order;
+      if constexpr (kOrderedDq) {
+        order = DqOrder::make<Traits>(prm, b, h, i0, wg);
+        order.wait_turn();
+      }
       copy(prm.tma_dq, tDqsDqTma, tma_dq.partition_D(gDq));
       tma_store_arrive();
+      if constexpr (kOrderedDq) order.done();
     }
 
     if (part != nullptr && t % steps.m_count == steps.m_count - 1) {  // the head's last step: fixed order
@@ -336,7 +381,9 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
 // Grid (key blocks, kv heads, batch); Traits::kNThreads threads; Traits::kSmemBytes dynamic shared memory.
 // Only sm_90a device code is generated (cmake/cuda_kernels.cmake); any other device pass compiles
 // to an empty kernel.
-template <class Traits>
+// kOrderedDq: the deterministic mode (DqOrder); a template flag, not a run-time branch, because its
+// few extra values in the loop raised the default mode's spills (ptxas, D 128: 40 -> 80 B).
+template <class Traits, bool kOrderedDq>
 __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_constant__ BwdKernelParams<Traits> prm) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Element = typename Traits::Element;
@@ -387,7 +434,7 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
     clear(acc_dk);
     clear(acc_dv);
     if (steps.count() > 0) {
-      bwd_consume<Traits>(prm, ss, pipe, steps, b, hk, j0, part, acc_dk, acc_dv, ctid);
+      bwd_consume<Traits, kOrderedDq>(prm, ss, pipe, steps, b, hk, j0, part, acc_dk, acc_dv, ctid);
     } else if (part != nullptr) {  // no query sees this key block: its partials are 0
       for (int g = ctid; g < steps.group; g += Traits::kNConsumerThreads) part[std::int64_t(g) * gridDim.x] = 0.0f;
     }

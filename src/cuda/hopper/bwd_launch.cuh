@@ -17,7 +17,7 @@
 
 namespace flashsigmoid::cuda::hopper {
 
-// Dense or varlen problems with at least one query and one key row in all (backend.cu's
+// Dense or varlen problems with at least one query and one key row in all, either mode (backend.cu's
 // try_hopper_backward decides). Varlen: one CTA column per key block of the longest sequence; the
 // blocks past a shorter sequence's end find no keys and write nothing.
 template <int D, class Element>
@@ -38,12 +38,22 @@ void run_bwd(const detail::BwdParams& p) {
   }
   if (p.batch == 0 || n_blocks == 0) return;
 
+  const std::int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
+  const std::int64_t n_flags = p.batch * p.heads_q * m_blocks * Traits::kNConsumerWarpGroups;
+  if (p.deterministic && n_flags > 0x7fffffff) {
+    throw Error("flashsigmoid: Hopper backward (deterministic) problem too large (" + std::to_string(n_flags) +
+                " dQ order flags); accepted: batch x heads x query blocks x 2 < 2^31");
+  }
+
   // d(bias) partials per (batch, query head, key block) and the zeroed fp32 dQ workspace.
   portable::BwdWorkspace ws(p, p.batch * p.heads_q * n_blocks, true, D, stream, "Hopper backward");
 
   BwdKernelParams<Traits> prm{};
   prm.p = p;
   prm.dbias_part = ws.part;
+  // Deterministic mode: the flags that order the dQ adds (bwd_kernel.cuh's DqOrder).
+  prm.dq_order = p.deterministic ? ws.zeroed_flags(n_flags, stream) : nullptr;
+  prm.m_blocks = int(m_blocks);
   auto gQ = tma_view<Traits>(p.q, rows_q, p.heads_q, tma_batch, p.q_stride);
   auto gdO = tma_view<Traits>(p.dout, rows_q, p.heads_q, tma_batch, p.do_stride);
   auto gK = tma_view<Traits>(p.k, rows_k, p.heads_kv, tma_batch, p.k_stride);
@@ -61,7 +71,7 @@ void run_bwd(const detail::BwdParams& p) {
   prm.tma_dq = make_tma_copy(SM90_TMA_REDUCE_ADD{}, gDq, typename Traits::SmemLayoutDq{},
                              Shape<Int<Traits::kBlockM>, Int<Traits::kDqCols>>{}, _1{});
 
-  auto kernel = &bwd_kernel<Traits>;
+  auto kernel = p.deterministic ? &bwd_kernel<Traits, true> : &bwd_kernel<Traits, false>;
   check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes),
              "cudaFuncSetAttribute(Hopper backward shared memory)");
   const dim3 grid(unsigned(n_blocks), unsigned(p.heads_kv), unsigned(p.batch));

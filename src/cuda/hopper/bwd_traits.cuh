@@ -176,6 +176,11 @@ struct BwdKernelParams {
   typename Traits::TmaDq tma_dq;  // reduce-add into the zeroed fp32 workspace [rows_q, Hq, D]
                                   // (portable::dq_accum_strides): unscaled dS K
   float* dbias_part;  // null, or [B, Hq, key blocks] per-key-block sums of dS
+  // Deterministic mode (Options::deterministic), else null: per (batch, query head, query block,
+  // consumer warpgroup), how many key blocks have added their dQ part so far (zeroed); m_blocks query
+  // blocks per sequence (of the longest one, varlen).
+  int* dq_order;
+  int m_blocks;
 };
 
 }  // namespace flashsigmoid::cuda::hopper

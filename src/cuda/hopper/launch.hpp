@@ -34,8 +34,8 @@ template <int D, class Element>
 void run_fwd(const detail::AttnParams& p);
 
 // Defined in the generated hopper_bwd_hdim<D>_<dtype>.cu units (head dims 64 and 128, built with
-// the forward's units). Dense and varlen problems with query and key rows, default (non-deterministic)
-// mode (backend.cu's try_hopper_backward decides).
+// the forward's units). Dense and varlen problems with query and key rows, either mode (backend.cu's
+// try_hopper_backward decides).
 template <int D, class Element>
 void run_bwd(const detail::BwdParams& p);
 }  // namespace hopper

@@ -19,6 +19,7 @@ namespace flashsigmoid::cuda::portable {
 struct BwdWorkspace {
   float* part = nullptr;      // d(bias) partials: n_part floats, only when p.dbias is set
   float* dq_accum = nullptr;  // zeroed fp32 [rows_q, Hq, D], only when asked for
+  int* flags = nullptr;       // zeroed int32 counters, only when asked for (zeroed_flags)
   const char* who = "backward";
 
   BwdWorkspace(const detail::BwdParams& p, std::int64_t n_part, bool with_dq_accum, int head_dim,
@@ -35,7 +36,18 @@ struct BwdWorkspace {
     }
   }
 
+  // n zeroed int32 counters (the Hopper backward's deterministic mode orders its dQ adds by them).
+  int* zeroed_flags(std::int64_t n, cudaStream_t stream) {
+    if (n > 0) {
+      check(cudaMallocAsync(reinterpret_cast<void**>(&flags), std::size_t(n) * sizeof(int), stream),
+            "cudaMallocAsync(", " dQ order flags)");
+      check(cudaMemsetAsync(flags, 0, std::size_t(n) * sizeof(int), stream), "cudaMemsetAsync(", " dQ order flags)");
+    }
+    return flags;
+  }
+
   void release(cudaStream_t stream) {
+    if (flags != nullptr) check(cudaFreeAsync(flags, stream), "cudaFreeAsync(", " dQ order flags)");
     if (dq_accum != nullptr) check(cudaFreeAsync(dq_accum, stream), "cudaFreeAsync(", " dQ workspace)");
     if (part != nullptr) check(cudaFreeAsync(part, stream), "cudaFreeAsync(", " d(bias) workspace)");
   }
