@@ -126,6 +126,7 @@ struct DqOrder {
   }
   CUTLASS_DEVICE void done() const {
     asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");  // the add has completed in global memory
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");    // ... and is ordered before the release
     Flags::arrive_inc(flags, 0, index, 1);
   }
 };
