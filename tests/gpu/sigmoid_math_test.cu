@@ -81,6 +81,50 @@ TEST(SigmoidMath, ExpFormRelativeError) {
   EXPECT_EQ(e.at_minus_inf, 0.0f);
 }
 
+template <class Element>
+__global__ void twice_kernel(const float* x, float* once, float* twice, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) {
+    once[i] = flashsigmoid::cuda::sigmoid_of_half_logit<Element>(x[i]);
+    twice[i] = flashsigmoid::cuda::twice_sigmoid_of_half_logit<Element>(x[i]);
+  }
+}
+
+// The Hopper forward accumulates O from 2P and halves it at the end; that is the same O only if 2P
+// is exactly twice P (a power-of-2 scaling), for both forms, masked scores (-inf) included.
+template <class Element>
+void expect_exactly_twice() {
+  const int n = 1 << 16;
+  std::vector<float> x(n), once(n), twice(n);
+  for (int i = 0; i < n - 1; ++i) x[i] = -20.0f + 40.0f * float(i) / float(n);
+  x[n - 1] = -INFINITY;
+  float *dx = nullptr, *d1 = nullptr, *d2 = nullptr;
+  ASSERT_EQ(cudaMalloc(&dx, n * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&d1, n * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&d2, n * sizeof(float)), cudaSuccess);
+  cudaMemcpy(dx, x.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+  twice_kernel<Element><<<n / 256, 256>>>(dx, d1, d2, n);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cudaMemcpy(once.data(), d1, n * sizeof(float), cudaMemcpyDeviceToHost);
+  cudaMemcpy(twice.data(), d2, n * sizeof(float), cudaMemcpyDeviceToHost);
+  cudaFree(dx);
+  cudaFree(d1);
+  cudaFree(d2);
+  int mismatches = 0;
+  for (int i = 0; i < n; ++i) {
+    if (twice[i] != 2.0f * once[i] && ++mismatches <= 5) {
+      ADD_FAILURE() << "half logit " << x[i] << ": twice form " << twice[i] << ", 2 x plain form " << 2.0f * once[i];
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
+}
+
+TEST(SigmoidMath, TwiceFormsAreExactlyTwice) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device";
+  expect_exactly_twice<cutlass::bfloat16_t>();  // tanh form: 1 + tanh(h) against 0.5 + 0.5 tanh(h)
+  expect_exactly_twice<cutlass::half_t>();      // exp form
+}
+
 static_assert(flashsigmoid::cuda::kSigmoidExpForm<cutlass::half_t>,
               "fp16 takes the exp form: its rounding is finer than tanh.approx's error on small P");
 

@@ -18,11 +18,19 @@ namespace flashsigmoid::cuda {
 // Blocks that are fully visible skip the per-element mask; ALiBi needs each element's (query, key),
 // the plain path does not. Masked and past-the-end elements become exactly 0 (their V rows are
 // zero-filled, so 0 * V stays finite).
-// Element (the input dtype) picks the sigmoid's form (sigmoid.cuh).
-template <class Element, bool kTransposed = false, class AccS, class CoordS>
+// Element (the input dtype) picks the sigmoid's form (sigmoid.cuh). kTwice: 2P instead of P (the
+// caller halves what it accumulates from it; sigmoid.cuh's twice_sigmoid_of_half_logit).
+template <class Element, bool kTransposed = false, bool kTwice = false, class AccS, class CoordS>
 __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS, const detail::ScoreTransform& st,
                                                 std::int64_t i0, std::int64_t j0, bool full_block) {
   using cute::get;
+  auto sigmoid = [](float half_s) {
+    if constexpr (kTwice) {
+      return twice_sigmoid_of_half_logit<Element>(half_s);
+    } else {
+      return sigmoid_of_half_logit<Element>(half_s);
+    }
+  };
   const detail::ScoreTransform::Tile tile = st.tile(i0, j0);
   if (full_block && tile.alibi_slope == 0.0f) {
     detail::ScoreTransform::Tile plain = tile;
@@ -34,11 +42,11 @@ __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS,
       // compile-time index, so this is no run-time branch).
       constexpr int kEvery = FLASHSIGMOID_SIGMOID_FMA_EVERY;
       if (i % kEvery == kEvery - 1) {
-        acc_s(i) = detail::sigmoid_of_half_logit_fma(plain.logit(acc_s(i), 0, 0));
+        acc_s(i) = (kTwice ? 2.0f : 1.0f) * detail::sigmoid_of_half_logit_fma(plain.logit(acc_s(i), 0, 0));
         continue;
       }
 #endif
-      acc_s(i) = sigmoid_of_half_logit<Element>(plain.logit(acc_s(i), 0, 0));
+      acc_s(i) = sigmoid(plain.logit(acc_s(i), 0, 0));
     }
   } else if (tile.alibi_slope == 0.0f) {
     // A partial block without ALiBi (the causal diagonal, window edges, the last key block): every
@@ -55,7 +63,7 @@ __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS,
     for (int i = 0; i < cute::size(acc_s); ++i) {
       const int dq = int(kTransposed ? get<1>(tScS(i)) : get<0>(tScS(i))) - q0;
       const int dk = int(kTransposed ? get<0>(tScS(i)) : get<1>(tScS(i))) - k0;
-      const float p = sigmoid_of_half_logit<Element>(plain.logit(acc_s(i), 0, 0));
+      const float p = sigmoid(plain.logit(acc_s(i), 0, 0));
       acc_s(i) = win.masked(dq, dk) ? 0.0f : p;
     }
   } else {
@@ -73,7 +81,7 @@ __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS,
       const int dk = key(i) - k0;
       acc_s(i) = !full_block && win.masked(dq, dk)
                      ? 0.0f
-                     : sigmoid_of_half_logit<Element>(tile.logit(acc_s(i), q0 + dq, k0 + dk));
+                     : sigmoid(tile.logit(acc_s(i), q0 + dq, k0 + dk));
     }
   }
 }

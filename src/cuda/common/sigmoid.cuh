@@ -47,4 +47,18 @@ __device__ __forceinline__ float sigmoid_of_half_logit(float half_s) {
   }
 }
 
+// 2 sigmoid(s), for a kernel that halves its result once at the end (the Hopper forward: O = P V
+// accumulated from 2P, times 0.5 in the epilogue). Exactly twice the value above (scaling by 2 is
+// exact in binary floating point), but the tanh form is then 1 + tanh(h): an add with an immediate,
+// where 0.5 + 0.5 tanh(h) needs 0.5 in a register (an FMA takes one immediate), and the register
+// allocator kept copies of it in the sigmoid loop.
+template <class Element>
+__device__ __forceinline__ float twice_sigmoid_of_half_logit(float half_s) {
+  if constexpr (kSigmoidExpForm<Element>) {
+    return __fdividef(2.0f, 1.0f + __expf(-2.0f * half_s));
+  } else {
+    return 1.0f + tanh_approx(half_s);
+  }
+}
+
 }  // namespace flashsigmoid::cuda

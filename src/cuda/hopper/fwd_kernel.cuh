@@ -85,6 +85,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fwd_kernel(const __grid_
         if constexpr (Traits::kOwnO) ss.barrier_q_empty.arrive();  // every GEMM reading Q is done
       }
       Element* o_tile = static_cast<Element*>(p.o) + p.o_stride.offset(w.b, w.seq.q_begin + w.m0, w.h);
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc_o); ++i) acc_o(i) *= 0.5f;  // the mainloop accumulated 2 P V (exact)
       store_output<Traits>(acc_o, ss, o_tile, p.o_stride.row, w.rows, ctid);
       if constexpr (!Traits::kOwnO) {
         if (used_q) ss.barrier_q_empty.arrive();  // O has been read back out of Q's space

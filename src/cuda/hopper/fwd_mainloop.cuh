@@ -213,10 +213,11 @@ __device__ __forceinline__ void consume(typename Traits::SharedStorage& ss, type
   static_assert(std::is_same_v<decltype(shape(tOrP)), decltype(partition_shape_A(mma_pv, Shape<Int<BM>, Int<BN>>{}))>,
                 "P is not laid out as the PV wgmma's A operand");
 
-  // S -> P for key block `it` (in place in acc_s; fp32).
+  // S -> 2P for key block `it` (in place in acc_s; fp32): acc_o accumulates 2 P V, and the kernel
+  // halves it before the epilogue (sigmoid.cuh's twice_sigmoid_of_half_logit).
   auto probs = [&](int it) {
     const std::int64_t j0 = std::int64_t(w.n_begin + it) * BN;
-    scores_to_probs<Element>(acc_s, tScS, w.st, w.m0, j0, w.st.block_unmasked(w.m0, w.m0 + w.rows, j0, j0 + BN));
+    scores_to_probs<Element, false, true>(acc_s, tScS, w.st, w.m0, j0, w.st.block_unmasked(w.m0, w.m0 + w.rows, j0, j0 + BN));
   };
   // P(it) into rP; called only when no wgmma reads rP. The fences keep the compiler from moving
   // these register writes above the preceding warpgroup_wait (wgmma reads rP asynchronously).
