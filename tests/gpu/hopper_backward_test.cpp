@@ -96,27 +96,25 @@ std::vector<Case> hopper_backward_cases() {
 
 class HopperBackward : public ::testing::TestWithParam<Case> {};
 
-TEST_P(HopperBackward, MatchesReference) {
-  FS_SKIP_WITHOUT_HOPPER();
+// One case against the reference in one mode, and the kernel that ran.
+void check_hopper_case(const Case& c, bool deterministic) {
 #if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
   GTEST_SKIP() << "the CUDA backward is off in this build (configured with -DFLASHSIGMOID_CUDA_BACKWARD=OFF)";
 #endif
-  const Case& c = GetParam();
   if (c.D == 0) GTEST_SKIP() << "this build has neither of the Hopper backward's head dims 64, 128";
-  fs_gpu::check_backward(c, /*deterministic=*/false);
+  fs_gpu::check_backward(c, deterministic);
   EXPECT_STREQ(flashsigmoid::cuda::last_backward_kernel(), expected_kernel());
+}
+
+TEST_P(HopperBackward, MatchesReference) {
+  FS_SKIP_WITHOUT_HOPPER();
+  check_hopper_case(GetParam(), /*deterministic=*/false);
 }
 
 // The same cases in the deterministic mode (dQ adds ordered by key block: bwd_kernel.cuh's DqOrder).
 TEST_P(HopperBackward, DeterministicMatchesReference) {
   FS_SKIP_WITHOUT_HOPPER();
-#if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
-  GTEST_SKIP() << "the CUDA backward is off in this build (configured with -DFLASHSIGMOID_CUDA_BACKWARD=OFF)";
-#endif
-  const Case& c = GetParam();
-  if (c.D == 0) GTEST_SKIP() << "this build has neither of the Hopper backward's head dims 64, 128";
-  fs_gpu::check_backward(c, /*deterministic=*/true);
-  EXPECT_STREQ(flashsigmoid::cuda::last_backward_kernel(), expected_kernel());
+  check_hopper_case(GetParam(), /*deterministic=*/true);
 }
 
 // Deterministic mode with many key blocks adding to each query block (16, and GQA heads sharing a
