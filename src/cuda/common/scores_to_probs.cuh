@@ -71,9 +71,9 @@ __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS,
     for (int i = 0; i < cute::size(acc_s); ++i) {
       const int dq = query(i) - q0;
       const int dk = key(i) - k0;
-      acc_s(i) = !full_block && win.masked(dq, dk)
-                     ? 0.0f
-                     : sigmoid_of_half_logit<Element>(tile.logit(acc_s(i), q0 + dq, k0 + dk));
+      // Every sigmoid computed, masked ones dropped by a select: branch-free, as above.
+      const float p = sigmoid_of_half_logit<Element>(tile.logit(acc_s(i), q0 + dq, k0 + dk));
+      acc_s(i) = !full_block && win.masked(dq, dk) ? 0.0f : p;
     }
   }
 }
