@@ -72,8 +72,13 @@ __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS,
       const int dq = query(i) - q0;
       const int dk = key(i) - k0;
       // Every sigmoid computed, masked ones dropped by a select: branch-free, as above.
-      const float p = sigmoid_of_half_logit<Element>(tile.logit(acc_s(i), q0 + dq, k0 + dk));
-      acc_s(i) = !full_block && win.masked(dq, dk) ? 0.0f : p;
+      acc_s(i) = sigmoid_of_half_logit<Element>(tile.logit(acc_s(i), q0 + dq, k0 + dk));
+    }
+    if (!full_block) {
+      CUTE_UNROLL
+      for (int i = 0; i < cute::size(acc_s); ++i) {
+        if (win.masked(query(i) - q0, key(i) - k0)) acc_s(i) = 0.0f;
+      }
     }
   }
 }
