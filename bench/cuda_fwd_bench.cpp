@@ -13,13 +13,16 @@
 // schedule variants for A/B runs, per-tile (one CTA per tile, not persistent) and no-l2-group (causal
 // longest-first across every head). --shape D:N:causal times one shape (e.g. for ncu). --varlen passes
 // the same B sequences of length N packed ([B*N, H, D] with cu_seqlens), to compare the varlen path
-// with the dense one at equal work.
+// with the dense one at equal work. --alibi adds per-head ALiBi slopes (2^(-8 (h + 1) / Hq), as the
+// ALiBi paper) to every shape.
 //   usage: flashsigmoid_cuda_fwd_bench [--reps N] [--quick] [--backward] [--deterministic] [--dtype bf16|fp16]
 //                                      [--kernel auto|portable|both|MODE,MODE...] [--shape D:N:causal] [--varlen]
+//                                      [--alibi]
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -72,6 +75,7 @@ int main(int argc, char** argv) {
   bool backward = false;
   bool deterministic = false;
   bool varlen = false;
+  bool alibi = false;
   std::string kernel_arg = "auto";
   std::string shape_arg;
   std::string dtype_arg = "bf16";
@@ -84,6 +88,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--backward")) backward = true;
     if (!std::strcmp(argv[i], "--deterministic")) deterministic = true;
     if (!std::strcmp(argv[i], "--varlen")) varlen = true;
+    if (!std::strcmp(argv[i], "--alibi")) alibi = true;
   }
   const char* pass = backward ? "backward" : "forward";
   if (dtype_arg != "bf16" && dtype_arg != "fp16") {
@@ -146,7 +151,8 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
   std::printf("# flashsigmoid CUDA %s, %s (%d SMs), %s%s, median of %d reps\n", pass, prop.name,
-              prop.multiProcessorCount, dtype_arg.c_str(), varlen ? ", varlen (B sequences of N packed)" : "", reps);
+              prop.multiProcessorCount, dtype_arg.c_str(),
+              (std::string(varlen ? ", varlen (B sequences of N packed)" : "") + (alibi ? ", ALiBi" : "")).c_str(), reps);
 
   constexpr int kSets = 3;
   // GQA 32:8 at D 128 has Hq*D = 4096: size buffers for the largest q.
@@ -172,6 +178,9 @@ int main(int argc, char** argv) {
   // first B + 1.
   std::int32_t* cu_seqlens = nullptr;
   check(cudaMalloc(&cu_seqlens, (kTokens / 1024 + 1) * sizeof(std::int32_t)), "cudaMalloc");
+  // --alibi: slopes for the most heads any shape has (GQA 32:8 at D 128: 32).
+  float* slopes = nullptr;
+  check(cudaMalloc(&slopes, 32 * sizeof(float)), "cudaMalloc");
   cudaStream_t stream;
   check(cudaStreamCreate(&stream), "cudaStreamCreate");
   cudaEvent_t start, stop;
@@ -207,6 +216,12 @@ int main(int argc, char** argv) {
       opt.cu_seqlens_q = opt.cu_seqlens_k =
           flashsigmoid::TensorView::contiguous(cu_seqlens, flashsigmoid::DType::int32, {B + 1}, device);
       opt.max_seqlen_q = opt.max_seqlen_k = sh.N;
+    }
+    if (alibi) {
+      std::vector<float> s(sh.Hq);
+      for (int h = 0; h < sh.Hq; ++h) s[h] = std::pow(2.0f, -8.0f * float(h + 1) / float(sh.Hq));
+      check(cudaMemcpy(slopes, s.data(), s.size() * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+      opt.alibi_slopes = flashsigmoid::TensorView::contiguous(slopes, flashsigmoid::DType::float32, {sh.Hq}, device);
     }
     opt.causal = sh.causal;
     opt.stream = stream;

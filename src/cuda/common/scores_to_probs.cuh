@@ -79,9 +79,13 @@ __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS,
     for (int i = 0; i < cute::size(acc_s); ++i) {
       const int dq = query(i) - q0;
       const int dk = key(i) - k0;
-      acc_s(i) = !full_block && win.masked(dq, dk)
-                     ? 0.0f
-                     : sigmoid(tile.logit(acc_s(i), q0 + dq, k0 + dk));
+      acc_s(i) = sigmoid(tile.logit(acc_s(i), q0 + dq, k0 + dk));
+    }
+    if (!full_block) {  // masked ones dropped afterwards: branch-free (ALiBi's own sigmoid loop, then this)
+      CUTE_UNROLL
+      for (int i = 0; i < cute::size(acc_s); ++i) {
+        if (win.masked(query(i) - q0, key(i) - k0)) acc_s(i) = 0.0f;
+      }
     }
   }
 }
