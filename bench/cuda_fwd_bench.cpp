@@ -11,13 +11,18 @@
 // with the automatic choice and then with the portable kernel, in the same process. --kernel also
 // takes a comma-separated list of modes, timed back to back per shape: auto, portable, and two Hopper
 // schedule variants for A/B runs, per-tile (one CTA per tile, not persistent) and no-l2-group (causal
-// longest-first across every head). --shape D:N:causal times one shape (e.g. for ncu).
+// longest-first across every head). --shape D:N:causal times one shape (e.g. for ncu). --varlen passes
+// the same B sequences of length N packed ([B*N, H, D] with cu_seqlens), to compare the varlen path
+// with the dense one at equal work. --alibi adds per-head ALiBi slopes (2^(-8 (h + 1) / Hq), as the
+// ALiBi paper) to every shape.
 //   usage: flashsigmoid_cuda_fwd_bench [--reps N] [--quick] [--backward] [--deterministic] [--dtype bf16|fp16]
-//                                      [--kernel auto|portable|both|MODE,MODE...] [--shape D:N:causal]
+//                                      [--kernel auto|portable|both|MODE,MODE...] [--shape D:N:causal] [--varlen]
+//                                      [--alibi]
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -69,6 +74,8 @@ int main(int argc, char** argv) {
   bool quick = false;
   bool backward = false;
   bool deterministic = false;
+  bool varlen = false;
+  bool alibi = false;
   std::string kernel_arg = "auto";
   std::string shape_arg;
   std::string dtype_arg = "bf16";
@@ -80,6 +87,8 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--backward")) backward = true;
     if (!std::strcmp(argv[i], "--deterministic")) deterministic = true;
+    if (!std::strcmp(argv[i], "--varlen")) varlen = true;
+    if (!std::strcmp(argv[i], "--alibi")) alibi = true;
   }
   const char* pass = backward ? "backward" : "forward";
   if (dtype_arg != "bf16" && dtype_arg != "fp16") {
@@ -141,8 +150,9 @@ int main(int argc, char** argv) {
   int dev = 0;
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
-  std::printf("# flashsigmoid CUDA %s, %s (%d SMs), %s, median of %d reps\n", pass, prop.name,
-              prop.multiProcessorCount, dtype_arg.c_str(), reps);
+  std::printf("# flashsigmoid CUDA %s, %s (%d SMs), %s%s, median of %d reps\n", pass, prop.name,
+              prop.multiProcessorCount, dtype_arg.c_str(),
+              (std::string(varlen ? ", varlen (B sequences of N packed)" : "") + (alibi ? ", ALiBi" : "")).c_str(), reps);
 
   constexpr int kSets = 3;
   // GQA 32:8 at D 128 has Hq*D = 4096: size buffers for the largest q.
@@ -164,6 +174,13 @@ int main(int argc, char** argv) {
     const auto host = random_values(max_elems, 99, fp16);
     check(cudaMemcpy(dout, host.data(), max_elems * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
   }
+  // --varlen: cu_seqlens 0, N, 2N, ... for the largest batch (N = 1k: 17 entries); each shape uses its
+  // first B + 1.
+  std::int32_t* cu_seqlens = nullptr;
+  check(cudaMalloc(&cu_seqlens, (kTokens / 1024 + 1) * sizeof(std::int32_t)), "cudaMalloc");
+  // --alibi: slopes for the most heads any shape has (GQA 32:8 at D 128: 32).
+  float* slopes = nullptr;
+  check(cudaMalloc(&slopes, 32 * sizeof(float)), "cudaMalloc");
   cudaStream_t stream;
   check(cudaStreamCreate(&stream), "cudaStreamCreate");
   cudaEvent_t start, stop;
@@ -186,11 +203,26 @@ int main(int argc, char** argv) {
     if (job.mode == "per-tile") schedule.persistent = false;
     if (job.mode == "no-l2-group") schedule.l2_grouping = false;
     const std::int64_t B = kTokens / sh.N;
+    const flashsigmoid::Device device{flashsigmoid::DeviceType::cuda, dev};
     auto view = [&](void* data, int H) {
-      return flashsigmoid::TensorView::contiguous(data, dtype, {B, sh.N, H, sh.D},
-                                                  {flashsigmoid::DeviceType::cuda, dev});
+      return varlen ? flashsigmoid::TensorView::contiguous(data, dtype, {B * sh.N, H, sh.D}, device)
+                    : flashsigmoid::TensorView::contiguous(data, dtype, {B, sh.N, H, sh.D}, device);
     };
     flashsigmoid::Options opt;
+    if (varlen) {
+      std::vector<std::int32_t> cu(B + 1);
+      for (std::int64_t b = 0; b <= B; ++b) cu[b] = std::int32_t(b * sh.N);
+      check(cudaMemcpy(cu_seqlens, cu.data(), cu.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice), "cudaMemcpy");
+      opt.cu_seqlens_q = opt.cu_seqlens_k =
+          flashsigmoid::TensorView::contiguous(cu_seqlens, flashsigmoid::DType::int32, {B + 1}, device);
+      opt.max_seqlen_q = opt.max_seqlen_k = sh.N;
+    }
+    if (alibi) {
+      std::vector<float> s(sh.Hq);
+      for (int h = 0; h < sh.Hq; ++h) s[h] = std::pow(2.0f, -8.0f * float(h + 1) / float(sh.Hq));
+      check(cudaMemcpy(slopes, s.data(), s.size() * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+      opt.alibi_slopes = flashsigmoid::TensorView::contiguous(slopes, flashsigmoid::DType::float32, {sh.Hq}, device);
+    }
     opt.causal = sh.causal;
     opt.stream = stream;
     opt.deterministic = deterministic;
