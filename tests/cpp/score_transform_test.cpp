@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <random>
+#include <vector>
 
 #include "common/score_transform.hpp"
 
@@ -59,6 +61,61 @@ TEST(ScoreTransform, WindowFarFromDiagonal) {
       ASSERT_EQ(tile.masked(r, c), st.masked(r, c)) << r << " " << c;
     }
   }
+}
+
+// The block ranges the backward walks (query_blocks, first_key_block) against element-wise
+// visibility: a key block's query blocks are exactly those with a visible element in the block
+// pair, and the key blocks that see a query block are contiguous from first_key_block (the Hopper
+// backward's deterministic mode orders its dQ adds by the rank in that range; a gap or a wrong
+// start would leave a key block waiting forever).
+TEST(ScoreTransform, BlockRangesMatchElementVisibility) {
+  std::mt19937_64 rng(20261129);
+  auto pick = [&](std::int64_t lo, std::int64_t hi) {
+    return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng);
+  };
+  int pairs_seen = 0, pairs_unseen = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    ScoreTransform st;
+    st.len_k = pick(1, 700);
+    const std::int64_t len_q = pick(1, 700);
+    st.diag = st.len_k - len_q;
+    const std::int64_t bounds[] = {-1, 0, pick(1, 40), pick(41, 900)};
+    st.left = bounds[pick(0, 3)];
+    st.right = bounds[pick(0, 3)];
+    const int bm = pick(0, 1) ? 64 : 128, bn = 128;
+    const std::int64_t m_blocks = (len_q + bm - 1) / bm, n_blocks = (st.len_k + bn - 1) / bn;
+    // sees[m][n]: some query row of block m (below len_q) sees some key of block n (below len_k).
+    std::vector<std::vector<bool>> sees(m_blocks, std::vector<bool>(n_blocks, false));
+    for (std::int64_t i = 0; i < len_q; ++i) {
+      const std::int64_t lo = st.left < 0 ? 0 : std::max<std::int64_t>(0, i + st.diag - st.left);
+      const std::int64_t hi = st.right < 0 ? st.len_k - 1 : std::min(st.len_k - 1, i + st.diag + st.right);
+      for (std::int64_t n = lo / bn; lo <= hi && n <= hi / bn; ++n) sees[i / bm][n] = true;
+    }
+    for (std::int64_t n = 0; n < n_blocks; ++n) {
+      const std::int64_t j0 = n * bn, j1 = std::min(st.len_k, j0 + bn);
+      std::int64_t m_begin = 0, m_count = 0;
+      st.query_blocks(j0, j1, len_q, bm, m_begin, m_count);
+      for (std::int64_t m = 0; m < m_blocks; ++m) {
+        const bool walked = m >= m_begin && m < m_begin + m_count;
+        ASSERT_EQ(walked, bool(sees[m][n])) << "trial " << trial << " key block " << n << " query block " << m;
+        (walked ? pairs_seen : pairs_unseen) += 1;
+      }
+    }
+    for (std::int64_t m = 0; m < m_blocks; ++m) {
+      std::int64_t first = -1, last = -1;
+      for (std::int64_t n = 0; n < n_blocks; ++n) {
+        if (!sees[m][n]) continue;
+        if (first < 0) first = n;
+        ASSERT_TRUE(last < 0 || last == n - 1) << "trial " << trial << ": query block " << m << " skips key blocks";
+        last = n;
+      }
+      if (first >= 0) {
+        ASSERT_EQ(st.first_key_block(m * bm, bn), first) << "trial " << trial << " query block " << m;
+      }
+    }
+  }
+  EXPECT_GT(pairs_seen, 500);
+  EXPECT_GT(pairs_unseen, 500);
 }
 
 }  // namespace

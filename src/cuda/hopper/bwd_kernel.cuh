@@ -117,7 +117,7 @@ struct DqOrder {
     o.flags = prm.dq_order;
     o.index = int(((std::int64_t(b) * p.heads_q + h) * prm.m_blocks + i0 / Traits::kBlockM) *
                       Traits::kNConsumerWarpGroups + wg);
-    o.rank = int(blockIdx.x) - int(st.key_begin(i0) / Traits::kBlockN);
+    o.rank = int(blockIdx.x) - int(st.first_key_block(i0, Traits::kBlockN));
     return o;
   }
   CUTLASS_DEVICE void wait_turn() const {
@@ -146,10 +146,10 @@ __device__ __forceinline__ BwdSteps make_steps(const detail::BwdParams& p, const
   s.group = int(p.heads_q / p.heads_kv);
   if (keys <= 0) return s;  // varlen: this sequence has no keys at this block
   const detail::ScoreTransform st = detail::make_score_transform(p, seq, b, std::int64_t(hk) * s.group);
-  const std::int64_t q_lo = st.query_begin(j0);
-  const std::int64_t q_hi = st.query_end(j0 + keys, seq.len_q);
-  s.m_begin = int(q_lo / Traits::kBlockM);
-  s.m_count = q_hi > q_lo ? int((q_hi + Traits::kBlockM - 1) / Traits::kBlockM) - s.m_begin : 0;
+  std::int64_t m_begin = 0, m_count = 0;
+  st.query_blocks(j0, j0 + keys, seq.len_q, Traits::kBlockM, m_begin, m_count);
+  s.m_begin = int(m_begin);
+  s.m_count = int(m_count);
   return s;
 }
 
