@@ -19,6 +19,27 @@ namespace {
 
 using namespace cute;
 
+// Plain (row, column) -> element offsets of an M x N shared-memory tile, as the kernels store and
+// read it by 32-bit shared addresses: errors against "a bijection onto the tile, and each aligned
+// group of g columns of a row at g consecutive offsets, the group's first offset a multiple of g".
+template <class Offsets>
+int bad_grouped_offsets(const Offsets& offsets, int M, int N, int g) {
+  std::vector<int> seen(M * N, 0);
+  int bad = 0;
+  for (int r = 0; r < M; ++r) {
+    for (int c = 0; c < N; ++c) {
+      const int o = offsets(r, c);
+      if (o < 0 || o >= M * N || seen[o]++ != 0) ++bad;
+      if (c % g == 0) {
+        bad += o % g != 0;
+      } else {
+        bad += o != offsets(r, c - c % g) + c % g;
+      }
+    }
+  }
+  return bad;
+}
+
 template <int D>
 void check_hopper_bwd_layouts() {
   using T = flashsigmoid::cuda::hopper::BwdTraits<D, cutlass::bfloat16_t>;
@@ -120,17 +141,7 @@ void check_hopper_bwd_layouts() {
 
   // The staging tile's plain offsets (store_pairs_shared): a bijection onto the tile, and columns
   // 2c, 2c + 1 of a row adjacent, the pair 8-byte aligned.
-  typename T::SmemOffsetsDq offsets;
-  std::vector<int> offset_seen(BM * kCols, 0);
-  int bad_offsets = 0;
-  for (int r = 0; r < BM; ++r) {
-    for (int c = 0; c < kCols; ++c) {
-      const int o = offsets(r, c);
-      if (o < 0 || o >= BM * kCols || offset_seen[o]++ != 0) ++bad_offsets;
-      if (c % 2 == 0) bad_offsets += offsets(r, c + 1) != o + 1 || o % 2 != 0;
-    }
-  }
-  EXPECT_EQ(bad_offsets, 0) << "dQ staging offsets";
+  EXPECT_EQ(bad_grouped_offsets(typename T::SmemOffsetsDq{}, BM, kCols, 2), 0) << "dQ staging offsets";
 }
 
 // The epilogue's stmatrix copy (fwd_epilogue.cuh's store_output) of a TiledMma's C tile of shape
@@ -178,18 +189,8 @@ TEST(HopperBwdLayouts, D128) { check_hopper_bwd_layouts<128>(); }
 // offsets of the swizzled tile must be contiguous and 16-byte aligned, and the offsets a bijection.
 template <class SmemLayout, int M, int N>
 void check_vector_readback() {
-  const auto offsets = as_position_independent_swizzle_layout(SmemLayout{});
-  std::vector<int> seen(M * N, 0);
-  int bad = 0;
-  for (int r = 0; r < M; ++r) {
-    for (int c = 0; c < N; ++c) {
-      const int o = offsets(r, c);
-      if (o < 0 || o >= M * N || seen[o]++ != 0) ++bad;
-      if (c % 8 == 0) bad += o % 8 != 0;
-      else bad += o != offsets(r, c - c % 8) + c % 8;
-    }
-  }
-  EXPECT_EQ(bad, 0) << "epilogue read-back vectors";
+  EXPECT_EQ(bad_grouped_offsets(as_position_independent_swizzle_layout(SmemLayout{}), M, N, 8), 0)
+      << "epilogue read-back vectors";
 }
 
 TEST(HopperEpilogueLayouts, ForwardO) {
