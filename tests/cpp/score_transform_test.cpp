@@ -14,21 +14,33 @@ namespace {
 
 using flashsigmoid::detail::ScoreTransform;
 
-TEST(ScoreTransform, TileAndWindowMatchGlobalMask) {
-  std::mt19937_64 rng(20261128);
-  auto pick = [&](std::int64_t lo, std::int64_t hi) {
+// Random masks: both lengths in [1, max_len]; each side unbounded, causal-like (0), a narrow or a
+// wide window.
+struct RandomMasks {
+  std::mt19937_64 rng;
+  explicit RandomMasks(std::uint64_t seed) : rng(seed) {}
+  std::int64_t pick(std::int64_t lo, std::int64_t hi) {
     return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng);
-  };
-  int visible = 0, hidden = 0;
-  for (int trial = 0; trial < 400; ++trial) {
+  }
+  ScoreTransform next(std::int64_t max_len, std::int64_t max_wide, std::int64_t& len_q) {
     ScoreTransform st;
-    st.len_k = pick(1, 3000);
-    const std::int64_t len_q = pick(1, 3000);
+    st.len_k = pick(1, max_len);
+    len_q = pick(1, max_len);
     st.diag = st.len_k - len_q;
-    // Unbounded, causal-like (0), a narrow or a wide window, on each side.
-    const std::int64_t bounds[] = {-1, 0, pick(1, 40), pick(41, 5000)};
+    const std::int64_t bounds[] = {-1, 0, pick(1, 40), pick(41, max_wide)};
     st.left = bounds[pick(0, 3)];
     st.right = bounds[pick(0, 3)];
+    return st;
+  }
+};
+
+TEST(ScoreTransform, TileAndWindowMatchGlobalMask) {
+  RandomMasks masks(20261128);
+  auto pick = [&](std::int64_t lo, std::int64_t hi) { return masks.pick(lo, hi); };
+  int visible = 0, hidden = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    std::int64_t len_q = 0;
+    const ScoreTransform st = masks.next(3000, 5000, len_q);
     const std::int64_t i0 = pick(0, len_q - 1), j0 = pick(0, st.len_k);
     const ScoreTransform::Tile tile = st.tile(i0, j0);
     const int r0 = int(pick(0, 127)), c0 = int(pick(0, 127));
@@ -69,20 +81,12 @@ TEST(ScoreTransform, WindowFarFromDiagonal) {
 // backward's deterministic mode orders its dQ adds by the rank in that range; a gap or a wrong
 // start would leave a key block waiting forever).
 TEST(ScoreTransform, BlockRangesMatchElementVisibility) {
-  std::mt19937_64 rng(20261129);
-  auto pick = [&](std::int64_t lo, std::int64_t hi) {
-    return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng);
-  };
+  RandomMasks masks(20261129);
   int pairs_seen = 0, pairs_unseen = 0;
   for (int trial = 0; trial < 300; ++trial) {
-    ScoreTransform st;
-    st.len_k = pick(1, 700);
-    const std::int64_t len_q = pick(1, 700);
-    st.diag = st.len_k - len_q;
-    const std::int64_t bounds[] = {-1, 0, pick(1, 40), pick(41, 900)};
-    st.left = bounds[pick(0, 3)];
-    st.right = bounds[pick(0, 3)];
-    const int bm = pick(0, 1) ? 64 : 128, bn = 128;
+    std::int64_t len_q = 0;
+    const ScoreTransform st = masks.next(700, 900, len_q);
+    const int bm = masks.pick(0, 1) ? 64 : 128, bn = 128;
     const std::int64_t m_blocks = (len_q + bm - 1) / bm, n_blocks = (st.len_k + bn - 1) / bn;
     // sees[m][n]: some query row of block m (below len_q) sees some key of block n (below len_k).
     std::vector<std::vector<bool>> sees(m_blocks, std::vector<bool>(n_blocks, false));
