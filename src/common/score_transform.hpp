@@ -149,10 +149,10 @@ struct ScoreTransform {
     return e < 0 ? 0 : (e > len_q ? len_q : e);
   }
   // In blocks of bm queries and bn keys, as the backward walks them: the query blocks
-  // [m_begin, m_begin + m_count) that see some key of [j0, j1) (j1 <= len_k), and the first key
-  // block that query block i0 / bm sees. The key blocks that see a query block are a contiguous
-  // range from there (the masks are bands), which the Hopper backward's deterministic mode relies
-  // on (score_transform_test.cpp checks both against element-wise visibility).
+  // [m_begin, m_begin + m_count) that see some key of [j0, j1) (j1 <= len_k), and the last key
+  // block that query rows [i0, i1) see (when they see any). The key blocks that see a query block
+  // are a contiguous range ending there (the masks are bands), which the Hopper backward's
+  // deterministic mode relies on (score_transform_test.cpp checks both against element-wise visibility).
   FS_HD void query_blocks(std::int64_t j0, std::int64_t j1, std::int64_t len_q, int bm, std::int64_t& m_begin,
                           std::int64_t& m_count) const {
     const std::int64_t q_lo = query_begin(j0);
@@ -160,7 +160,7 @@ struct ScoreTransform {
     m_begin = q_lo / bm;
     m_count = q_hi > q_lo ? (q_hi + bm - 1) / bm - m_begin : 0;
   }
-  FS_HD std::int64_t first_key_block(std::int64_t i0, int bn) const { return key_begin(i0) / bn; }
+  FS_HD std::int64_t last_key_block(std::int64_t i1, int bn) const { return (key_end(i1) - 1) / bn; }
 };
 
 FS_HD ScoreTransform make_score_transform(const AttnParams& p, const SeqInfo& s, std::int64_t b,

@@ -92,13 +92,18 @@ __device__ __forceinline__ void drop_queries_from(AccS& acc_s, const CoordS& tSc
   }
 }
 
-// Deterministic mode: the key blocks that see a query block add their dQ parts to it in increasing
+// Deterministic mode: the key blocks that see a query block add their dQ parts to it in decreasing
 // key-block order, so every dQ element is summed in one fixed order. One flag per (batch, query head,
-// query block, warpgroup) counts the adds done; key block n waits for its rank among the blocks that
-// see the query block (n minus the first of them: masks leave a contiguous range of key blocks), then
-// adds, waits for the add to complete (not only for its read of shared memory), and counts it. Key
-// block n waits only for key block n - 1 of the same (kv head, batch): a CTA with a lower index, which
-// the GPU starts first, so the waits cannot deadlock. Only the issuing thread takes part.
+// query block, warpgroup) counts the adds done; key block n waits until the flag equals its rank (the
+// last key block that sees the query block, minus n: masks leave a contiguous range), adds, and counts
+// the add once it has completed in global memory (done(), deferred to the next step's first GEMMs so
+// the consumer does not stall on it). Why decreasing: each key block walks its query blocks upwards
+// from the first it sees, and under causal / window masks a higher key block starts higher, so it
+// reaches a query block one step before the next lower one: the waits are short (in increasing
+// order they added up along the chain; measured 0.36-0.40x the default mode at causal). The grid
+// runs in reverse key-block order in this mode, so key block n waits only for key blocks of the same
+// (kv head, batch) that the GPU started before it: the waits cannot deadlock. Only the issuing
+// thread takes part.
 struct DqOrder {
   struct NoSync {  // GenericBarrier syncs its group around a flag; here the group is one thread
     CUTLASS_DEVICE static void sync() {}
@@ -108,16 +113,17 @@ struct DqOrder {
   int index = 0;  // this (batch, head, query block, warpgroup)'s flag
   int rank = 0;   // adds that must precede this key block's
 
-  // From the parameters alone (not from values the step keeps in registers).
+  // From the parameters alone (not from values the step keeps in registers). Query rows [i0, i1).
   template <class Traits>
-  CUTLASS_DEVICE static DqOrder make(const BwdKernelParams<Traits>& prm, int b, int h, int i0, int wg) {
+  CUTLASS_DEVICE static DqOrder make(const BwdKernelParams<Traits>& prm, int b, int h, int n_block, std::int64_t i0,
+                                     std::int64_t i1, int wg) {
     const detail::BwdParams& p = prm.p;
     const detail::ScoreTransform st = detail::make_score_transform(p, detail::seq_info(p, b), b, h);
     DqOrder o;
     o.flags = prm.dq_order;
     o.index = int(((std::int64_t(b) * p.heads_q + h) * prm.m_blocks + i0 / Traits::kBlockM) *
                       Traits::kNConsumerWarpGroups + wg);
-    o.rank = int(blockIdx.x) - int(st.first_key_block(i0, Traits::kBlockN));
+    o.rank = int(st.last_key_block(i1, Traits::kBlockN)) - n_block;
     return o;
   }
   CUTLASS_DEVICE void wait_turn() const {
@@ -278,6 +284,7 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
   Tensor tR2SsDs = r2s_ds_thr.partition_D(sDsT);  // (CPY, CPY_M, CPY_N, buffer)
 
   float db = 0.0f;  // this thread's sum of dS over the current query head's steps
+  DqOrder order;   // deterministic mode: the last dQ add issued, counted by done()
 
   ss.barrier_kv.wait(0);  // K and V have landed
   typename Traits::PipelineState state;  // consumers start at stage 0, phase 0
@@ -300,6 +307,9 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     pipe.consumer_wait(state);
     wgmma_gemm<true>(mma_sdp, tSrK, tSrQ(_, _, _, stage), acc_s);     // S^T = K Q^T
     wgmma_gemm<true>(mma_sdp, tSrV, tSrDo(_, _, _, stage), acc_dp);  // dP^T = V dO^T
+    if constexpr (kOrderedDq) {
+      if (dq_issuer && t > 0) order.done();  // the previous step's add, while the GEMMs run
+    }
     warpgroup_wait<1>();  // S^T is done; dP^T may still run under the sigmoid
     warpgroup_fence_operand(acc_s);
     scores_to_probs<Element, true>(acc_s, tScS, st, i0, j0, full);
@@ -352,14 +362,12 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
       Tensor mDq = domain_offset(make_coord(seq.q_begin, _0{}),
                                  prm.tma_dq.get_tma_tensor(prm.shape_q)(_, _, h, tma_batch_index(p, b)));
       Tensor gDq = local_tile(mDq, Shape<Int<BM>, Int<Traits::kDqCols>>{}, make_coord(i0 / BM, wg));
-      DqOrder order;
       if constexpr (kOrderedDq) {
-        order = DqOrder::make<Traits>(prm, b, h, i0, wg);
+        order = DqOrder::make<Traits>(prm, b, h, int(j0 / BN), i0, i1, wg);
         order.wait_turn();
       }
       copy(prm.tma_dq, tDqsDqTma, tma_dq.partition_D(gDq));
       tma_store_arrive();
-      if constexpr (kOrderedDq) order.done();
     }
 
     if (part != nullptr && t % steps.m_count == steps.m_count - 1) {  // the head's last step: fixed order
@@ -377,6 +385,9 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     }
   }
   if (dq_issuer) tma_store_wait<0>();  // the last reduce-add has read the staging tile before the CTA ends
+  if constexpr (kOrderedDq) {
+    if (dq_issuer && steps.count() > 0) order.done();
+  }
 }
 
 // Grid (key blocks, kv heads, batch); Traits::kNThreads threads; Traits::kSmemBytes dynamic shared memory.
@@ -393,7 +404,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
   constexpr int D = Traits::kHeadDim;
   auto& ss = shared_storage<typename Traits::SharedStorage>();
   const detail::BwdParams& p = prm.p;
-  const int n_block = blockIdx.x;
+  // Deterministic mode: the highest key block first (DqOrder).
+  const int n_block = kOrderedDq ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
   const int hk = blockIdx.y;
   const int b = blockIdx.z;
   const detail::SeqInfo seq = detail::seq_info(p, b);
