@@ -12,7 +12,9 @@
 #        two calls can split them, e.g. STAGES="tests sanitizer bench" then STAGES="python harness cli"),
 #        PY_HEAD_DIMS (head dims of the pip-installed package, default $FLASHSIGMOID_HEAD_DIMS),
 #        SKIP_PORTABLE_PASS=1 (Hopper builds: one ctest pass with automatic dispatch instead of two),
-#        PY_REUSE=1 (keep a Python package already installed), SKIP_PYTEST=1.
+#        PY_REUSE=1 (keep a Python package already installed), SKIP_PYTEST=1,
+#        PACK_LOGS=1 (at the end, the .log / .txt files of $OUT into one logs.tgz: the device tool returns
+#        at most 8 files, and a full run with the harness writes more; harness/ stays as it is).
 # Wheels under .whl (git-ignored; e.g. triton-sigmoid for the harness) are installed into /tmp/site first:
 #   carry ".whl" too.
 # The Hopper forward and backward are dispatched by default when 90a is built (FLASHSIGMOID_HOPPER=AUTO);
@@ -159,5 +161,8 @@ fi
 if want cli; then
   echo "== CLI main job"
   timeout 120 "$BUILD/tools/cli/flashsigmoid" run 2>&1 | tee "$LOG/cli_run.txt" || status=1
+fi
+if [[ -n "${PACK_LOGS:-}" ]]; then
+  (cd "$LOG" && tar czf logs.tgz --remove-files -- *.log *.txt 2>/dev/null)
 fi
 exit $status
