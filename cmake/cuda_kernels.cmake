@@ -73,16 +73,14 @@ if(_fs_hopper_arch)
       foreach(_fs_dt bf16 fp16)
         fs_instantiate(hopper/fwd_inst hopper_fwd ${_fs_hd} ${_fs_dt} _fs_src)
         list(APPEND _fs_hopper_sources ${_fs_src})
-        # The Hopper backward (src/cuda/hopper/bwd_*.cuh): head dims 64 and 128.
+        # The Hopper backward (src/cuda/hopper/bwd_*.cuh): head dims 64 and 128 (has_hopper_backward
+        # in src/cuda/hopper/launch.hpp, which the dispatch asks).
         if(NOT _fs_hd EQUAL 256 AND FLASHSIGMOID_CUDA_BACKWARD)
           fs_instantiate(hopper/bwd_inst hopper_bwd ${_fs_hd} ${_fs_dt} _fs_src)
           list(APPEND _fs_hopper_sources ${_fs_src})
         endif()
       endforeach()
       target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_HOPPER_HDIM_${_fs_hd}=1)
-      if(NOT _fs_hd EQUAL 256 AND FLASHSIGMOID_CUDA_BACKWARD)
-        target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_HOPPER_BWD_HDIM_${_fs_hd}=1)
-      endif()
     endif()
   endforeach()
 endif()

@@ -34,16 +34,6 @@
 #else
 #define FLASHSIGMOID_HOPPER_HDIM_256_BUILT false
 #endif
-#if defined(FLASHSIGMOID_HOPPER_BWD_HDIM_64)
-#define FLASHSIGMOID_HOPPER_BWD_HDIM_64_BUILT true
-#else
-#define FLASHSIGMOID_HOPPER_BWD_HDIM_64_BUILT false
-#endif
-#if defined(FLASHSIGMOID_HOPPER_BWD_HDIM_128)
-#define FLASHSIGMOID_HOPPER_BWD_HDIM_128_BUILT true
-#else
-#define FLASHSIGMOID_HOPPER_BWD_HDIM_128_BUILT false
-#endif
 
 namespace flashsigmoid::detail {
 namespace {
@@ -165,9 +155,7 @@ bool try_hopper_forward([[maybe_unused]] const AttnParams& p, [[maybe_unused]] b
 template <int D, class Element>
 bool try_hopper_backward([[maybe_unused]] const BwdParams& p, [[maybe_unused]] bool allowed) {
 #if defined(FLASHSIGMOID_HOPPER_ENABLED)
-  constexpr bool kBuilt = (D == 64 && FLASHSIGMOID_HOPPER_BWD_HDIM_64_BUILT) ||
-                          (D == 128 && FLASHSIGMOID_HOPPER_BWD_HDIM_128_BUILT);
-  if constexpr (kBuilt) {
+  if constexpr (cuda::hopper::has_hopper_backward(D)) {
     const std::int64_t query_rows = p.is_varlen() ? p.total_q : p.seqlen_q;
     const std::int64_t key_rows = p.is_varlen() ? p.total_k : p.seqlen_k;
     if (allowed && query_rows > 0 && key_rows > 0 && p.batch > 0 && is_sm90(p.device.index)) {

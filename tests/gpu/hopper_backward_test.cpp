@@ -26,9 +26,9 @@ using fs_test::Alibi;
 using fs_test::Case;
 
 // Cases the Hopper backward takes (backend.cu's try_hopper_backward; the default mode is the test's):
-// head dims 64 / 128 and at least one query and one key row in all (varlen: summed over the sequences).
+// its head dims and at least one query and one key row in all (varlen: summed over the sequences).
 bool hopper_covers(const Case& c) {
-  if (c.D != 64 && c.D != 128) return false;
+  if (!flashsigmoid::cuda::hopper::has_hopper_backward(c.D)) return false;
   if (c.varlen()) {
     auto rows = [](const std::vector<std::int64_t>& lens) {
       return std::accumulate(lens.begin(), lens.end(), std::int64_t(0));
@@ -126,7 +126,7 @@ TEST(HopperBackwardDeterminism, ManyKeyBlocksSameBits) {
 #endif
   std::vector<int> dims;
   for (int D : fs_gpu::kBuiltHeadDims) {
-    if (D == 64 || D == 128) dims.push_back(D);
+    if (flashsigmoid::cuda::hopper::has_hopper_backward(D)) dims.push_back(D);
   }
   if (dims.empty()) GTEST_SKIP() << "this build has neither of the Hopper backward's head dims 64, 128";
   for (int D : dims) {
@@ -177,7 +177,7 @@ TEST(HopperBackwardDispatch, BothModesAndVarlenAreHopper) {
   c.dtype = flashsigmoid::DType::bfloat16;
   c.D = 0;  // a head dim the Hopper backward has, so that only the mode decides
   for (int d : fs_gpu::kBuiltHeadDims) {
-    if (c.D == 0 && (d == 64 || d == 128)) c.D = d;
+    if (c.D == 0 && flashsigmoid::cuda::hopper::has_hopper_backward(d)) c.D = d;
   }
   if (c.D == 0) GTEST_SKIP() << "this build has neither of the Hopper backward's head dims 64, 128";
   c.Nq = c.Nk = 100;

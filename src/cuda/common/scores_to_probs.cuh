@@ -24,6 +24,9 @@ template <class Element, bool kTransposed = false, bool kTwice = false, class Ac
 __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS, const detail::ScoreTransform& st,
                                                 std::int64_t i0, std::int64_t j0, bool full_block) {
   using cute::get;
+  // Each register's query and key (tile-relative), whichever way round the tile is.
+  auto query = [&](int i) { return int(kTransposed ? get<1>(tScS(i)) : get<0>(tScS(i))); };
+  auto key = [&](int i) { return int(kTransposed ? get<0>(tScS(i)) : get<1>(tScS(i))); };
   auto sigmoid = [](float half_s) {
     if constexpr (kTwice) {
       return twice_sigmoid_of_half_logit<Element>(half_s);
@@ -48,43 +51,38 @@ __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS,
 #endif
       acc_s(i) = sigmoid(plain.logit(acc_s(i), 0, 0));
     }
-  } else if (tile.alibi_slope == 0.0f) {
-    // A partial block without ALiBi (the causal diagonal, window edges, the last key block): every
-    // element's sigmoid is computed and the masked ones are dropped by a select. Written as
-    // "masked ? 0 : sigmoid(...)" it compiled to a branch and a reconvergence per element (about 15
-    // instructions each, SASS), and a warp issues the MUFU op anyway when any of its lanes needs it.
-    // S is finite everywhere (past-the-end K rows are zero-filled), so the dropped values are too.
-    detail::ScoreTransform::Tile plain = tile;
-    plain.alibi_slope = 0.0f;
-    const int q0 = int(kTransposed ? get<1>(tScS(0)) : get<0>(tScS(0)));
-    const int k0 = int(kTransposed ? get<0>(tScS(0)) : get<1>(tScS(0)));
-    const detail::ScoreTransform::Tile::Window win = tile.window(q0, k0);
-    CUTE_UNROLL
-    for (int i = 0; i < cute::size(acc_s); ++i) {
-      const int dq = int(kTransposed ? get<1>(tScS(i)) : get<0>(tScS(i))) - q0;
-      const int dk = int(kTransposed ? get<0>(tScS(i)) : get<1>(tScS(i))) - k0;
-      const float p = sigmoid(plain.logit(acc_s(i), 0, 0));
-      acc_s(i) = win.masked(dq, dk) ? 0.0f : p;
-    }
   } else {
-    // ALiBi (any block). Coordinates are taken relative to this thread's first register:
-    // each offset is then a compile-time constant and the mask needs three scalars (Tile::Window),
-    // not one register per element (which made the Hopper kernels spill).
-    auto query = [&](int i) { return int(kTransposed ? get<1>(tScS(i)) : get<0>(tScS(i))); };
-    auto key = [&](int i) { return int(kTransposed ? get<0>(tScS(i)) : get<1>(tScS(i))); };
+    // Coordinates are taken relative to this thread's first register: each offset is then a
+    // compile-time constant and the mask needs three scalars (Tile::Window), not one register per
+    // element (which made the Hopper kernels spill).
     const int q0 = query(0);
     const int k0 = key(0);
     const detail::ScoreTransform::Tile::Window win = tile.window(q0, k0);
-    CUTE_UNROLL
-    for (int i = 0; i < cute::size(acc_s); ++i) {
-      const int dq = query(i) - q0;
-      const int dk = key(i) - k0;
-      acc_s(i) = sigmoid(tile.logit(acc_s(i), q0 + dq, k0 + dk));
-    }
-    if (!full_block) {  // masked ones dropped afterwards: branch-free (ALiBi's own sigmoid loop, then this)
+    if (tile.alibi_slope == 0.0f) {
+      // A partial block without ALiBi (the causal diagonal, window edges, the last key block): every
+      // element's sigmoid is computed and the masked ones are dropped by a select. Written as
+      // "masked ? 0 : sigmoid(...)" it compiled to a branch and a reconvergence per element (about 15
+      // instructions each, SASS), and a warp issues the MUFU op anyway when any of its lanes needs it.
+      // S is finite everywhere (past-the-end K rows are zero-filled), so the dropped values are too.
+      detail::ScoreTransform::Tile plain = tile;
+      plain.alibi_slope = 0.0f;
       CUTE_UNROLL
       for (int i = 0; i < cute::size(acc_s); ++i) {
-        if (win.masked(query(i) - q0, key(i) - k0)) acc_s(i) = 0.0f;
+        const float p = sigmoid(plain.logit(acc_s(i), 0, 0));
+        acc_s(i) = win.masked(query(i) - q0, key(i) - k0) ? 0.0f : p;
+      }
+    } else {
+      // ALiBi (any block): its own sigmoid loop, then, on partial blocks, the masked ones dropped
+      // (branch-free as well).
+      CUTE_UNROLL
+      for (int i = 0; i < cute::size(acc_s); ++i) {
+        acc_s(i) = sigmoid(tile.logit(acc_s(i), query(i), key(i)));
+      }
+      if (!full_block) {
+        CUTE_UNROLL
+        for (int i = 0; i < cute::size(acc_s); ++i) {
+          if (win.masked(query(i) - q0, key(i) - k0)) acc_s(i) = 0.0f;
+        }
       }
     }
   }

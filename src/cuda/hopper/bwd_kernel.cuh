@@ -271,9 +271,9 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
   // one-warpgroup MMA of its D / 2 columns, then tile -> workspace by one TMA reduce-add.
   const int wg = ctid / 128;
   const bool dq_issuer = ctid % 128 == 0;
-  Tensor sDq = make_tensor(make_smem_ptr(ss.dq.data() + wg * cosize_v<typename Traits::SmemLayoutDq>),
-                           typename Traits::SmemLayoutDq{});
-  const uint32_t sdq_base = cast_smem_ptr_to_uint(ss.dq.data() + wg * cosize_v<typename Traits::SmemLayoutDq>);
+  float* const dq_tile = ss.dq.data() + wg * cosize_v<typename Traits::SmemLayoutDq>;
+  Tensor sDq = make_tensor(make_smem_ptr(dq_tile), typename Traits::SmemLayoutDq{});
+  const uint32_t sdq_base = cast_smem_ptr_to_uint(dq_tile);
   Tensor tDqcDq = typename Traits::TiledMmaDQPart{}.get_thread_slice(ctid % 128).partition_C(
       make_identity_tensor(Shape<Int<BM>, Int<Traits::kDqCols>>{}));
   auto tma_dq = prm.tma_dq.get_slice(_0{});

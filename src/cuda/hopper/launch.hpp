@@ -33,8 +33,11 @@ Schedule& schedule();
 template <int D, class Element>
 void run_fwd(const detail::AttnParams& p);
 
-// Defined in the generated hopper_bwd_hdim<D>_<dtype>.cu units (head dims 64 and 128, built with
-// the forward's units). Dense and varlen problems with query and key rows, either mode (backend.cu's
+// Head dims the Hopper backward has (cmake/cuda_kernels.cmake builds its units for these).
+constexpr bool has_hopper_backward(int D) { return D == 64 || D == 128; }
+
+// Defined in the generated hopper_bwd_hdim<D>_<dtype>.cu units (has_hopper_backward's head dims, built
+// with the forward's units). Dense and varlen problems with query and key rows, either mode (backend.cu's
 // try_hopper_backward decides).
 template <int D, class Element>
 void run_bwd(const detail::BwdParams& p);
