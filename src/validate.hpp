@@ -12,6 +12,9 @@ AttnParams make_forward_params(const TensorView& q, const TensorView& k, const T
 BwdParams make_backward_params(const TensorView& q, const TensorView& k, const TensorView& v,
                                const TensorView& dout, const Gradients& grads, const Options& options);
 
+KVCacheParams make_kvcache_params(const TensorView& q, const KVCache& cache, const TensorView& out,
+                                  const Options& options, int num_splits);
+
 std::string describe_shape(const TensorView& t);
 
 }  // namespace flashsigmoid::detail

@@ -104,6 +104,37 @@ struct Gradients {
 void backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& dout,
               const Gradients& grads, const Options& options = {});
 
+// Attention of new query tokens over a key/value cache (decode, append, chunked prefill,
+// speculative verification). The cache is either
+//   dense: k_cache, v_cache [B_cache, Nmax, Hkv, D], sequence b in cache row cache_batch_idx[b]
+//          (int32 [B], optional: row b when not given), or
+//   paged: k_cache, v_cache [num_pages, page_size, Hkv, D] with block_table int32 [B, max_pages]:
+//          key position t of sequence b lives in page block_table[b][t / page_size], slot t % page_size.
+// cache_seqlens int32 [B]: keys already in the cache of sequence b. When k_new / v_new
+// [B, Nq_new, Hkv, D] are given they are first written into the cache at positions
+// cache_seqlens[b] .. cache_seqlens[b] + Nq_new - 1 (in place), so one call appends and attends.
+// Query row i of sequence b (q [B, Nq_new, Hq, D]) attends to the Nk_b = cache_seqlens[b] (+ Nq_new
+// when k_new is given) keys of its sequence; causal / window / ALiBi are aligned bottom-right over
+// them (the last query row is key position Nk_b - 1). On CPU tensors cache_seqlens / block_table are
+// checked before anything is written; a rejected call leaves the cache unchanged.
+struct KVCache {
+  TensorView k_cache;
+  TensorView v_cache;
+  TensorView cache_seqlens;    // int32 [B], required
+  TensorView block_table;      // int32 [B, max_pages]: the cache is paged when given
+  TensorView cache_batch_idx;  // int32 [B], dense caches only (optional)
+  TensorView k_new;            // optional [B, Nq_new, Hkv, D]; given together with v_new
+  TensorView v_new;
+};
+
+// out [B, Nq_new, Hq, D] = sigmoid attention of q over the cache. The bias has no default here:
+// options.bias_mode must be scalar or per_head (a model trained with b = -log(n) decodes with that
+// same b, not -log of the current cache length); neg_log_seqlen_k is rejected. num_splits splits
+// each sequence's key range (0 = a heuristic); partials are summed in fp32 in a fixed order, so the
+// result does not depend on the thread count.
+void forward_with_kvcache(const TensorView& q, const KVCache& cache, const TensorView& out,
+                          const Options& options = {}, int num_splits = 0);
+
 // Head dims that the kernels accept.
 constexpr std::array<int, 5> kSupportedHeadDims = {32, 64, 96, 128, 256};
 

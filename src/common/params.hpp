@@ -80,4 +80,24 @@ struct BwdParams : AttnParams {
   std::int64_t rows_q = 0;  // rows of q and dQ: B * Nq dense, q.shape[0] varlen (sizes dQ workspaces)
 };
 
+// Attention over a KV cache, resolved by validation. The AttnParams part describes the query side
+// (q, o, Hq, D, scale, bias, masks, ALiBi; k / v point at the caches with their strides, seqlen_q =
+// Nq_new, seqlen_k = the longest Nk_b, batch = B); the rest says where each sequence's keys live.
+struct KVCacheParams : AttnParams {
+  const std::int32_t* cache_seqlens = nullptr;  // [B]
+  const std::int32_t* block_table = nullptr;    // [B, max_pages] when paged, else null
+  std::int64_t block_table_stride = 0;          // elements between rows of block_table
+  std::int64_t max_pages = 0;
+  std::int64_t page_size = 0;                   // paged: rows per page; dense: 0
+  std::int64_t num_pages = 0;                   // paged: pages in the cache
+  const std::int32_t* cache_batch_idx = nullptr;  // dense, optional [B]
+  std::int64_t cache_capacity = 0;              // dense: Nmax; paged: max_pages * page_size
+  void* k_cache = nullptr;                      // writable views for the append (same as k / v)
+  void* v_cache = nullptr;
+  const void* k_new = nullptr;                  // null = nothing to append
+  const void* v_new = nullptr;
+  OperandStrides k_new_stride, v_new_stride;
+  int num_splits = 0;                           // resolved (>= 1) by the backend's heuristic when 0
+};
+
 }  // namespace flashsigmoid::detail
