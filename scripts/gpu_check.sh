@@ -16,21 +16,21 @@
 #        PACK_LOGS=1 (at the end, the .log / .txt files of OUTDIR into one logs.tgz, for when only a few
 #        files can be copied back from the GPU machine; harness/ stays as it is).
 # Wheels under .whl (git-ignored; e.g. triton-sigmoid for the harness) are installed into /tmp/site first:
-#   carry ".whl" too.
+#   copy .whl to the GPU machine too.
 # The Hopper forward and backward are dispatched by default when 90a is built (FLASHSIGMOID_HOPPER=AUTO);
 #   then the GPU tests run once with the portable kernels forced and once more (forward and backward
 #   tests) with the automatic choice.
 #   EXTRA_CMAKE_ARGS="-DFLASHSIGMOID_HOPPER=OFF" leaves it out.
 # Needs .deps: run scripts/prepare_device.sh here first (CUTLASS headers and, as the machine has no GoogleTest,
-# .deps/googletest (a copy of /usr/src/googletest): carry ".deps" to the GPU machine.
+# .deps/googletest (a copy of /usr/src/googletest): copy .deps to the GPU machine.
 set -uo pipefail
-# Every GPU step runs under a timeout, so a hung kernel costs minutes, not the whole call.
 if (( $# != 1 )); then
   echo "usage: bash scripts/gpu_check.sh OUTDIR (settings in the environment: see the script's header)" >&2
   exit 2
 fi
 LOG="$(mkdir -p "$1" && cd "$1" && pwd)" || exit 2
 cd "$(dirname "$0")/.."
+# Every GPU step runs under a timeout, so a hung kernel costs minutes, not the whole call.
 ARCHS="${FLASHSIGMOID_CUDA_ARCHS:-90a}"
 DIMS="${FLASHSIGMOID_HEAD_DIMS:-64;128}"
 BUILD=build-gpu

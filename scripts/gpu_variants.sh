@@ -8,7 +8,7 @@
 #        another source tree, e.g. a `git worktree add .wt-main main` carried along: "main@.wt-main:"),
 #        FLASHSIGMOID_HEAD_DIMS (default "64;128"), BENCH_ARGS (default --quick), ROUNDS (default 1),
 #        VARIANT_BACKWARD (default OFF: forward only, faster to build; ON for --backward).
-#   Needs .deps (carry it, and any @dir). Per-variant build logs and benchmark tables end up in
+#   Needs .deps (copy it to the GPU machine, and any @dir). Per-variant build logs and benchmark tables end up in
 #   OUTDIR/variant_logs.tgz; stdout has the tables and the ptxas spill summary.
 set -uo pipefail
 if (( $# != 1 )); then
