@@ -5,7 +5,7 @@
 # and for before/after comparisons; results go to bench/NOTES.md and bench/results/.
 #   usage: bash scripts/gpu_variants.sh OUTDIR
 #   env: VARIANTS ("name[@dir]:flags ...": several flags joined by "_", e.g. "x:-DA=1_-DB=2"; @dir builds
-#        another source tree, e.g. a `git worktree add .wt-main main` carried along: "main@.wt-main:"),
+#        another source tree, e.g. a `git worktree add .wt-main main` copied along: "main@.wt-main:"),
 #        FLASHSIGMOID_HEAD_DIMS (default "64;128"), BENCH_ARGS (default --quick), ROUNDS (default 1),
 #        VARIANT_BACKWARD (default OFF: forward only, faster to build; ON for --backward).
 #   Needs .deps (copy it to the GPU machine, and any @dir). Per-variant build logs and benchmark tables end up in
