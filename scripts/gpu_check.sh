@@ -2,7 +2,7 @@
 # Builds the CUDA backend on a GPU machine and checks it: GPU tests (ctest -L gpu),
 # compute-sanitizer memcheck + racecheck on small shapes, the forward and backward benchmarks,
 # the Python package's tests, the single-process harness and the CLI.
-# Logs go to $OUT when set (the device tool's output folder), else ./gpu_check_logs.
+#   usage: bash scripts/gpu_check.sh OUTDIR   (logs, benchmark tables and the harness's report go there)
 #   env: FLASHSIGMOID_CUDA_ARCHS (default 90a), FLASHSIGMOID_HEAD_DIMS (default "64;128"),
 #        EXTRA_CMAKE_ARGS (e.g. "-DFLASHSIGMOID_SIGMOID_EXP=ON"), SKIP_SANITIZER=1, SKIP_BENCH=1,
 #        SKIP_PYTHON=1, HARNESS_ARGS (extra flags for bench/harness.py, e.g. "--quick"),
@@ -13,21 +13,24 @@
 #        PY_HEAD_DIMS (head dims of the pip-installed package, default $FLASHSIGMOID_HEAD_DIMS),
 #        SKIP_PORTABLE_PASS=1 (Hopper builds: one ctest pass with automatic dispatch instead of two),
 #        PY_REUSE=1 (keep a Python package already installed), SKIP_PYTEST=1,
-#        PACK_LOGS=1 (at the end, the .log / .txt files of $OUT into one logs.tgz: the device tool returns
-#        at most 8 files, and a full run with the harness writes more; harness/ stays as it is).
+#        PACK_LOGS=1 (at the end, the .log / .txt files of OUTDIR into one logs.tgz, for when only a few
+#        files can be copied back from the GPU machine; harness/ stays as it is).
 # Wheels under .whl (git-ignored; e.g. triton-sigmoid for the harness) are installed into /tmp/site first:
-#   carry ".whl" too.
+#   copy .whl to the GPU machine too.
 # The Hopper forward and backward are dispatched by default when 90a is built (FLASHSIGMOID_HOPPER=AUTO);
 #   then the GPU tests run once with the portable kernels forced and once more (forward and backward
 #   tests) with the automatic choice.
 #   EXTRA_CMAKE_ARGS="-DFLASHSIGMOID_HOPPER=OFF" leaves it out.
 # Needs .deps: run scripts/prepare_device.sh here first (CUTLASS headers and, as the machine has no GoogleTest,
-# .deps/googletest (a copy of /usr/src/googletest): carry ".deps" to the GPU machine.
+# .deps/googletest (a copy of /usr/src/googletest): copy .deps to the GPU machine.
 set -uo pipefail
-# Every GPU step runs under a timeout, so a hung kernel costs minutes, not the whole call.
+if (( $# != 1 )); then
+  echo "usage: bash scripts/gpu_check.sh OUTDIR (settings in the environment: see the script's header)" >&2
+  exit 2
+fi
+LOG="$(mkdir -p "$1" && cd "$1" && pwd)" || exit 2
 cd "$(dirname "$0")/.."
-LOG="${OUT:-$PWD/gpu_check_logs}"
-mkdir -p "$LOG"
+# Every GPU step runs under a timeout, so a hung kernel costs minutes, not the whole call.
 ARCHS="${FLASHSIGMOID_CUDA_ARCHS:-90a}"
 DIMS="${FLASHSIGMOID_HEAD_DIMS:-64;128}"
 BUILD=build-gpu

@@ -2,26 +2,25 @@
 # Profiles one launch of a kernel of the CUDA benchmark with ncu on the GPU machine: the full section
 # set (details page) and, where this ncu has the source page, per-SASS-instruction stall samples, for
 # reading where a kernel waits (e.g. around the forward's tile boundary).
-#   usage: bash scripts/gpu_profile.sh NAME KERNEL_REGEX D:N:causal [benchmark flags, e.g. --backward]
-#   e.g.   bash scripts/gpu_profile.sh f64_1k_causal fwd_kernel 64:1024:1
-#          bash scripts/gpu_profile.sh b128_4k bwd_kernel 128:4096:0 --backward
+#   usage: bash scripts/gpu_profile.sh OUTDIR NAME KERNEL_REGEX D:N:causal [benchmark flags, e.g. --backward]
+#   e.g.   bash scripts/gpu_profile.sh logs f64_1k_causal fwd_kernel 64:1024:1
+#          bash scripts/gpu_profile.sh logs b128_4k bwd_kernel 128:4096:0 --backward
 #   env:   BENCH (default build-gpu/tests/gpu/flashsigmoid_cuda_fwd_bench: build it first, e.g. with
-#          STAGES="tests" bash scripts/gpu_check.sh), OUT (default ./gpu_check_logs).
-# Writes $OUT/ncu_NAME.txt (details), $OUT/ncu_NAME_sass.csv.gz (source page, SASS with stall samples)
-# and $OUT/ncu_NAME.ncu-rep.gz (the report, for the Nsight Compute GUI).
+#          STAGES="tests" bash scripts/gpu_check.sh logs).
+# Writes OUTDIR/ncu_NAME.txt (details), OUTDIR/ncu_NAME_sass.csv.gz (source page, SASS with stall
+# samples) and OUTDIR/ncu_NAME.ncu-rep.gz (the report, for the Nsight Compute GUI).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-if (( $# < 3 )); then
-  echo "usage: bash scripts/gpu_profile.sh NAME KERNEL_REGEX D:N:causal [benchmark flags]" >&2
+if (( $# < 4 )); then
+  echo "usage: bash scripts/gpu_profile.sh OUTDIR NAME KERNEL_REGEX D:N:causal [benchmark flags]" >&2
   exit 2
 fi
-name=$1 regex=$2 shape=$3
-shift 3
-LOG="${OUT:-$PWD/gpu_check_logs}"
+LOG="$(mkdir -p "$1" && cd "$1" && pwd)" || exit 2
+name=$2 regex=$3 shape=$4
+shift 4
+cd "$(dirname "$0")/.."
 BENCH="${BENCH:-build-gpu/tests/gpu/flashsigmoid_cuda_fwd_bench}"
-mkdir -p "$LOG"
 if [[ ! -x "$BENCH" ]]; then
-  echo "no benchmark binary at $BENCH: build it first (STAGES=tests bash scripts/gpu_check.sh)" >&2
+  echo "no benchmark binary at $BENCH: build it first (STAGES=tests bash scripts/gpu_check.sh OUTDIR)" >&2
   exit 2
 fi
 rep="$LOG/ncu_$name"

@@ -3,16 +3,20 @@
 # flags, and optionally its own source tree, all are built in parallel, then each runs the CUDA
 # benchmark, ROUNDS times in turn (A B A B: two runs of one build show the noise). Used for tuning
 # and for before/after comparisons; results go to bench/NOTES.md and bench/results/.
+#   usage: bash scripts/gpu_variants.sh OUTDIR
 #   env: VARIANTS ("name[@dir]:flags ...": several flags joined by "_", e.g. "x:-DA=1_-DB=2"; @dir builds
-#        another source tree, e.g. a `git worktree add .wt-main main` carried along: "main@.wt-main:"),
+#        another source tree, e.g. a `git worktree add .wt-main main` copied along: "main@.wt-main:"),
 #        FLASHSIGMOID_HEAD_DIMS (default "64;128"), BENCH_ARGS (default --quick), ROUNDS (default 1),
 #        VARIANT_BACKWARD (default OFF: forward only, faster to build; ON for --backward).
-#   Needs .deps (carry it, and any @dir). Per-variant build logs and benchmark tables end up in
-#   $OUT/variant_logs.tgz; stdout has the tables and the ptxas spill summary.
+#   Needs .deps (copy it to the GPU machine, and any @dir). Per-variant build logs and benchmark tables end up in
+#   OUTDIR/variant_logs.tgz; stdout has the tables and the ptxas spill summary.
 set -uo pipefail
+if (( $# != 1 )); then
+  echo "usage: bash scripts/gpu_variants.sh OUTDIR (settings in the environment: see the script's header)" >&2
+  exit 2
+fi
+LOG="$(mkdir -p "$1" && cd "$1" && pwd)" || exit 2
 cd "$(dirname "$0")/.."
-LOG="${OUT:-$PWD/gpu_check_logs}"
-mkdir -p "$LOG"
 DIMS="${FLASHSIGMOID_HEAD_DIMS:-64;128}"
 export CUTLASS_INCLUDE_DIR="${CUTLASS_INCLUDE_DIR:-$PWD/.deps/cutlass/include}"  # also for @dir trees
 VARIANTS="${VARIANTS:-base: w4:-DFLASHSIGMOID_FWD_WARPS=4 mb2:-DFLASHSIGMOID_FWD_MINBLOCKS=2 exp:-DFLASHSIGMOID_SIGMOID_EXP=1}"
@@ -48,6 +52,6 @@ for round in $(seq "${ROUNDS:-1}"); do
       tee "$LOG/bench_${name}_r$round.txt"
   done
 done
-# One archive for the per-variant files (the device tool returns only a few files per call); stdout
-# already holds every benchmark table.
+# One archive for the per-variant files (easier to copy back from the GPU machine); stdout already
+# holds every benchmark table.
 (cd "$LOG" && tar -czf variant_logs.tgz build_*.log bench_*_r*.txt && rm -f build_*.log bench_*_r*.txt)

@@ -2,7 +2,7 @@
 # Prepares .deps (git-ignored) for a run on the GPU machine, which has no network and no
 # GoogleTest: the CUTLASS/CuTe headers (scripts/fetch_cutlass.sh) and a copy of Debian's
 # GoogleTest sources (package googletest), which scripts/gpu_check.sh builds there.
-# Then call the device tool with carry [".deps"] and `bash scripts/gpu_check.sh`.
+# Then copy the tree with .deps to the GPU machine and run `bash scripts/gpu_check.sh OUTDIR` there.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$root/scripts/fetch_cutlass.sh"

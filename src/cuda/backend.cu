@@ -219,8 +219,8 @@ void cuda_forward(const AttnParams& p) {
 // (no atomics, bitwise reproducible); false (the default), dQ is added with fp32 atomics inside the
 // dK/dV kernel (faster; dQ's last bits depend on the order of the atomics; dK, dV and d(bias) stay
 // reproducible). Head dims whose dK/dV kernel runs in two passes (256) always take the first mode.
-// On sm_90, dense default-mode problems at D 64 / 128 go to the Hopper backward (try_hopper_backward),
-// which has the default mode's guarantees: dQ by atomics, dK, dV and d(bias) in a fixed order.
+// On sm_90, problems at D 64 / 128 (dense or varlen, either mode) go to the Hopper backward
+// (try_hopper_backward), which keeps each mode's guarantees (deterministic: dQ added in a fixed order).
 void cuda_backward(const BwdParams& p) {
 #if !defined(FLASHSIGMOID_CUDA_BACKWARD_ENABLED)
   // A build configured with FLASHSIGMOID_CUDA_BACKWARD=OFF has no backward kernels, and says so.
