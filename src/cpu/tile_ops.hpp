@@ -152,10 +152,15 @@ void gemm_acc(const Acc* __restrict A, int lda, const Acc* __restrict B, int ldb
 
 // exp(x) for float without libm calls, so loops over it vectorise: 2^n * p(r) with
 // n = round(x / ln2), r = x - n ln2 (split in two for precision), p a degree-6
-// Taylor/minimax-style polynomial; about 2 ulp on [-87, 88].
+// Taylor/minimax-style polynomial; about 2 ulp on [-87, 88]. The clamp is written with
+// comparisons that are false for NaN (std::min/max would return the bound), so NaN stays NaN;
+// n is read from the bits of x / ln2 + 1.5 * 2^23 rather than converted, which is defined for NaN.
 inline float exp_fast(float x) {
-  x = std::min(88.0f, std::max(-87.0f, x));
-  const float n = std::nearbyint(x * 1.44269504088896341f);
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: t's low mantissa bits hold round(x / ln2)
+  const float t = x * 1.44269504088896341f + kRound;
+  const float n = t - kRound;
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
   float p = 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
@@ -164,8 +169,8 @@ inline float exp_fast(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const std::int32_t e = static_cast<std::int32_t>(n) + 127;
-  return p * bits_float(static_cast<std::uint32_t>(e) << 23);
+  const std::uint32_t e = float_bits(t) - float_bits(kRound) + 127u;
+  return p * bits_float(e << 23);
 }
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp_fast(-x)); }
