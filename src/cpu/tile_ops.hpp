@@ -150,6 +150,45 @@ void gemm_acc(const Acc* __restrict A, int lda, const Acc* __restrict B, int ldb
   }
 }
 
+// gemm_acc restricted per row: row m of C takes only the terms k in [lo[m], hi[m]). The others
+// are skipped, not multiplied by a zero, so a NaN or Inf in a row of B (or an element of A) that
+// row m must not see contributes nothing (0 * NaN would be NaN). Used for partially masked tiles,
+// whose visible keys (or queries) form one interval per row because every mask is a band.
+template <bool kTransA = false, typename Acc>
+void gemm_acc_rows(const Acc* __restrict A, int lda, const Acc* __restrict B, int ldb, Acc* __restrict C, int ldc,
+                   int M, int N, const int* lo, const int* hi) {
+  using V = Vec<Acc>;
+  constexpr int MR = kGemmRows, W = V::width;
+  for (int i0 = 0; i0 < M; i0 += MR) {
+    int k_lo = lo[i0], k_hi = hi[i0];
+    for (int r = 1; r < MR; ++r) {
+      k_lo = std::min(k_lo, lo[i0 + r]);
+      k_hi = std::max(k_hi, hi[i0 + r]);
+    }
+    if (k_lo >= k_hi) continue;
+    for (int j0 = 0; j0 < N; j0 += 2 * W) {
+      typename V::type c[MR][2];
+      for (int r = 0; r < MR; ++r) {
+        c[r][0] = V::load(C + (i0 + r) * ldc + j0);
+        c[r][1] = V::load(C + (i0 + r) * ldc + j0 + W);
+      }
+      for (int k = k_lo; k < k_hi; ++k) {
+        const typename V::type b0 = V::load(B + k * ldb + j0), b1 = V::load(B + k * ldb + j0 + W);
+        for (int r = 0; r < MR; ++r) {
+          if (k < lo[i0 + r] || k >= hi[i0 + r]) continue;
+          const Acc a = kTransA ? A[k * lda + i0 + r] : A[(i0 + r) * lda + k];
+          c[r][0] += a * b0;
+          c[r][1] += a * b1;
+        }
+      }
+      for (int r = 0; r < MR; ++r) {
+        V::store(C + (i0 + r) * ldc + j0, c[r][0]);
+        V::store(C + (i0 + r) * ldc + j0 + W, c[r][1]);
+      }
+    }
+  }
+}
+
 // exp(x) for float without libm calls, so loops over it vectorise: 2^n * p(r) with
 // n = round(x / ln2), r = x - n ln2 (split in two for precision), p a degree-6
 // Taylor/minimax-style polynomial; about 2 ulp on [-87, 88]. The clamp is written with
