@@ -173,6 +173,12 @@ void cpu_backward(const BwdParams& p) {
   cpu::dispatch_dtype(p.dtype, [&]<typename T, typename Acc>() {
     cpu::dkdv_pass<T, Acc>(p);
     cpu::dq_pass<T, Acc>(p);
+    if (p.is_varlen()) {
+      const int D = static_cast<int>(p.head_dim);
+      cpu::zero_rows<T>(p.dq, p.dq_stride, p.cu_seqlens_q[p.batch], p.total_q, p.heads_q, D);
+      cpu::zero_rows<T>(p.dk, p.dk_stride, p.cu_seqlens_k[p.batch], p.total_k, p.heads_kv, D);
+      cpu::zero_rows<T>(p.dv, p.dv_stride, p.cu_seqlens_k[p.batch], p.total_k, p.heads_kv, D);
+    }
   });
 }
 

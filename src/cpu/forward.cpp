@@ -62,6 +62,7 @@ void forward_impl(const AttnParams& p) {
     store_tile<T>(O, kBlockQ, D, Acc(1), head_rows_out<T>(p.o, p.o_stride, b, s.q_begin, h), p.o_stride.row, i0,
                   s.len_q);
   });
+  if (p.is_varlen()) zero_rows<T>(p.o, p.o_stride, p.cu_seqlens_q[p.batch], p.total_q, p.heads_q, D);
 }
 
 }  // namespace

@@ -96,6 +96,19 @@ void store_tile(const Acc* src, int n_rows, int dim, Acc mul, T* base, std::int6
   }
 }
 
+// Zeros rows [row_begin, row_end) of every head of a packed [rows, H, D] output: the varlen rows
+// past cu_seqlens[B], which belong to no sequence but are promised to be written.
+template <typename T>
+void zero_rows(void* ptr, const OperandStrides& s, std::int64_t row_begin, std::int64_t row_end, std::int64_t heads,
+               int dim) {
+  for (std::int64_t r = row_begin; r < row_end; ++r) {
+    for (std::int64_t h = 0; h < heads; ++h) {
+      T* out = static_cast<T*>(ptr) + s.offset(0, r, h);
+      std::fill(out, out + dim, store_as<T>(0.0f));
+    }
+  }
+}
+
 // SIMD width in bytes for GCC/Clang vector extensions: the compiler lowers these to
 // AVX-512, AVX2 or SSE as the target allows, so no intrinsics are needed.
 #if defined(__AVX512F__)
