@@ -15,7 +15,7 @@
 namespace flashsigmoid::cuda {
 
 template <class Element>
-__global__ void zero_rows_from_kernel(Element* base, OperandStrides s, int heads, int dim,
+__global__ void zero_rows_from_kernel(Element* base, detail::OperandStrides s, int heads, int dim,
                                       const std::int32_t* first_row, std::int64_t rows) {
   const std::int64_t first = *first_row;
   const std::int64_t per_row = std::int64_t(heads) * dim;
@@ -30,7 +30,7 @@ __global__ void zero_rows_from_kernel(Element* base, OperandStrides s, int heads
 // Rows [*first_row, rows) of every head of `base` (strides s, last dim contiguous) become 0, on
 // `stream`. Returns the launch's error.
 template <class Element>
-cudaError_t zero_rows_from(void* base, const OperandStrides& s, std::int64_t heads, std::int64_t dim,
+cudaError_t zero_rows_from(void* base, const detail::OperandStrides& s, std::int64_t heads, std::int64_t dim,
                            const std::int32_t* first_row, std::int64_t rows, cudaStream_t stream) {
   if (rows <= 0 || heads <= 0) return cudaSuccess;
   constexpr int kThreads = 256;
