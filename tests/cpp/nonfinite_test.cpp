@@ -65,6 +65,16 @@ bool row_equal(const std::vector<double>& a, const std::vector<double>& b, std::
   return true;
 }
 
+}  // namespace
+}  // namespace fs_test
+
+namespace flashsigmoid {
+inline void PrintTo(DType t, std::ostream* os) { *os << to_string(t); }
+}  // namespace flashsigmoid
+
+namespace fs_test {
+namespace {
+
 class NonFinite : public ::testing::TestWithParam<DType> {
  protected:
   // One sequence of 100 queries and keys (two 64-row blocks), two query heads on one kv head.
