@@ -2,6 +2,7 @@
 #include "flashsigmoid/flashsigmoid.hpp"
 
 #include "backends.hpp"
+#include "common/checked_math.hpp"
 #include "validate.hpp"
 
 namespace flashsigmoid {
@@ -31,8 +32,11 @@ std::size_t element_size(DType dtype) {
 }
 
 std::int64_t TensorView::numel() const {
+  for (int d = 0; d < rank; ++d) {
+    if (shape[d] == 0) return 0;  // before the product, which may overflow on the other sizes
+  }
   std::int64_t n = 1;
-  for (int d = 0; d < rank; ++d) n *= shape[d];
+  for (int d = 0; d < rank; ++d) n = detail::checked_mul(n, shape[d], "the element count of a tensor");
   return rank > 0 ? n : 0;
 }
 

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <sstream>
+#include <utility>
+
+#include "common/checked_math.hpp"
 
 namespace flashsigmoid::detail {
 namespace {
@@ -33,14 +36,76 @@ void check_rank(const char* name, const TensorView& t, int rank, const char* lay
   }
 }
 
+// The bytes a tensor's elements span, first to last inclusive (empty tensors span none). Computed
+// with checked arithmetic, so that every element offset a backend computes fits in 64 bits.
+struct ByteRange {
+  std::uintptr_t first = 0, last = 0;
+  bool empty = true;
+};
+
+ByteRange byte_range(const char* name, const TensorView& t) {
+  ByteRange r;
+  if (t.numel() == 0) return r;
+  const std::string what = std::string("the memory extent of ") + name + " " + describe_shape(t);
+  std::int64_t last_element = 0;
+  for (int d = 0; d < t.rank; ++d) {
+    last_element = checked_add(last_element, checked_mul(t.shape[d] - 1, t.stride[d], what), what);
+  }
+  const auto es = static_cast<std::int64_t>(element_size(t.dtype));
+  const std::int64_t bytes = checked_mul(checked_add(last_element, 1, what), es, what);
+  r.first = reinterpret_cast<std::uintptr_t>(t.data);
+  r.last = r.first + static_cast<std::uintptr_t>(bytes) - 1;
+  if (r.last < r.first) fail(what + " runs past the end of the address space");
+  r.empty = false;
+  return r;
+}
+
 void check_storage(const char* name, const TensorView& t) {
-  if (t.data == nullptr && t.numel() > 0) fail(std::string(name) + " has a null data pointer");
   for (int d = 0; d < t.rank; ++d) {
     if (t.stride[d] < 0) {
       fail(std::string(name) + " has a negative stride in dimension " + std::to_string(d) +
            "; accepted: non-negative strides");
     }
   }
+  if (t.data == nullptr && t.numel() > 0) fail(std::string(name) + " has a null data pointer");
+  byte_range(name, t);
+}
+
+// An output written through a zero stride would write one element from several places.
+void check_output_strides(const char* name, const TensorView& t) {
+  if (t.numel() == 0) return;
+  for (int d = 0; d < t.rank; ++d) {
+    if (t.stride[d] == 0 && t.shape[d] > 1) {
+      fail(std::string(name) + " has stride 0 in dimension " + std::to_string(d) + " (size " +
+           std::to_string(t.shape[d]) + "); an output needs one memory location per element");
+    }
+  }
+}
+
+using NamedTensor = std::pair<const char*, const TensorView*>;
+
+// Outputs must not share memory with the inputs or with each other: a kernel reads its inputs
+// while others write, so in-place or overlapping buffers give wrong values. Compared by the byte
+// ranges the tensors span (conservative for interleaved views, exact otherwise).
+void check_no_overlap(const std::vector<NamedTensor>& outputs, const std::vector<NamedTensor>& inputs) {
+  auto overlap = [](const NamedTensor& a, const NamedTensor& b) {
+    if (!a.second->defined() || !b.second->defined()) return;
+    const ByteRange x = byte_range(a.first, *a.second), y = byte_range(b.first, *b.second);
+    if (!x.empty && !y.empty && x.first <= y.last && y.first <= x.last) {
+      fail(std::string(a.first) + " and " + b.first + " overlap in memory; an output must not share memory " +
+           "with an input or another output (in-place attention is not supported)");
+    }
+  };
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    for (const NamedTensor& in : inputs) overlap(outputs[i], in);
+    for (std::size_t j = 0; j < i; ++j) overlap(outputs[i], outputs[j]);
+  }
+}
+
+// The inputs of every call: q, k, v and the optional parameter tensors.
+std::vector<NamedTensor> inputs_of(const TensorView& q, const TensorView& k, const TensorView& v, const Options& o) {
+  return {{"q", &q}, {"k", &k}, {"v", &v}, {"bias", &o.bias}, {"alibi_slopes", &o.alibi_slopes},
+          {"cu_seqlens_q", &o.cu_seqlens_q}, {"cu_seqlens_k", &o.cu_seqlens_k}};
 }
 
 // A small fp32 parameter tensor ([Hq] or [B, Hq]) on the attention tensors' device.
@@ -289,6 +354,8 @@ AttnParams make_forward_params(const TensorView& q, const TensorView& k, const T
   const bool varlen = p.is_varlen();
   p.o_stride = check_operand("out", out, varlen, p.dtype, p.device);
   check_same_shape("out", out, "q", q);
+  check_output_strides("out", out);
+  check_no_overlap({{"out", &out}}, inputs_of(q, k, v, options));
   p.o = out.data;
   return p;
 }
@@ -321,6 +388,12 @@ BwdParams make_backward_params(const TensorView& q, const TensorView& k, const T
     check_param_vector("dbias", g.dbias, p.device);
     p.dbias = static_cast<float*>(g.dbias.data);
   }
+  for (const auto& [name, t] : {NamedTensor{"dq", &g.dq}, {"dk", &g.dk}, {"dv", &g.dv}, {"dbias", &g.dbias}}) {
+    if (t->defined()) check_output_strides(name, *t);
+  }
+  std::vector<NamedTensor> inputs = inputs_of(q, k, v, options);
+  inputs.push_back({"dout", &dout});
+  check_no_overlap({{"dq", &g.dq}, {"dk", &g.dk}, {"dv", &g.dv}, {"dbias", &g.dbias}}, inputs);
   return p;
 }
 

@@ -42,9 +42,10 @@ struct BwdTiles {
   // Query rows i0.. x key columns j0..: S <- P and dP <- dS. Pass 1 (kKeyMajor false) works
   // from Q, dO, Kt, Vt, whose transposes it loads once per key block; pass 2 (kKeyMajor) makes
   // the transposed tiles P^T = K Q^T and dP^T = V dO^T, so only Q and dO, loaded once per query
-  // block, are transposed, and the K and V loads of every step stay contiguous.
+  // block, are transposed, and the K and V loads of every step stay contiguous. Returns whether
+  // the tile is partially masked (the callers' GEMMs then skip the masked terms).
   template <bool kKeyMajor>
-  void probs_and_dscores(const ScoreTransform& t, std::int64_t i0, std::int64_t j0) {
+  bool probs_and_dscores(const ScoreTransform& t, std::int64_t i0, std::int64_t j0) {
     std::fill(S, S + kBlockQ * kBlockK, Acc(0));
     std::fill(dP, dP + kBlockQ * kBlockK, Acc(0));
     if constexpr (kKeyMajor) {
@@ -56,7 +57,11 @@ struct BwdTiles {
       scores_to_probs(t, i0, kBlockQ, j0, kBlockK, S);
       gemm_acc(dO, D, Vt, kBlockK, dP, kBlockK, kBlockQ, kBlockK, D);
     }
-    for (int e = 0; e < kBlockQ * kBlockK; ++e) dP[e] *= S[e] * (Acc(1) - S[e]);  // masked: P = 0 -> dS = 0
+    for (int e = 0; e < kBlockQ * kBlockK; ++e) dP[e] *= S[e] * (Acc(1) - S[e]);
+    const bool partial = !t.block_unmasked(i0, i0 + kBlockQ, j0, j0 + kBlockK);
+    // A masked dS is 0 by a select: P = 0 there, but dP may be NaN (a NaN / Inf row of V or dO).
+    if (partial) zero_masked<kKeyMajor>(t, i0, kBlockQ, j0, kBlockK, dP);
+    return partial;
   }
 };
 
@@ -87,9 +92,16 @@ void dkdv_pass(const BwdParams& p) {
       for (std::int64_t i0 = t.query_begin(j0); i0 < i_end; i0 += kBlockQ) {
         load_tile(q, i0, kBlockQ, D, w.Q);
         load_tile(dout, i0, kBlockQ, D, w.dO);
-        w.template probs_and_dscores<false>(t, i0, j0);
-        gemm_acc<true>(w.S, kBlockK, w.dO, D, w.acc2, D, kBlockK, D, kBlockQ);  // dV += P^T dO
-        gemm_acc<true>(w.dP, kBlockK, w.Q, D, w.acc, D, kBlockK, D, kBlockQ);   // dK += dS^T Q
+        if (!w.template probs_and_dscores<false>(t, i0, j0)) {
+          gemm_acc<true>(w.S, kBlockK, w.dO, D, w.acc2, D, kBlockK, D, kBlockQ);  // dV += P^T dO
+          gemm_acc<true>(w.dP, kBlockK, w.Q, D, w.acc, D, kBlockK, D, kBlockQ);   // dK += dS^T Q
+        } else {
+          // Queries that cannot see a key are skipped: their Q / dO rows may hold NaN or Inf.
+          int lo[kBlockK], hi[kBlockK];
+          visible_queries(t, j0, kBlockK, i0, kBlockQ, s.len_q, lo, hi);
+          gemm_acc_rows<true>(w.S, kBlockK, w.dO, D, w.acc2, D, kBlockK, D, lo, hi);
+          gemm_acc_rows<true>(w.dP, kBlockK, w.Q, D, w.acc, D, kBlockK, D, lo, hi);
+        }
       }
     }
     store_tile<T>(w.acc, kBlockK, D, Acc(p.scale), head_rows_out<T>(p.dk, p.dk_stride, b, s.k_begin, kvh),
@@ -129,8 +141,14 @@ void dq_pass(const BwdParams& p) {
     for (std::int64_t j0 = t.key_begin(i0); j0 < j_end; j0 += kBlockK) {
       load_tile(k, j0, kBlockK, D, w.K);
       load_tile(v, j0, kBlockK, D, w.V);
-      w.template probs_and_dscores<true>(t, i0, j0);
-      gemm_acc<true>(w.dP, kBlockQ, w.K, D, w.acc, D, kBlockQ, D, kBlockK);  // dQ += (dS^T)^T K
+      if (!w.template probs_and_dscores<true>(t, i0, j0)) {
+        gemm_acc<true>(w.dP, kBlockQ, w.K, D, w.acc, D, kBlockQ, D, kBlockK);  // dQ += (dS^T)^T K
+      } else {
+        // Masked keys are skipped: their K rows may hold NaN or Inf.
+        int lo[kBlockQ], hi[kBlockQ];
+        visible_keys(t, i0, kBlockQ, j0, kBlockK, lo, hi);
+        gemm_acc_rows<true>(w.dP, kBlockQ, w.K, D, w.acc, D, kBlockQ, D, lo, hi);
+      }
       if (p.dbias) {
         // Rows past the sequence end have dO = 0, hence dS = 0: summing the whole tile is exact.
         for (int e = 0; e < kBlockQ * kBlockK; ++e) db += static_cast<double>(w.dP[e]);
@@ -155,6 +173,12 @@ void cpu_backward(const BwdParams& p) {
   cpu::dispatch_dtype(p.dtype, [&]<typename T, typename Acc>() {
     cpu::dkdv_pass<T, Acc>(p);
     cpu::dq_pass<T, Acc>(p);
+    if (p.is_varlen()) {
+      const int D = static_cast<int>(p.head_dim);
+      cpu::zero_rows<T>(p.dq, p.dq_stride, p.cu_seqlens_q[p.batch], p.total_q, p.heads_q, D);
+      cpu::zero_rows<T>(p.dk, p.dk_stride, p.cu_seqlens_k[p.batch], p.total_k, p.heads_kv, D);
+      cpu::zero_rows<T>(p.dv, p.dv_stride, p.cu_seqlens_k[p.batch], p.total_k, p.heads_kv, D);
+    }
   });
 }
 

@@ -50,11 +50,19 @@ void forward_impl(const AttnParams& p) {
       std::fill(St, St + kBlockK * kBlockQ, Acc(0));
       gemm_acc(K, D, Qt, kBlockQ, St, kBlockQ, kBlockK, kBlockQ, D);
       scores_to_probs<true>(t, i0, kBlockQ, j0, kBlockK, St);
-      gemm_acc<true>(St, kBlockQ, V, D, O, D, kBlockQ, D, kBlockK);  // O += (P^T)^T V
+      if (t.block_unmasked(i0, i0 + kBlockQ, j0, j0 + kBlockK)) {
+        gemm_acc<true>(St, kBlockQ, V, D, O, D, kBlockQ, D, kBlockK);  // O += (P^T)^T V
+      } else {
+        // Masked keys are skipped, not multiplied by P = 0: their V rows may hold NaN or Inf.
+        int lo[kBlockQ], hi[kBlockQ];
+        visible_keys(t, i0, kBlockQ, j0, kBlockK, lo, hi);
+        gemm_acc_rows<true>(St, kBlockQ, V, D, O, D, kBlockQ, D, lo, hi);
+      }
     }
     store_tile<T>(O, kBlockQ, D, Acc(1), head_rows_out<T>(p.o, p.o_stride, b, s.q_begin, h), p.o_stride.row, i0,
                   s.len_q);
   });
+  if (p.is_varlen()) zero_rows<T>(p.o, p.o_stride, p.cu_seqlens_q[p.batch], p.total_q, p.heads_q, D);
 }
 
 }  // namespace

@@ -96,6 +96,19 @@ void store_tile(const Acc* src, int n_rows, int dim, Acc mul, T* base, std::int6
   }
 }
 
+// Zeros rows [row_begin, row_end) of every head of a packed [rows, H, D] output: the varlen rows
+// past cu_seqlens[B], which belong to no sequence but are promised to be written.
+template <typename T>
+void zero_rows(void* ptr, const OperandStrides& s, std::int64_t row_begin, std::int64_t row_end, std::int64_t heads,
+               int dim) {
+  for (std::int64_t r = row_begin; r < row_end; ++r) {
+    for (std::int64_t h = 0; h < heads; ++h) {
+      T* out = static_cast<T*>(ptr) + s.offset(0, r, h);
+      std::fill(out, out + dim, store_as<T>(0.0f));
+    }
+  }
+}
+
 // SIMD width in bytes for GCC/Clang vector extensions: the compiler lowers these to
 // AVX-512, AVX2 or SSE as the target allows, so no intrinsics are needed.
 #if defined(__AVX512F__)
@@ -150,12 +163,56 @@ void gemm_acc(const Acc* __restrict A, int lda, const Acc* __restrict B, int ldb
   }
 }
 
+// gemm_acc restricted per row: row m of C takes only the terms k in [lo[m], hi[m]). The others
+// are skipped, not multiplied by a zero, so a NaN or Inf in a row of B (or an element of A) that
+// row m must not see contributes nothing (0 * NaN would be NaN). Used for partially masked tiles,
+// whose visible keys (or queries) form one interval per row because every mask is a band.
+template <bool kTransA = false, typename Acc>
+void gemm_acc_rows(const Acc* __restrict A, int lda, const Acc* __restrict B, int ldb, Acc* __restrict C, int ldc,
+                   int M, int N, const int* lo, const int* hi) {
+  using V = Vec<Acc>;
+  constexpr int MR = kGemmRows, W = V::width;
+  for (int i0 = 0; i0 < M; i0 += MR) {
+    int k_lo = lo[i0], k_hi = hi[i0];
+    for (int r = 1; r < MR; ++r) {
+      k_lo = std::min(k_lo, lo[i0 + r]);
+      k_hi = std::max(k_hi, hi[i0 + r]);
+    }
+    if (k_lo >= k_hi) continue;
+    for (int j0 = 0; j0 < N; j0 += 2 * W) {
+      typename V::type c[MR][2];
+      for (int r = 0; r < MR; ++r) {
+        c[r][0] = V::load(C + (i0 + r) * ldc + j0);
+        c[r][1] = V::load(C + (i0 + r) * ldc + j0 + W);
+      }
+      for (int k = k_lo; k < k_hi; ++k) {
+        const typename V::type b0 = V::load(B + k * ldb + j0), b1 = V::load(B + k * ldb + j0 + W);
+        for (int r = 0; r < MR; ++r) {
+          if (k < lo[i0 + r] || k >= hi[i0 + r]) continue;
+          const Acc a = kTransA ? A[k * lda + i0 + r] : A[(i0 + r) * lda + k];
+          c[r][0] += a * b0;
+          c[r][1] += a * b1;
+        }
+      }
+      for (int r = 0; r < MR; ++r) {
+        V::store(C + (i0 + r) * ldc + j0, c[r][0]);
+        V::store(C + (i0 + r) * ldc + j0 + W, c[r][1]);
+      }
+    }
+  }
+}
+
 // exp(x) for float without libm calls, so loops over it vectorise: 2^n * p(r) with
 // n = round(x / ln2), r = x - n ln2 (split in two for precision), p a degree-6
-// Taylor/minimax-style polynomial; about 2 ulp on [-87, 88].
+// Taylor/minimax-style polynomial; about 2 ulp on [-87, 88]. The clamp is written with
+// comparisons that are false for NaN (std::min/max would return the bound), so NaN stays NaN;
+// n is read from the bits of x / ln2 + 1.5 * 2^23 rather than converted, which is defined for NaN.
 inline float exp_fast(float x) {
-  x = std::min(88.0f, std::max(-87.0f, x));
-  const float n = std::nearbyint(x * 1.44269504088896341f);
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: t's low mantissa bits hold round(x / ln2)
+  const float t = x * 1.44269504088896341f + kRound;
+  const float n = t - kRound;
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
   float p = 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
@@ -164,8 +221,8 @@ inline float exp_fast(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const std::int32_t e = static_cast<std::int32_t>(n) + 127;
-  return p * bits_float(static_cast<std::uint32_t>(e) << 23);
+  const std::uint32_t e = float_bits(t) - float_bits(kRound) + 127u;
+  return p * bits_float(e << 23);
 }
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp_fast(-x)); }

@@ -11,6 +11,7 @@
 
 #include "backends.hpp"
 #include "cuda/common/device_info.hpp"
+#include "cuda/common/zero_rows.cuh"
 #include "cuda/hopper/launch.hpp"
 #include "cuda/portable/launch.hpp"
 
@@ -104,6 +105,18 @@ void dispatch_dtype(DType dtype, const char* what, F&& f) {
   } else {
     throw Error(std::string("flashsigmoid: the CUDA ") + what + " takes float16 or bfloat16, got " +
                 to_string(dtype));
+  }
+}
+
+// Varlen: an output's rows past the last sequence (cu_seqlens[batch] .. total) get zeros.
+template <class Element>
+void zero_varlen_tail(const char* name, void* out, const OperandStrides& s, std::int64_t heads, std::int64_t dim,
+                      const std::int32_t* cu_seqlens, std::int64_t batch, std::int64_t total, void* stream) {
+  const cudaError_t err = cuda::zero_rows_from<Element>(out, s, heads, dim, cu_seqlens + batch, total,
+                                                        static_cast<cudaStream_t>(stream));
+  if (err != cudaSuccess) {
+    throw Error(std::string("flashsigmoid: zeroing the rows of ") + name +
+                " past the last sequence failed: " + cudaGetErrorString(err));
   }
 }
 
@@ -212,6 +225,10 @@ void cuda_forward(const AttnParams& p) {
         g_last_forward_kernel = "portable";
       }
     });
+    if (p.is_varlen()) {
+      zero_varlen_tail<Element>("out", p.o, p.o_stride, p.heads_q, p.head_dim, p.cu_seqlens_q, p.batch, p.total_q,
+                                p.stream);
+    }
   });
 }
 
@@ -253,6 +270,14 @@ void cuda_backward(const BwdParams& p) {
         g_last_backward_kernel = "portable";
       }
     });
+    if (p.is_varlen()) {
+      zero_varlen_tail<Element>("dq", p.dq, p.dq_stride, p.heads_q, p.head_dim, p.cu_seqlens_q, p.batch, p.total_q,
+                                p.stream);
+      zero_varlen_tail<Element>("dk", p.dk, p.dk_stride, p.heads_kv, p.head_dim, p.cu_seqlens_k, p.batch, p.total_k,
+                                p.stream);
+      zero_varlen_tail<Element>("dv", p.dv, p.dv_stride, p.heads_kv, p.head_dim, p.cu_seqlens_k, p.batch, p.total_k,
+                                p.stream);
+    }
   });
 #endif
 }

@@ -272,6 +272,86 @@ TEST_F(Dense, NegativeThreadCount) {
   EXPECT_ERROR(fwd(), "num_threads must be >= 0");
 }
 
+// ---- outputs sharing memory with inputs or with each other ------------------------------------
+
+// A view of `t` with another shape / strides / start (in elements): several views of one buffer.
+TensorView reshaped(const HostTensor& t, std::vector<std::int64_t> shape, std::vector<std::int64_t> stride,
+                    std::int64_t offset = 0) {
+  TensorView v = t.view();
+  v.data = static_cast<char*>(v.data) + offset * static_cast<std::int64_t>(flashsigmoid::element_size(v.dtype));
+  v.rank = static_cast<int>(shape.size());
+  for (int d = 0; d < v.rank; ++d) {
+    v.shape[d] = shape[d];
+    v.stride[d] = stride[d];
+  }
+  return v;
+}
+
+TEST_F(Dense, OutAliasingAnInputIsRejected) {
+  HostTensor big = filled(DType::float32, {2, 8, 8, 64});  // q and out as head slices of one buffer
+  const TensorView q_heads = reshaped(big, {2, 8, 4, 64}, {4096, 512, 64, 1});
+  const TensorView out_same = reshaped(big, {2, 8, 4, 64}, {4096, 512, 64, 1});
+  const TensorView out_shifted = reshaped(big, {2, 8, 4, 64}, {4096, 512, 64, 1}, 2 * 64);  // heads 2..5
+  EXPECT_ERROR(fwd(q_heads, k, v, out_same), "out and q overlap in memory");
+  EXPECT_ERROR(fwd(q_heads, k, v, out_shifted), "out and q overlap in memory");
+  // out over the last bytes of v: overlapping only in v's last element.
+  HostTensor kv = filled(DType::float32, {2 * 10 * 2 * 64 + 2 * 8 * 4 * 64 - 1});
+  const TensorView v_first = reshaped(kv, {2, 10, 2, 64}, {1280, 128, 64, 1});
+  const TensorView out_after = reshaped(kv, {2, 8, 4, 64}, {2048, 256, 64, 1}, 2 * 10 * 2 * 64 - 1);
+  EXPECT_ERROR(fwd(q, k, v_first, out_after), "out and v overlap in memory");
+  // One element further on, they do not overlap.
+  HostTensor kv2 = filled(DType::float32, {2 * 10 * 2 * 64 + 2 * 8 * 4 * 64});
+  const TensorView v2 = reshaped(kv2, {2, 10, 2, 64}, {1280, 128, 64, 1});
+  const TensorView out2 = reshaped(kv2, {2, 8, 4, 64}, {2048, 256, 64, 1}, 2 * 10 * 2 * 64);
+  EXPECT_NO_THROW(fwd(q, k, v2, out2));
+}
+
+TEST_F(Dense, OutAliasingKWithEqualShapes) {
+  HostTensor q2 = filled(DType::float32, {2, 8, 2, 64}), k2 = filled(DType::float32, {2, 8, 2, 64});
+  HostTensor v2 = filled(DType::float32, {2, 8, 2, 64});
+  EXPECT_ERROR(fwd(q2, k2, v2, k2), "out and k overlap in memory");
+  EXPECT_ERROR(fwd(q2, k2, v2, v2), "out and v overlap in memory");
+  EXPECT_ERROR(fwd(q2, k2, v2, q2), "out and q overlap in memory");
+}
+
+TEST_F(Dense, OutputWithZeroStrideIsRejected) {
+  const TensorView out_bcast = reshaped(out, {2, 8, 4, 64}, {0, 256, 64, 1});
+  EXPECT_ERROR(fwd(q, k, v, out_bcast), "out has stride 0 in dimension 0");
+}
+
+TEST_F(Dense, GradientsAliasingAreRejected) {
+  o.bias_mode = BiasMode::per_head;
+  o.bias = bias;
+  EXPECT_ERROR(flashsigmoid::backward(q, k, v, dout, Gradients{dq, dk, dk, dbias}, o), "dv and dk overlap in memory");
+  EXPECT_ERROR(flashsigmoid::backward(q, k, v, dout, Gradients{dout, dk, dv, dbias}, o), "dq and dout overlap in memory");
+  EXPECT_ERROR(flashsigmoid::backward(q, k, v, dout, Gradients{dq, k, dv, dbias}, o), "dk and k overlap in memory");
+  EXPECT_ERROR(flashsigmoid::backward(q, k, v, dout, Gradients{dq, dk, dv, bias}, o), "dbias and bias overlap in memory");
+  // dbias inside dq's storage.
+  const TensorView db_in_dq = reshaped(dq, {4}, {1}, 100);
+  EXPECT_ERROR(flashsigmoid::backward(q, k, v, dout, Gradients{dq, dk, dv, db_in_dq}, o), "dbias and dq overlap in memory");
+  EXPECT_NO_THROW(flashsigmoid::backward(q, k, v, dout, Gradients{dq, dk, dv, dbias}, o));
+}
+
+TEST_F(Dense, EmptyTensorsNeverOverlap) {
+  // An empty out whose pointer lies inside k's storage writes nothing.
+  HostTensor q0(DType::float32, {2, 0, 4, 64});
+  EXPECT_NO_THROW(fwd(q0, k, v, reshaped(k, {2, 0, 4, 64}, {256, 256, 64, 1})));
+}
+
+// ---- sizes that overflow 64-bit arithmetic -----------------------------------------------------
+
+TEST_F(Dense, ElementCountOverflowIsRejected) {
+  const std::int64_t big = std::int64_t(1) << 32;
+  const TensorView q_big = reshaped(q, {big, big, 4, 64}, {0, 0, 64, 1});
+  EXPECT_ERROR(fwd(q_big, k, v, out), "overflows a 64-bit integer");
+  EXPECT_THROW(q_big.numel(), flashsigmoid::Error);
+}
+
+TEST_F(Dense, ByteExtentOverflowIsRejected) {
+  const TensorView q_far = reshaped(q, {2, 8, 4, 64}, {std::int64_t(1) << 62, 256, 64, 1});
+  EXPECT_ERROR(fwd(q_far, k, v, out), "overflows a 64-bit integer");
+}
+
 // A valid varlen problem: two sequences, q rows {0..8, 8..16}, k rows {0..10, 10..20}.
 struct Varlen : ::testing::Test {
   HostTensor q = filled(DType::float32, {16, 4, 64});

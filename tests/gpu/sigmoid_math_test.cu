@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/sigmoid_fma.hpp"
 #include "cuda/common/sigmoid.cuh"
 
 namespace {
@@ -123,6 +124,47 @@ TEST(SigmoidMath, TwiceFormsAreExactlyTwice) {
   if (!have_device()) GTEST_SKIP() << "no CUDA device";
   expect_exactly_twice<cutlass::bfloat16_t>();  // tanh form: 1 + tanh(h) against 0.5 + 0.5 tanh(h)
   expect_exactly_twice<cutlass::half_t>();      // exp form
+}
+
+// Every form on NaN and the infinities: NaN in gives NaN out (a NaN q, bias or ALiBi slope must not
+// become a plausible P), +inf gives 1 and -inf 0. tanh.approx, ex2.approx and the approximate
+// reciprocal / division all return NaN for NaN (PTX ISA); the FMA form's clamp keeps NaN.
+__global__ void special_values_kernel(const float* x, float* y, int n) {
+  const int i = threadIdx.x;
+  if (i >= n) return;
+  using flashsigmoid::cuda::sigmoid_of_half_logit;
+  using flashsigmoid::cuda::twice_sigmoid_of_half_logit;
+  y[6 * i + 0] = flashsigmoid::cuda::sigmoid_tanh_form(x[i]);
+  y[6 * i + 1] = flashsigmoid::cuda::sigmoid_exp_form(x[i]);
+  y[6 * i + 2] = 0.5f * twice_sigmoid_of_half_logit<cutlass::bfloat16_t>(x[i]);
+  y[6 * i + 3] = 0.5f * twice_sigmoid_of_half_logit<cutlass::half_t>(x[i]);
+  y[6 * i + 4] = flashsigmoid::detail::sigmoid_of_half_logit_fma(x[i]);
+  y[6 * i + 5] = sigmoid_of_half_logit<cutlass::bfloat16_t>(x[i]);
+}
+
+TEST(SigmoidMath, NanAndInfinities) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<float> x = {NAN, -NAN, INFINITY, -INFINITY};
+  const int n = static_cast<int>(x.size());
+  std::vector<float> y(6 * x.size());
+  float *dx = nullptr, *dy = nullptr;
+  ASSERT_EQ(cudaMalloc(&dx, x.size() * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dy, y.size() * sizeof(float)), cudaSuccess);
+  cudaMemcpy(dx, x.data(), x.size() * sizeof(float), cudaMemcpyHostToDevice);
+  special_values_kernel<<<1, 32>>>(dx, dy, n);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cudaMemcpy(y.data(), dy, y.size() * sizeof(float), cudaMemcpyDeviceToHost);
+  cudaFree(dx);
+  cudaFree(dy);
+  const char* forms[6] = {"tanh", "exp", "twice tanh", "twice exp", "fma", "bf16 default"};
+  for (int f = 0; f < 6; ++f) {
+    SCOPED_TRACE(forms[f]);
+    EXPECT_TRUE(std::isnan(y[6 * 0 + f])) << "sigmoid(NaN) = " << y[6 * 0 + f];
+    EXPECT_TRUE(std::isnan(y[6 * 1 + f])) << "sigmoid(-NaN) = " << y[6 * 1 + f];
+    EXPECT_NEAR(y[6 * 2 + f], 1.0f, 3e-5f) << "sigmoid(+inf)";
+    EXPECT_GE(y[6 * 3 + f], 0.0f) << "sigmoid(-inf)";
+    EXPECT_LT(y[6 * 3 + f], 1e-18f) << "sigmoid(-inf)";
+  }
 }
 
 static_assert(flashsigmoid::cuda::kSigmoidExpForm<cutlass::half_t>,

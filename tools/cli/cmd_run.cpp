@@ -4,11 +4,13 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <tuple>
 
 #include "args.hpp"
 #include "commands.hpp"
+#include "json_writer.hpp"
 #include "problem.hpp"
 
 namespace flashsigmoid::cli {
@@ -46,6 +48,7 @@ ArgParser make_run_parser() {
   p.option("--seed", "S", "random seed for the inputs", "random");
   p.flag("--no-backward", "time the forward only");
   p.flag("--no-check", "skip the check against the float64 reference");
+  p.flag("--json", "print one JSON object (shape, options, device, timings, TFLOP/s, check) instead of text");
   return p;
 }
 
@@ -60,13 +63,106 @@ DType parse_dtype(const std::string& flag, const std::string& text) {
   return d == "f32" ? DType::float32 : d == "f16" ? DType::float16 : DType::bfloat16;
 }
 
-void print_checks(const std::vector<TensorCheck>& checks, bool& all_pass) {
+void print_checks(const std::vector<TensorCheck>& checks) {
   for (const TensorCheck& c : checks) {
     std::printf("  %-6s rel L2 %.3e  bound %.1e", c.name.c_str(), c.error, c.bound);
     if (c.plain_error >= 0) std::printf("  (plain fp32 implementation: %.3e)", c.plain_error);
     std::printf("  %s\n", c.pass ? "PASS" : "FAIL");
-    all_pass = all_pass && c.pass;
   }
+}
+
+const char* dtype_name(DType d) { return d == DType::float32 ? "f32" : d == DType::float16 ? "f16" : "bf16"; }
+
+// Median and minimum of the timed calls, and the rate.
+struct Timing {
+  double median_s = 0.0, min_s = 0.0, tflops = 0.0;
+};
+
+Timing summarize(const std::vector<double>& seconds, double flops) {
+  Timing t;
+  t.median_s = median(seconds);
+  t.min_s = *std::min_element(seconds.begin(), seconds.end());
+  t.tflops = flops / t.median_s / 1e12;
+  return t;
+}
+
+// `flashsigmoid run --json`: everything the text report says, as one object.
+struct RunReport {
+  Config cfg;
+  std::string device;
+  bool gpu = false;
+  std::uint64_t seed = 0;
+  std::int64_t iters = 0;
+  Timing forward;
+  std::optional<Timing> backward;
+  bool checked = false;
+  std::string check_problem;  // the problem the check ran on
+  std::vector<TensorCheck> checks;
+  bool pass = true;
+};
+
+std::string to_json(const RunReport& r) {
+  const Config& c = r.cfg;
+  JsonWriter j;
+  j.begin_object();
+  j.key("version").value(FLASHSIGMOID_VERSION);
+  j.key("device").value(r.device).key("device_type").value(r.gpu ? "cuda" : "cpu");
+  j.key("dtype").value(dtype_name(c.dtype));
+  j.key("shape").begin_object();
+  j.key("batch").value(c.batch).key("seqlen_q").value(c.seqlen_q).key("seqlen_k").value(c.seqlen_k);
+  j.key("heads_q").value(c.heads_q).key("heads_kv").value(c.heads_kv).key("head_dim").value(c.head_dim);
+  j.end_object();
+  j.key("options").begin_object();
+  j.key("causal").value(c.causal);
+  j.key("window").begin_array().value(c.window_left).value(c.window_right).end_array();
+  j.key("alibi").value(c.alibi != AlibiMode::none);
+  j.key("bias");
+  if (c.bias_mode == BiasMode::scalar) {
+    j.value(double(c.bias_value));
+  } else {
+    j.value(c.bias_mode == BiasMode::per_head ? "per-head" : "default");
+  }
+  j.key("threads").value(c.threads);
+  j.end_object();
+  j.key("seed").value(r.seed).key("iters").value(r.iters);
+  j.key("forward_flops").value(c.forward_flops());
+  auto timing = [&](const char* name, const std::optional<Timing>& t) {
+    j.key(name);
+    if (!t) {
+      j.null();
+      return;
+    }
+    j.begin_object();
+    j.key("median_ms").value(1e3 * t->median_s).key("min_ms").value(1e3 * t->min_s);
+    j.key("tflops").value(t->tflops);
+    j.end_object();
+  };
+  timing("forward", r.forward);
+  timing("backward", r.backward);
+  j.key("check");
+  if (!r.checked) {
+    j.null();
+  } else {
+    j.begin_object();
+    j.key("pass").value(r.pass).key("problem").value(r.check_problem);
+    j.key("tensors").begin_array();
+    for (const TensorCheck& t : r.checks) {
+      j.begin_object();
+      j.key("name").value(t.name).key("rel_l2").value(t.error).key("bound").value(t.bound);
+      j.key("plain_rel_l2");
+      if (t.plain_error >= 0) {
+        j.value(t.plain_error);
+      } else {
+        j.null();
+      }
+      j.key("pass").value(t.pass);
+      j.end_object();
+    }
+    j.end_array();
+    j.end_object();
+  }
+  j.end_object();
+  return j.str();
 }
 
 }  // namespace
@@ -134,6 +230,7 @@ int run_command(int argc, char** argv, int first) {
                            : std::random_device{}();
   const bool with_backward = !args.has("--no-backward");
   const bool with_check = !args.has("--no-check");
+  const bool json = args.has("--json");
 
   if (cfg.heads_q % cfg.heads_kv != 0) {
     throw UsageError("--kv-heads: " + std::to_string(cfg.heads_kv) + " does not divide --heads " +
@@ -146,9 +243,24 @@ int run_command(int argc, char** argv, int first) {
     throw UsageError("--dtype f32 runs on the CPU only; on CUDA use f16 or bf16 (or --device cpu)");
   }
 
-  std::printf("flashsigmoid run on %s: %s, seed %llu\n", device_name(device, cfg.threads).c_str(),
-              cfg.describe().c_str(), static_cast<unsigned long long>(seed));
-  std::fflush(stdout);
+  try {
+    cfg.bytes_needed();
+  } catch (const Error& e) {
+    throw UsageError(std::string("the shape is too large (--batch, --seqlen, --seqlen-k, --heads, --kv-heads, "
+                                 "--head-dim): ") + e.what());
+  }
+
+  RunReport report;
+  report.cfg = cfg;
+  report.device = device_name(device, cfg.threads);
+  report.gpu = gpu;
+  report.seed = seed;
+  report.iters = iters;
+  if (!json) {
+    std::printf("flashsigmoid run on %s: %s, seed %llu\n", report.device.c_str(), cfg.describe().c_str(),
+                static_cast<unsigned long long>(seed));
+    std::fflush(stdout);
+  }
   Problem problem(cfg, device, seed);
 
   // One warm-up call each (poisoned outputs), then `iters` timed calls, each timed alone.
@@ -188,17 +300,23 @@ int run_command(int argc, char** argv, int first) {
   }
 
   const double flops = cfg.forward_flops();
-  const double f = median(fwd_s);
-  std::printf("forward : %10.3f ms/call  %8.4f TFLOP/s  (median of %lld; min %.3f ms)\n", 1e3 * f, flops / f / 1e12,
-              static_cast<long long>(iters), 1e3 * *std::min_element(fwd_s.begin(), fwd_s.end()));
-  if (with_backward) {
-    const double b = median(bwd_s);
-    std::printf("backward: %10.3f ms/call  %8.4f TFLOP/s  (median of %lld; min %.3f ms)\n", 1e3 * b,
-                2.5 * flops / b / 1e12, static_cast<long long>(iters),
-                1e3 * *std::min_element(bwd_s.begin(), bwd_s.end()));
+  report.forward = summarize(fwd_s, flops);
+  if (with_backward) report.backward = summarize(bwd_s, 2.5 * flops);
+  if (!json) {
+    std::printf("forward : %10.3f ms/call  %8.4f TFLOP/s  (median of %lld; min %.3f ms)\n",
+                1e3 * report.forward.median_s, report.forward.tflops, static_cast<long long>(iters),
+                1e3 * report.forward.min_s);
+    if (report.backward) {
+      std::printf("backward: %10.3f ms/call  %8.4f TFLOP/s  (median of %lld; min %.3f ms)\n",
+                  1e3 * report.backward->median_s, report.backward->tflops, static_cast<long long>(iters),
+                  1e3 * report.backward->min_s);
+    }
+    std::fflush(stdout);
   }
-  std::fflush(stdout);
-  if (!with_check) return 0;
+  if (!with_check) {
+    if (json) std::printf("%s\n", to_json(report).c_str());
+    return 0;
+  }
 
   // The check: batch 0, kv head 0 and its query heads of this run's outputs; or, for shapes too
   // large for the float64 reference, a smaller problem with the same options run afresh.
@@ -208,10 +326,15 @@ int run_command(int argc, char** argv, int first) {
       4.0 * slice_batches * double(cfg.seqlen_q) * double(cfg.seqlen_k) * double(cfg.head_dim) * double(group);
   std::vector<TensorCheck> checks;
   if (slice_flops <= kMaxCheckFlops) {
-    std::printf("check vs float64 reference (%s, kv head 0 with its %lld query head%s):\n",
-                cfg.bias_mode == BiasMode::per_head ? "all batches" : "batch 0", static_cast<long long>(group),
-                group > 1 ? "s" : "");
-    std::fflush(stdout);
+    char what[96];
+    std::snprintf(what, sizeof what, "%s, kv head 0 with its %lld query head%s",
+                  cfg.bias_mode == BiasMode::per_head ? "all batches" : "batch 0", static_cast<long long>(group),
+                  group > 1 ? "s" : "");
+    report.check_problem = what;
+    if (!json) {
+      std::printf("check vs float64 reference (%s):\n", what);
+      std::fflush(stdout);
+    }
     checks = problem.check_slice(with_backward);
   } else {
     Config small = cfg;
@@ -225,9 +348,11 @@ int run_command(int argc, char** argv, int first) {
     if (small.heads_q * small.seqlen_q * small.seqlen_k * small.head_dim * 4.0 > 4 * kMaxCheckFlops) {
       small.heads_q = 1;  // very wide GQA groups: one query head is enough
     }
-    std::printf("check vs float64 reference on a smaller problem with the same options (%s):\n",
-                small.describe().c_str());
-    std::fflush(stdout);
+    report.check_problem = "a smaller problem with the same options: " + small.describe();
+    if (!json) {
+      std::printf("check vs float64 reference on %s:\n", report.check_problem.c_str());
+      std::fflush(stdout);
+    }
     Problem check_problem(small, device, seed + 1);
     check_problem.poison_outputs();
     check_problem.forward();
@@ -235,10 +360,16 @@ int run_command(int argc, char** argv, int first) {
     synchronize(device);
     checks = check_problem.check(with_backward);
   }
-  bool pass = true;
-  print_checks(checks, pass);
-  std::printf("%s\n", pass ? "PASS" : "FAIL");
-  return pass ? 0 : 1;
+  report.checked = true;
+  report.checks = checks;
+  for (const TensorCheck& c : checks) report.pass = report.pass && c.pass;
+  if (json) {
+    std::printf("%s\n", to_json(report).c_str());
+  } else {
+    print_checks(checks);
+    std::printf("%s\n", report.pass ? "PASS" : "FAIL");
+  }
+  return report.pass ? 0 : 1;
 }
 
 }  // namespace flashsigmoid::cli

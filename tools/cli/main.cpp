@@ -22,6 +22,7 @@ const char* kOverview =
     "  check   correctness sweep over dtypes, head dims, masks, ALiBi, GQA, varlen and bias\n"
     "          modes against the float64 reference (flashsigmoid check --help)\n"
     "  help    show this help, or `flashsigmoid help <command>`\n"
+    "  --version  print the version\n"
     "\n"
     "exit status: 0 success, 1 a check failed or the library reported an error, 2 bad usage\n";
 
@@ -31,6 +32,10 @@ int main(int argc, char** argv) {
   using namespace flashsigmoid::cli;
   const std::string cmd = argc > 1 ? argv[1] : "";
   try {
+    if (cmd == "--version" || cmd == "version") {
+      std::cout << "flashsigmoid " << FLASHSIGMOID_VERSION << "\n";
+      return 0;
+    }
     if (cmd == "run") return run_command(argc, argv, 2);
     if (cmd == "check") return check_command(argc, argv, 2);
     if (cmd == "--help" || cmd == "-h" || cmd == "help") {

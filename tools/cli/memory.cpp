@@ -1,6 +1,7 @@
 #include "memory.hpp"
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -17,12 +18,14 @@ Buffer::Buffer(Device device, std::size_t bytes) : device_(device), bytes_(bytes
   const std::size_t n = bytes == 0 ? 1 : bytes;
   if (device.type == DeviceType::cpu) {
     data_ = std::malloc(n);
-    if (data_ == nullptr) throw std::bad_alloc();
+    if (data_ == nullptr) {
+      throw Error("out of host memory: could not allocate " + describe_bytes(static_cast<std::int64_t>(bytes)));
+    }
     return;
   }
 #ifdef FLASHSIGMOID_CLI_CUDA
   if (cudaSetDevice(device.index) != cudaSuccess || cudaMalloc(&data_, n) != cudaSuccess) {
-    throw Error("cudaMalloc of " + std::to_string(bytes) + " bytes failed: " +
+    throw Error("cudaMalloc of " + describe_bytes(static_cast<std::int64_t>(bytes)) + " failed: " +
                 cudaGetErrorString(cudaGetLastError()));
   }
 #else
@@ -97,6 +100,12 @@ void Buffer::poison() {
     throw Error(std::string("cudaMemset failed: ") + cudaGetErrorString(cudaGetLastError()));
   }
 #endif
+}
+
+std::string describe_bytes(std::int64_t bytes) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%lld bytes (%.3g GiB)", static_cast<long long>(bytes), double(bytes) / double(1 << 30));
+  return buf;
 }
 
 void synchronize(Device device) {

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "flashsigmoid/flashsigmoid.hpp"
@@ -35,6 +36,9 @@ class Buffer {
   void* data_ = nullptr;
   std::size_t bytes_ = 0;
 };
+
+// "N bytes (x GiB)", for allocation errors.
+std::string describe_bytes(std::int64_t bytes);
 
 // Waits for all device work (no-op on the CPU).
 void synchronize(Device device);

@@ -7,6 +7,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "common/checked_math.hpp"
 #include "reference/reference.hpp"
 #include "reference/testing.hpp"
 
@@ -61,12 +62,27 @@ TensorCheck make_check(const std::string& name, const std::vector<double>& ref, 
 
 std::int64_t Config::total_q() const {
   if (varlen()) return std::accumulate(varlen_q.begin(), varlen_q.end(), std::int64_t{0});
-  return batch * seqlen_q;
+  return detail::checked_mul(batch, seqlen_q, "the query rows (--batch x --seqlen)");
 }
 
 std::int64_t Config::total_k() const {
   if (varlen()) return std::accumulate(varlen_k.begin(), varlen_k.end(), std::int64_t{0});
-  return batch * seqlen_k;
+  return detail::checked_mul(batch, seqlen_k, "the key rows (--batch x --seqlen-k)");
+}
+
+std::int64_t Config::bytes_needed() const {
+  using detail::checked_add;
+  using detail::checked_product;
+  const auto es = static_cast<std::int64_t>(element_size(dtype));
+  auto tensor = [&](std::int64_t rows, std::int64_t heads, const char* what) {
+    const std::string w = std::string("the size of ") + what + " (rows x heads x head dim x bytes)";
+    const std::int64_t row = checked_add(checked_product({heads, head_dim}, w), row_padding, w);
+    return checked_product({rows, row, es}, w);
+  };
+  const std::int64_t q = tensor(total_q(), heads_q, "q"), k = tensor(total_k(), heads_kv, "k");
+  // Host copies of q, k, v, dout; device q, k, v, dout, out, dq, dk, dv.
+  const std::string w = "the memory of all buffers";
+  return checked_add(checked_product({6, q}, w), checked_product({6, k}, w), w);
 }
 
 double Config::forward_flops() const {
@@ -172,6 +188,20 @@ std::vector<TensorCheck> compare_with_reference(HostData& data, const Outputs& g
 
 // ---- Problem ------------------------------------------------------------------------------
 
+namespace {
+
+// `bytes` of host memory, or an error that says how much was asked for.
+std::vector<unsigned char> host_bytes(std::int64_t bytes, unsigned char fill = 0) {
+  try {
+    return std::vector<unsigned char>(static_cast<std::size_t>(bytes), fill);
+  } catch (const std::bad_alloc&) {
+  } catch (const std::length_error&) {
+  }
+  throw Error("out of host memory: could not allocate " + describe_bytes(bytes));
+}
+
+}  // namespace
+
 Problem::Problem(const Config& config, Device device, std::uint64_t seed) : device_(device) {
   Config& c = host_.cfg;
   c = config;
@@ -183,10 +213,11 @@ Problem::Problem(const Config& config, Device device, std::uint64_t seed) : devi
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal(0.0, 1.0);
   std::uniform_real_distribution<double> uniform(-0.5, 0.5);
+  c.bytes_needed();  // every size below is then free of overflow
   const std::size_t es = element_size(c.dtype);
   auto random_tensor = [&](std::int64_t rows, std::int64_t heads) {
     const std::int64_t n = rows * heads * c.head_dim;
-    std::vector<unsigned char> t(static_cast<std::size_t>(n) * es);
+    std::vector<unsigned char> t = host_bytes(n * static_cast<std::int64_t>(es));
     for (std::int64_t i = 0; i < n; ++i) testing::store_element(t.data() + i * es, c.dtype, normal(rng));
     return t;
   };
@@ -253,7 +284,7 @@ Problem::DeviceTensor Problem::make_tensor(std::int64_t rows, std::int64_t heads
   DeviceTensor t;
   t.buf = Buffer(device_, static_cast<std::size_t>(rows * row_stride) * es);
   if (init != nullptr) {
-    std::vector<unsigned char> padded(t.buf.bytes(), 0xFF);  // padding reads as NaN
+    std::vector<unsigned char> padded = host_bytes(static_cast<std::int64_t>(t.buf.bytes()), 0xFF);  // padding: NaN
     for (std::int64_t r = 0; r < rows; ++r) {
       std::memcpy(padded.data() + r * row_stride * es, init->data() + r * row * es, static_cast<std::size_t>(row) * es);
     }

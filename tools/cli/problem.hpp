@@ -37,6 +37,9 @@ struct Config {
   bool varlen() const { return !varlen_q.empty(); }
   std::int64_t total_q() const;  // rows of q: B*Nq, or the packed total
   std::int64_t total_k() const;
+  // Bytes of every buffer a run allocates (inputs on the host and the device, outputs), computed
+  // with checked arithmetic: throws flashsigmoid::Error naming the product that overflows.
+  std::int64_t bytes_needed() const;
   // Forward FLOPs: 4*B*Hq*Nq*Nk*D (varlen: summed per sequence), halved for causal when Nq == Nk.
   double forward_flops() const;
   std::string describe() const;

@@ -1,0 +1,39 @@
+// Checked 64-bit arithmetic for element counts and byte sizes. A product of user-given sizes that
+// wraps around becomes a small or negative size, and then a short allocation, an out-of-bounds
+// write or a nonsense timing; these throw flashsigmoid::Error naming what was being computed.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+#include "flashsigmoid/flashsigmoid.hpp"
+
+namespace flashsigmoid::detail {
+
+inline std::int64_t checked_mul(std::int64_t a, std::int64_t b, const std::string& what) {
+  std::int64_t r = 0;
+  if (__builtin_mul_overflow(a, b, &r)) {
+    throw Error("flashsigmoid: " + what + " overflows a 64-bit integer (" + std::to_string(a) + " x " +
+                std::to_string(b) + ")");
+  }
+  return r;
+}
+
+inline std::int64_t checked_add(std::int64_t a, std::int64_t b, const std::string& what) {
+  std::int64_t r = 0;
+  if (__builtin_add_overflow(a, b, &r)) {
+    throw Error("flashsigmoid: " + what + " overflows a 64-bit integer (" + std::to_string(a) + " + " +
+                std::to_string(b) + ")");
+  }
+  return r;
+}
+
+// The product of all of `factors`, checked.
+inline std::int64_t checked_product(std::initializer_list<std::int64_t> factors, const std::string& what) {
+  std::int64_t r = 1;
+  for (std::int64_t f : factors) r = checked_mul(r, f, what);
+  return r;
+}
+
+}  // namespace flashsigmoid::detail
