@@ -112,14 +112,14 @@ def test_bad_bias_and_alibi():
     q, k, v = qkv(Hq=4, Hkv=2)
     with raises(re.escape("bias must have shape [4] (one value per query head), got [3]")):
         fs.sigmoid_attn(q, k, v, bias=torch.zeros(3))
-    with raises("bias must be float32, got float16"):
-        fs.sigmoid_attn(q, k, v, bias=torch.zeros(4, dtype=torch.float16))
+    with raises("bias must be float32, got int32"):  # floating dtypes are converted, others are not
+        fs.sigmoid_attn(q, k, v, bias=torch.zeros(4, dtype=torch.int32))
     with pytest.raises(TypeError, match="bias must be None"):
         fs.sigmoid_attn(q, k, v, bias="learnable")
     with raises(re.escape("alibi_slopes must have shape [4] or [1, 4], got [2]")):
         fs.sigmoid_attn(q, k, v, alibi_slopes=torch.ones(2))
-    with raises("alibi_slopes must be float32, got float64"):
-        fs.sigmoid_attn(q, k, v, alibi_slopes=torch.ones(4, dtype=torch.float64))
+    with raises("alibi_slopes must be float32, got int32"):
+        fs.sigmoid_attn(q, k, v, alibi_slopes=torch.ones(4, dtype=torch.int32))
     with raises("scale must be finite"):
         fs.sigmoid_attn(q, k, v, scale=float("inf"))
 
