@@ -143,3 +143,13 @@ def test_new_float_values_do_not_recompile(what, dynamic):
         got = cf(q, k, v, x)
         assert rel_l2(got, f(q, k, v, x)) <= BOUNDS[torch.float32]
     assert cnt.frame_count <= (1 if dynamic else 2), f"{cnt.frame_count} compiles for {len(values)} values"
+
+
+def test_opcheck_scale_tensor():
+    """The op's scale_tensor argument (how torch.compile passes a Python-float scale)."""
+    q, k, v = _inputs(B=1, Nq=5, Nk=7)
+    st = torch.scalar_tensor(0.3, dtype=torch.float64)
+    args = (q, k, v, None, None, 0, 0, False, None, 0, 0.0, None, -1, -1, None, st)
+    torch.library.opcheck(torch.ops.flashsigmoid.fwd.default, args)
+    want = fs.sigmoid_attn(q, k, v, scale=0.3)
+    assert torch.equal(torch.ops.flashsigmoid.fwd(*args), want)

@@ -156,3 +156,13 @@ def test_error_from_backward_op_keeps_type():
     with raises("dout has dtype float64 but q has dtype float32"):
         torch.ops.flashsigmoid.bwd(dout, q, k, v, None, None, 0, 0, False, None, 0, 0.0, None, -1, -1, None,
                                    False, False)
+
+
+def test_bad_scale_tensor():
+    q, k, v = qkv()
+    base = (q, k, v, None, None, 0, 0, False)
+    rest = (0, 0.0, None, -1, -1, None)
+    with raises("give scale or scale_tensor, not both"):
+        torch.ops.flashsigmoid.fwd(*base, 0.5, *rest, torch.scalar_tensor(0.5))
+    with raises(re.escape("scale_tensor must be a floating-point CPU tensor with one element, got int64 [2]")):
+        torch.ops.flashsigmoid.fwd(*base, None, *rest, torch.tensor([1, 2]))
