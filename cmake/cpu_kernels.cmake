@@ -7,13 +7,13 @@
 # A kernel source names its entry points with FLASHSIGMOID_CPU_ENTRY (src/cpu/isa.hpp).
 set(FLASHSIGMOID_CPU_KERNELS src/cpu/forward.cpp src/cpu/backward.cpp)
 
-set(FLASHSIGMOID_CPU_MULTI_ISA OFF)
+set(FLASHSIGMOID_CPU_MULTI_LEVEL OFF)
 if(NOT FLASHSIGMOID_NATIVE AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU"
    AND CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
-  set(FLASHSIGMOID_CPU_MULTI_ISA ON)
+  set(FLASHSIGMOID_CPU_MULTI_LEVEL ON)
 endif()
 
-if(FLASHSIGMOID_CPU_MULTI_ISA)
+if(FLASHSIGMOID_CPU_MULTI_LEVEL)
   set(_fs_v3 "avx2,fma,bmi,bmi2,lzcnt,movbe,f16c")
   # level=vector bytes=target features
   set(_fs_levels "x86_64=16=" "x86_64_v3=32=${_fs_v3}"

@@ -7,7 +7,7 @@
 #include "cpu/tile_ops.hpp"
 
 namespace flashsigmoid::detail::cpu {
-inline namespace FLASHSIGMOID_CPU_ISA {
+inline namespace FLASHSIGMOID_CPU_LEVEL {
 
 // A tile of raw q.k for query rows [i0, i0 + rows) and key columns [j0, j0 + cols) -> P, in
 // place. Stored S[r][c], or with kKeyMajor S[c][r] (P^T, what the forward's K Q^T GEMM makes);
@@ -31,5 +31,5 @@ void scores_to_probs(const ScoreTransform& t, std::int64_t i0, int rows, std::in
   }
 }
 
-}  // namespace FLASHSIGMOID_CPU_ISA
+}  // namespace FLASHSIGMOID_CPU_LEVEL
 }  // namespace flashsigmoid::detail::cpu

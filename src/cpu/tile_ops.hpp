@@ -15,7 +15,7 @@
 #include "cpu/isa.hpp"
 
 namespace flashsigmoid::detail::cpu {
-inline namespace FLASHSIGMOID_CPU_ISA {
+inline namespace FLASHSIGMOID_CPU_LEVEL {
 
 // Query rows per task / key columns per step. Multiples of the GEMM micro-tile rows (gemm_acc).
 constexpr int kBlockQ = 64;
@@ -191,5 +191,5 @@ void dispatch_dtype(DType dtype, Fn&& fn) {
   }
 }
 
-}  // namespace FLASHSIGMOID_CPU_ISA
+}  // namespace FLASHSIGMOID_CPU_LEVEL
 }  // namespace flashsigmoid::detail::cpu

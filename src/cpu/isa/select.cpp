@@ -24,7 +24,7 @@ constexpr const char* kNames[] = {"x86-64", "x86-64-v3", "x86-64-v4"};
 
 bool supported(Level level) {
   __builtin_cpu_init();
-  // The features the units' `#pragma GCC target` lists enable (CMakeLists.txt).
+  // The features the units' `#pragma GCC target` lists enable (cmake/cpu_kernels.cmake).
   const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                   __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
   const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
