@@ -8,14 +8,19 @@
 
 namespace flashsigmoid::detail {
 
-// The per-level entry points, defined by the generated units (src/cpu/isa/unit.cpp.in).
-#define FLASHSIGMOID_CPU_LEVEL_ENTRIES(level)    \
-  void cpu_forward_##level(const AttnParams& p); \
-  void cpu_backward_##level(const BwdParams& p);
-FLASHSIGMOID_CPU_LEVEL_ENTRIES(x86_64)
-FLASHSIGMOID_CPU_LEVEL_ENTRIES(x86_64_v3)
-FLASHSIGMOID_CPU_LEVEL_ENTRIES(x86_64_v4)
-#undef FLASHSIGMOID_CPU_LEVEL_ENTRIES
+// The CPU kernels' entry points (declared in backends.hpp), one line each: a kernel source that
+// defines FLASHSIGMOID_CPU_ENTRY(name) adds `X(name, its parameter type)` here.
+#define FLASHSIGMOID_CPU_ENTRIES(X) \
+  X(cpu_forward, AttnParams)        \
+  X(cpu_backward, BwdParams)
+
+// Their per-level definitions, from the generated units (src/cpu/isa/unit.cpp.in).
+#define FLASHSIGMOID_CPU_DECLARE(name, Params)     \
+  void name##_x86_64(const Params& p);            \
+  void name##_x86_64_v3(const Params& p);         \
+  void name##_x86_64_v4(const Params& p);
+FLASHSIGMOID_CPU_ENTRIES(FLASHSIGMOID_CPU_DECLARE)
+#undef FLASHSIGMOID_CPU_DECLARE
 
 namespace {
 
@@ -71,20 +76,15 @@ std::vector<std::string> cpu_isa_levels() { return {kNames[0], kNames[1], kNames
 bool cpu_isa_supported(const std::string& level) { return supported(parse(level)); }
 std::string cpu_isa() { return kNames[static_cast<int>(selected())]; }
 
-void cpu_forward(const AttnParams& p) {
-  switch (selected()) {
-    case Level::x86_64_v4: return cpu_forward_x86_64_v4(p);
-    case Level::x86_64_v3: return cpu_forward_x86_64_v3(p);
-    case Level::x86_64: return cpu_forward_x86_64(p);
+#define FLASHSIGMOID_CPU_DISPATCH(name, Params)         \
+  void name(const Params& p) {                         \
+    switch (selected()) {                              \
+      case Level::x86_64_v4: return name##_x86_64_v4(p); \
+      case Level::x86_64_v3: return name##_x86_64_v3(p); \
+      case Level::x86_64: return name##_x86_64(p);       \
+    }                                                  \
   }
-}
-
-void cpu_backward(const BwdParams& p) {
-  switch (selected()) {
-    case Level::x86_64_v4: return cpu_backward_x86_64_v4(p);
-    case Level::x86_64_v3: return cpu_backward_x86_64_v3(p);
-    case Level::x86_64: return cpu_backward_x86_64(p);
-  }
-}
+FLASHSIGMOID_CPU_ENTRIES(FLASHSIGMOID_CPU_DISPATCH)
+#undef FLASHSIGMOID_CPU_DISPATCH
 
 }  // namespace flashsigmoid::detail
