@@ -8,7 +8,7 @@ C++; this module only converts arguments.
 """
 
 import contextlib
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -304,7 +304,7 @@ def sigmoid_attn(
     *,
     causal: bool = False,
     scale: Optional[float] = None,
-    bias=None,
+    bias: Union[None, float, Tensor] = None,
     window: Tuple[int, int] = (-1, -1),
     alibi_slopes: Optional[Tensor] = None,
     softmax_scale: Optional[float] = None,
@@ -345,7 +345,7 @@ def sigmoid_attn_varlen(
     *,
     causal: bool = False,
     scale: Optional[float] = None,
-    bias=None,
+    bias: Union[None, float, Tensor] = None,
     window: Tuple[int, int] = (-1, -1),
     alibi_slopes: Optional[Tensor] = None,
     softmax_scale: Optional[float] = None,
