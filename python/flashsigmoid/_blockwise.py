@@ -61,8 +61,13 @@ class _Block:
 
 def _blocks(q: Tensor, k: Tensor, alibi: Optional[Tensor], *, scale: float, bias_mode: int,
             bias_value: float, bias: Optional[Tensor], causal: bool, window_left: int,
-            window_right: int) -> Iterator[_Block]:
-    """q [B, Nq, Hq, D], k [B, Nk, Hkv, D] (one dense segment) -> blocks of P [B, Hkv, G, rows, Nk]."""
+            window_right: int, q_offset: Optional[int] = None,
+            k_offset: Optional[int] = None) -> Iterator[_Block]:
+    """q [B, Nq, Hq, D], k [B, Nk, Hkv, D] (one dense segment) -> blocks of P [B, Hkv, G, rows, Nk].
+
+    Query row i sits at position q_offset + i and key j at k_offset + j; without offsets the
+    rows are aligned bottom-right (i + Nk - Nq against j).
+    """
     B, Nq, Hq, D = q.shape
     Nk, Hkv = k.shape[1], k.shape[2]
     G = Hq // Hkv
@@ -76,13 +81,17 @@ def _blocks(q: Tensor, k: Tensor, alibi: Optional[Tensor], *, scale: float, bias
         b = -math.log(Nk) if Nk > 0 else 0.0
     slopes = None if alibi is None else _per_head(alibi, B, Hkv, G, acc)
     rows = max(1, _BLOCK_SCORES // max(1, B * Hq * Nk))
-    j = torch.arange(Nk, device=q.device)
+    if q_offset is None and k_offset is None:
+        q_pos0, k_pos0 = Nk - Nq, 0
+    else:
+        q_pos0, k_pos0 = q_offset or 0, k_offset or 0
+    j = torch.arange(Nk, device=q.device) + k_pos0
     for i0 in range(0, Nq, rows):
         i1 = min(Nq, i0 + rows)
         qi = q[:, i0:i1].to(acc).reshape(B, i1 - i0, Hkv, G, D)
         s = torch.einsum("bihgd,bjhd->bhgij", qi, kf) * scale + b
-        # how far key j lies before query row i, both on the key axis (bottom-right aligned)
-        before = (torch.arange(i0, i1, device=q.device) + (Nk - Nq)).view(-1, 1) - j.view(1, -1)
+        # how far key j lies before query row i
+        before = (torch.arange(i0, i1, device=q.device) + q_pos0).view(-1, 1) - j.view(1, -1)
         dist = before.abs().to(acc)
         if slopes is not None:
             s = s - slopes * dist
@@ -121,6 +130,11 @@ def _score_tangent(blk: _Block, q, k, tq, tk, tbias, talibi, scale, B, Hkv, G, a
     return t
 
 
+def _optional(**kw):
+    """The op's trailing optional arguments that are set (so an op without them still takes the call)."""
+    return {n: x for n, x in kw.items() if x is not None}
+
+
 def jvp(fwd_op, args: Dict, tangents: Dict[str, Tensor]) -> Tensor:
     """The tangent of fwd(**args) along `tangents` (q, k, v, bias, alibi_slopes; absent = zero).
 
@@ -131,12 +145,13 @@ def jvp(fwd_op, args: Dict, tangents: Dict[str, Tensor]) -> Tensor:
 
 
 def _jvp(fwd_op, tangents, *, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-         scale, bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, scale_tensor):
+         scale, bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, scale_tensor=None,
+         q_offset=None, k_offset=None):
     tq, tk, tv, tbias, talibi = (tangents.get(n) for n in ("q", "k", "v", "bias", "alibi_slopes"))
     acc = _acc_dtype(q)
     scale_f = _scale_value(q, scale, scale_tensor)
     opts = dict(scale=scale_f, bias_mode=bias_mode, bias_value=bias_value, causal=causal,
-                window_left=window_left, window_right=window_right)
+                window_left=window_left, window_right=window_right, q_offset=q_offset, k_offset=k_offset)
     parts = []
     tail = q.shape[0] if cu_seqlens_q is not None else 0
     for rq, (qs, tqs), (ks, vs, tks), (al, tal) in _segments(
@@ -160,16 +175,19 @@ def _jvp(fwd_op, tangents, *, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
     if tv is not None:
         d_out = d_out + fwd_op(q, k, tv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
                                bias_mode, bias_value, bias, window_left, window_right, alibi_slopes,
-                               scale_tensor).to(acc)
+                               **_optional(scale_tensor=scale_tensor, q_offset=q_offset,
+                                           k_offset=k_offset)).to(acc)
     return d_out.to(q.dtype)
 
 
 def alibi_slopes_grad(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, bias_mode, bias_value, bias,
-                      window_left, window_right, alibi_slopes, scale_tensor) -> Tensor:
+                      window_left, window_right, alibi_slopes, scale_tensor=None, q_offset=None,
+                      k_offset=None) -> Tensor:
     """d slope_h = -sum_ij dS_hij |i + Nk - Nq - j| with dS = (dO V^T) P (1 - P), in the slopes' shape."""
     acc = _acc_dtype(q)
     opts = dict(scale=_scale_value(q, scale, scale_tensor), bias_mode=bias_mode, bias_value=bias_value,
-                causal=causal, window_left=window_left, window_right=window_right)
+                causal=causal, window_left=window_left, window_right=window_right, q_offset=q_offset,
+                k_offset=k_offset)
     per_segment = []
     for _, (qs, dos), (ks, vs), (al,) in _segments(cu_seqlens_q, cu_seqlens_k, [q, dout], [k, v],
                                                      [alibi_slopes]):

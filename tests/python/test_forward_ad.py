@@ -114,3 +114,20 @@ def test_long_sequence_jvp_is_blocked(monkeypatch):
     monkeypatch.setattr(bw, "_BLOCK_SCORES", 2 * 50 * 7)  # 7 query rows per block
     _, blocked = torch.func.jvp(lambda q: fs.sigmoid_attn(q, k, v, **kw), (q,), (tq,))
     assert rel_l2(blocked, whole) <= 1e-6
+
+
+def test_blocks_position_offsets_match_bottom_right():
+    """The block builder's explicit positions (q_offset, k_offset) reproduce the default
+    bottom-right alignment when they say the same thing, and shift the masks when they differ."""
+    import flashsigmoid._blockwise as bw
+    B, Nq, Nk, H, D = 1, 9, 14, 2, 32
+    q, k = torch.randn(B, Nq, H, D), torch.randn(B, Nk, H, D)
+    kw = dict(scale=0.2, bias_mode=0, bias_value=0.0, bias=None, causal=True, window_left=4, window_right=-1)
+    slopes = torch.full((H,), 0.3)
+    base = list(bw._blocks(q, k, slopes, **kw))
+    same = list(bw._blocks(q, k, slopes, q_offset=100 + Nk - Nq, k_offset=100, **kw))
+    assert len(base) == len(same) == 1
+    assert torch.equal(base[0].p, same[0].p) and torch.equal(base[0].keep, same[0].keep)
+    shifted = list(bw._blocks(q, k, slopes, q_offset=0, k_offset=0, **kw))[0]
+    i, j = torch.arange(Nq).view(-1, 1), torch.arange(Nk).view(1, -1)
+    assert torch.equal(shifted.keep, (j <= i) & (j >= i - 4))
