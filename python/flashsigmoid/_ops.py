@@ -8,12 +8,14 @@ C++; this module only converts arguments.
 """
 
 import contextlib
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from . import _C
+from . import _C, _args, _autocast, _forward_ad, _vmap
+from ._blockwise import alibi_slopes_grad
+from ._checks import check_same_device
 
 _DTYPE_CODES = {
     torch.float32: _C.DTYPE_FLOAT32,
@@ -83,9 +85,10 @@ def _options(
     window_left: int,
     window_right: int,
     alibi_slopes: Optional[Tensor],
+    scale_tensor: Optional[Tensor] = None,
 ) -> "_C.Options":
     o = _C.Options()
-    o.scale = scale
+    o.scale = scale if scale_tensor is None else _args.scale_from_tensor(scale_tensor, scale)
     o.bias_mode = bias_mode
     o.bias_value = bias_value
     o.bias = _describe_opt(bias, "bias")
@@ -126,10 +129,11 @@ def _fwd(
     window_left: int,
     window_right: int,
     alibi_slopes: Optional[Tensor],
+    scale_tensor: Optional[Tensor] = None,
 ) -> Tensor:
     out = _new_like(q)
     opts = _options(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-                    bias_mode, bias_value, bias, window_left, window_right, alibi_slopes)
+                    bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, scale_tensor)
     with _device_guard(q):
         _C.forward(_describe(q, "q"), _describe(k, "k"), _describe(v, "v"), _describe(out, "out"), opts)
     return out
@@ -137,7 +141,10 @@ def _fwd(
 
 @_fwd.register_fake
 def _fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-              bias_mode, bias_value, bias, window_left, window_right, alibi_slopes):
+              bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, scale_tensor=None):
+    # The dispatcher also lands here when real tensors are mixed with meta ones.
+    check_same_device(q, k=k, v=v, bias=bias, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q,
+                      cu_seqlens_k=cu_seqlens_k)
     return torch.empty_like(q)
 
 
@@ -166,6 +173,7 @@ def _bwd(
     alibi_slopes: Optional[Tensor],
     need_dbias: bool,
     deterministic: bool,
+    scale_tensor: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (dq, dk, dv, dbias); dbias is an empty fp32 tensor unless need_dbias."""
     dq, dk, dv = _new_like(q), _new_like(k), _new_like(v)
@@ -176,7 +184,7 @@ def _bwd(
         dbias = q.new_empty((0,), dtype=torch.float32)
         dbias_view = _C.Tensor()
     opts = _options(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-                    bias_mode, bias_value, bias, window_left, window_right, alibi_slopes)
+                    bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, scale_tensor)
     opts.deterministic = deterministic
     with _device_guard(q):
         _C.backward(_describe(q, "q"), _describe(k, "k"), _describe(v, "v"), _describe(dout, "dout"),
@@ -187,7 +195,9 @@ def _bwd(
 @_bwd.register_fake
 def _bwd_fake(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
               scale, bias_mode, bias_value, bias, window_left, window_right, alibi_slopes,
-              need_dbias, deterministic):
+              need_dbias, deterministic, scale_tensor=None):
+    check_same_device(q, dout=dout, k=k, v=v, bias=bias, alibi_slopes=alibi_slopes,
+                      cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
     if need_dbias and bias is not None:
         dbias = torch.empty_like(bias)
     else:
@@ -199,36 +209,42 @@ def _bwd_fake(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
 # autograd
 # ---------------------------------------------------------------------------
 
-_Q, _K, _V, _BIAS = 0, 1, 2, 11  # positions of the differentiable inputs of flashsigmoid::fwd
+# positions of the differentiable inputs of flashsigmoid::fwd (see _args.OP_ARGS for all of them)
+_Q, _K, _V, _BIAS, _ALIBI = 0, 1, 2, 11, 14
+_NUM_ARGS = 16
 
 
 def _setup_context(ctx, inputs, output):
     (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-     bias_mode, bias_value, bias, window_left, window_right, alibi_slopes) = inputs
-    ctx.save_for_backward(q, k, v, cu_seqlens_q, cu_seqlens_k, bias, alibi_slopes)
+     bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, scale_tensor) = inputs
+    ctx.save_for_backward(q, k, v, cu_seqlens_q, cu_seqlens_k, bias, alibi_slopes, scale_tensor)
     ctx.args = (max_seqlen_q, max_seqlen_k, causal, scale, bias_mode, bias_value,
                 window_left, window_right)
 
 
 def _backward(ctx, dout):
-    q, k, v, cu_seqlens_q, cu_seqlens_k, bias, alibi_slopes = ctx.saved_tensors
+    q, k, v, cu_seqlens_q, cu_seqlens_k, bias, alibi_slopes, scale_tensor = ctx.saved_tensors
     (max_seqlen_q, max_seqlen_k, causal, scale, bias_mode, bias_value,
      window_left, window_right) = ctx.args
     needs = ctx.needs_input_grad
-    grads: List[Optional[Tensor]] = [None] * 15
-    if not (needs[_Q] or needs[_K] or needs[_V] or needs[_BIAS]):
-        return tuple(grads)
+    grads: List[Optional[Tensor]] = [None] * _NUM_ARGS
     if dout.stride(-1) != 1:  # e.g. the expanded gradient of out.sum()
         dout = dout.contiguous()
-    need_dbias = bool(needs[_BIAS]) and bias is not None
-    dq, dk, dv, dbias = _bwd(
-        dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-        bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, need_dbias,
-        torch.are_deterministic_algorithms_enabled())
-    grads[_Q] = dq if needs[_Q] else None
-    grads[_K] = dk if needs[_K] else None
-    grads[_V] = dv if needs[_V] else None
-    grads[_BIAS] = dbias if need_dbias else None
+    if needs[_Q] or needs[_K] or needs[_V] or needs[_BIAS]:
+        need_dbias = bool(needs[_BIAS]) and bias is not None
+        dq, dk, dv, dbias = _bwd(
+            dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
+            bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, need_dbias,
+            torch.are_deterministic_algorithms_enabled(), scale_tensor)
+        grads[_Q] = dq if needs[_Q] else None
+        grads[_K] = dk if needs[_K] else None
+        grads[_V] = dv if needs[_V] else None
+        grads[_BIAS] = dbias if need_dbias else None
+    if needs[_ALIBI] and alibi_slopes is not None:
+        # The kernels do not compute it; this recomputes P block by block in PyTorch.
+        grads[_ALIBI] = alibi_slopes_grad(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale,
+                                          bias_mode, bias_value, bias, window_left, window_right,
+                                          alibi_slopes, scale_tensor)
     return tuple(grads)
 
 
@@ -245,10 +261,10 @@ def _bias_args(bias):
     if bias is None:
         return _C.BIAS_NEG_LOG_SEQLEN_K, 0.0, None
     if isinstance(bias, Tensor):
-        return _C.BIAS_PER_HEAD, 0.0, bias
+        return _C.BIAS_PER_HEAD, 0.0, _args.as_float32(bias)
     if isinstance(bias, bool) or not isinstance(bias, (int, float)):
         raise TypeError(
-            "flashsigmoid: bias must be None (default -log(Nk)), a Python float, or a float32 "
+            "flashsigmoid: bias must be None (default -log(Nk)), a Python float, or a floating-point "
             f"tensor of shape [Hq]; got {type(bias).__name__}"
         )
     return _C.BIAS_SCALAR, float(bias), None
@@ -271,6 +287,16 @@ def _scale_arg(scale):
     return float(scale)
 
 
+def _call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, bias, window,
+          alibi_slopes):
+    bias_mode, bias_value, bias_t = _bias_args(bias)
+    wl, wr = _window_args(window)
+    scale, scale_t, bias_mode, bias_value, bias_t = _args.traced_scalars(
+        q, _scale_arg(scale), bias_mode, bias_value, bias_t)
+    return _fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, bool(causal), scale,
+                bias_mode, bias_value, bias_t, wl, wr, _args.as_float32(alibi_slopes), scale_t)
+
+
 def sigmoid_attn(
     q: Tensor,
     k: Tensor,
@@ -278,9 +304,11 @@ def sigmoid_attn(
     *,
     causal: bool = False,
     scale: Optional[float] = None,
-    bias=None,
+    bias: Union[None, float, Tensor] = None,
     window: Tuple[int, int] = (-1, -1),
     alibi_slopes: Optional[Tensor] = None,
+    softmax_scale: Optional[float] = None,
+    window_size: Optional[Tuple[int, int]] = None,
 ) -> Tensor:
     """Sigmoid self-attention: ``out = sigmoid(scale * q k^T + b + alibi) v``.
 
@@ -291,17 +319,19 @@ def sigmoid_attn(
         causal: causal mask, aligned bottom-right when ``Nq != Nk``.
         scale: score scale, default ``1/sqrt(D)``.
         bias: ``None`` -> ``-log(Nk)`` (the default); a Python float -> that constant;
-            a float32 tensor ``[Hq]`` -> a per-head (learnable) bias, whose gradient is returned.
+            a floating-point tensor ``[Hq]`` (any float dtype, used as float32) -> a per-head
+            (learnable) bias, whose gradient is returned in its dtype.
         window: sliding window ``(left, right)``; ``-1`` = unbounded. Combines with ``causal``.
-        alibi_slopes: optional float32 ``[Hq]`` or ``[B, Hq]``: adds ``-slope * |i + Nk - Nq - j|``.
+        alibi_slopes: optional ``[Hq]`` or ``[B, Hq]`` (any float dtype, used as float32): adds
+            ``-slope * |i + Nk - Nq - j|``. Slopes that require grad get their gradient (computed
+            in PyTorch, block by block: as slow as a plain implementation).
+        softmax_scale, window_size: flash-attn's names for ``scale`` and ``window``.
 
     Returns:
         ``[B, Nq, Hq, D]`` in q's dtype.
     """
-    bias_mode, bias_value, bias_t = _bias_args(bias)
-    wl, wr = _window_args(window)
-    return _fwd(q, k, v, None, None, 0, 0, bool(causal), _scale_arg(scale), bias_mode, bias_value,
-                bias_t, wl, wr, alibi_slopes)
+    scale, window = _args.flash_attn_aliases(scale, softmax_scale, window, window_size)
+    return _call(q, k, v, None, None, 0, 0, causal, scale, bias, window, alibi_slopes)
 
 
 def sigmoid_attn_varlen(
@@ -315,9 +345,11 @@ def sigmoid_attn_varlen(
     *,
     causal: bool = False,
     scale: Optional[float] = None,
-    bias=None,
+    bias: Union[None, float, Tensor] = None,
     window: Tuple[int, int] = (-1, -1),
     alibi_slopes: Optional[Tensor] = None,
+    softmax_scale: Optional[float] = None,
+    window_size: Optional[Tuple[int, int]] = None,
 ) -> Tensor:
     """Sigmoid self-attention over packed variable-length sequences.
 
@@ -326,7 +358,16 @@ def sigmoid_attn_varlen(
     length. The default bias is ``-log(Nk)`` with each sequence's own ``Nk``. Other keywords as
     in :func:`sigmoid_attn` (``alibi_slopes`` ``[B, Hq]`` indexes the sequence).
     """
-    bias_mode, bias_value, bias_t = _bias_args(bias)
-    wl, wr = _window_args(window)
-    return _fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
-                bool(causal), _scale_arg(scale), bias_mode, bias_value, bias_t, wl, wr, alibi_slopes)
+    scale, window = _args.flash_attn_aliases(scale, softmax_scale, window, window_size)
+    return _call(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), causal, scale, bias,
+                 window, alibi_slopes)
+
+
+# ---------------------------------------------------------------------------
+# dispatcher rules beyond reverse-mode autograd (one module each)
+# ---------------------------------------------------------------------------
+
+_lib = torch.library.Library("flashsigmoid", "FRAGMENT")
+_forward_ad.install(_fwd, _lib)
+_autocast.install(_fwd, _lib)
+_vmap.install(_fwd)

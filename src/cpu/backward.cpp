@@ -169,7 +169,7 @@ void dq_pass(const BwdParams& p) {
 }  // namespace
 }  // namespace cpu
 
-void cpu_backward(const BwdParams& p) {
+void FLASHSIGMOID_CPU_ENTRY(cpu_backward)(const BwdParams& p) {
   cpu::dispatch_dtype(p.dtype, [&]<typename T, typename Acc>() {
     cpu::dkdv_pass<T, Acc>(p);
     cpu::dq_pass<T, Acc>(p);

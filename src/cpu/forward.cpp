@@ -68,7 +68,7 @@ void forward_impl(const AttnParams& p) {
 }  // namespace
 }  // namespace cpu
 
-void cpu_forward(const AttnParams& p) {
+void FLASHSIGMOID_CPU_ENTRY(cpu_forward)(const AttnParams& p) {
   cpu::dispatch_dtype(p.dtype, [&]<typename T, typename Acc>() { cpu::forward_impl<T, Acc>(p); });
 }
 

@@ -7,6 +7,7 @@
 #include "cpu/tile_ops.hpp"
 
 namespace flashsigmoid::detail::cpu {
+inline namespace FLASHSIGMOID_CPU_LEVEL {
 
 // Sets the masked elements (and keys past the sequence end) of a tile to exactly 0, by a select:
 // whatever they held (a NaN from a non-finite row included) is dropped. Layout as scores_to_probs.
@@ -60,4 +61,5 @@ inline void visible_queries(const ScoreTransform& t, std::int64_t j0, int cols, 
   }
 }
 
+}  // namespace FLASHSIGMOID_CPU_LEVEL
 }  // namespace flashsigmoid::detail::cpu

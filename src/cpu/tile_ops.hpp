@@ -12,8 +12,10 @@
 
 #include "common/float_convert.hpp"
 #include "common/params.hpp"
+#include "cpu/isa.hpp"
 
 namespace flashsigmoid::detail::cpu {
+inline namespace FLASHSIGMOID_CPU_LEVEL {
 
 // Query rows per task / key columns per step. Multiples of the GEMM micro-tile rows (gemm_acc).
 constexpr int kBlockQ = 64;
@@ -111,13 +113,19 @@ void zero_rows(void* ptr, const OperandStrides& s, std::int64_t row_begin, std::
 
 // SIMD width in bytes for GCC/Clang vector extensions: the compiler lowers these to
 // AVX-512, AVX2 or SSE as the target allows, so no intrinsics are needed.
-#if defined(__AVX512F__)
+// The per-level units of a portable build say their width (their `#pragma GCC target` defines
+// no ISA macros); otherwise the compiler's target decides.
+#if defined(FLASHSIGMOID_CPU_VECTOR_BYTES)
+constexpr int kVectorBytes = FLASHSIGMOID_CPU_VECTOR_BYTES;
+#elif defined(__AVX512F__)
 constexpr int kVectorBytes = 64;
-constexpr int kGemmRows = 8;  // 16 accumulators of the 32 vector registers
-#else
+#elif defined(__AVX__)
 constexpr int kVectorBytes = 32;
-constexpr int kGemmRows = 4;  // 8 accumulators of the 16 vector registers
+#else
+constexpr int kVectorBytes = 16;  // SSE only: wider vector types would be split through memory
 #endif
+// 64-byte vectors: 16 accumulators of the 32 vector registers; else 8 of the 16.
+constexpr int kGemmRows = kVectorBytes == 64 ? 8 : 4;
 
 template <typename Acc>
 struct Vec {
@@ -240,4 +248,5 @@ void dispatch_dtype(DType dtype, Fn&& fn) {
   }
 }
 
+}  // namespace FLASHSIGMOID_CPU_LEVEL
 }  // namespace flashsigmoid::detail::cpu

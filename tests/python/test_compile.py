@@ -122,3 +122,34 @@ def test_opcheck(per_head_bias):
     b = bias.detach() if per_head_bias else None
     bargs = (dout, q.detach(), k.detach(), v.detach()) + args[3:11] + (b,) + args[12:] + (per_head_bias, False)
     torch.library.opcheck(torch.ops.flashsigmoid.bwd.default, bargs)
+
+
+@pytest.mark.parametrize("what", ["bias", "scale", "softmax_scale"])
+@pytest.mark.parametrize("dynamic", [None, True], ids=["automatic", "dynamic"])
+def test_new_float_values_do_not_recompile(what, dynamic):
+    """A Python-float bias or scale is a graph input, not a constant: after the first compile
+    (and, with automatic dynamism, one recompile that marks it dynamic) new values reuse the graph."""
+    from torch._dynamo.testing import CompileCounter
+
+    q, k, v = _inputs()
+    cnt = CompileCounter()
+
+    def f(q, k, v, x):
+        return fs.sigmoid_attn(q, k, v, causal=True, **{what: x})
+
+    cf = torch.compile(f, backend=cnt, fullgraph=True, dynamic=dynamic)
+    values = [0.37, -1.25, -2.5, 0.11, -4.0]
+    for x in values:
+        got = cf(q, k, v, x)
+        assert rel_l2(got, f(q, k, v, x)) <= BOUNDS[torch.float32]
+    assert cnt.frame_count <= (1 if dynamic else 2), f"{cnt.frame_count} compiles for {len(values)} values"
+
+
+def test_opcheck_scale_tensor():
+    """The op's scale_tensor argument (how torch.compile passes a Python-float scale)."""
+    q, k, v = _inputs(B=1, Nq=5, Nk=7)
+    st = torch.scalar_tensor(0.3, dtype=torch.float64)
+    args = (q, k, v, None, None, 0, 0, False, None, 0, 0.0, None, -1, -1, None, st)
+    torch.library.opcheck(torch.ops.flashsigmoid.fwd.default, args)
+    want = fs.sigmoid_attn(q, k, v, scale=0.3)
+    assert torch.equal(torch.ops.flashsigmoid.fwd(*args), want)

@@ -112,14 +112,14 @@ def test_bad_bias_and_alibi():
     q, k, v = qkv(Hq=4, Hkv=2)
     with raises(re.escape("bias must have shape [4] (one value per query head), got [3]")):
         fs.sigmoid_attn(q, k, v, bias=torch.zeros(3))
-    with raises("bias must be float32, got float16"):
-        fs.sigmoid_attn(q, k, v, bias=torch.zeros(4, dtype=torch.float16))
+    with raises("bias must be float32, got int32"):  # floating dtypes are converted, others are not
+        fs.sigmoid_attn(q, k, v, bias=torch.zeros(4, dtype=torch.int32))
     with pytest.raises(TypeError, match="bias must be None"):
         fs.sigmoid_attn(q, k, v, bias="learnable")
     with raises(re.escape("alibi_slopes must have shape [4] or [1, 4], got [2]")):
         fs.sigmoid_attn(q, k, v, alibi_slopes=torch.ones(2))
-    with raises("alibi_slopes must be float32, got float64"):
-        fs.sigmoid_attn(q, k, v, alibi_slopes=torch.ones(4, dtype=torch.float64))
+    with raises("alibi_slopes must be float32, got int32"):
+        fs.sigmoid_attn(q, k, v, alibi_slopes=torch.ones(4, dtype=torch.int32))
     with raises("scale must be finite"):
         fs.sigmoid_attn(q, k, v, scale=float("inf"))
 
@@ -156,3 +156,13 @@ def test_error_from_backward_op_keeps_type():
     with raises("dout has dtype float64 but q has dtype float32"):
         torch.ops.flashsigmoid.bwd(dout, q, k, v, None, None, 0, 0, False, None, 0, 0.0, None, -1, -1, None,
                                    False, False)
+
+
+def test_bad_scale_tensor():
+    q, k, v = qkv()
+    base = (q, k, v, None, None, 0, 0, False)
+    rest = (0, 0.0, None, -1, -1, None)
+    with raises("give scale or scale_tensor, not both"):
+        torch.ops.flashsigmoid.fwd(*base, 0.5, *rest, torch.scalar_tensor(0.5))
+    with raises(re.escape("scale_tensor must be a floating-point CPU tensor with one element, got int64 [2]")):
+        torch.ops.flashsigmoid.fwd(*base, None, *rest, torch.tensor([1, 2]))
