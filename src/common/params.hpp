@@ -91,6 +91,7 @@ struct KVCacheParams : AttnParams {
   std::int64_t page_size = 0;                   // paged: rows per page; dense: 0
   std::int64_t num_pages = 0;                   // paged: pages in the cache
   const std::int32_t* cache_batch_idx = nullptr;  // dense, optional [B]
+  std::int64_t cache_batch = 0;                 // dense: B_cache, the rows cache_batch_idx may name
   std::int64_t cache_capacity = 0;              // dense: Nmax; paged: max_pages * page_size
   void* k_cache = nullptr;                      // writable views for the append (same as k / v)
   void* v_cache = nullptr;
