@@ -1,0 +1,258 @@
+// CPU attention over a KV cache (decode / append). The new keys and values are appended first;
+// then one task per (sequence, kv head, key split, block of query rows) streams the split's keys
+// once for all query heads of the GQA group (decode is memory-bound: each K/V element is read once
+// per kv head). Sigmoid partials over disjoint key ranges simply add, so splits write fp32 partial
+// outputs that a second pass sums in split order: the result does not depend on the thread count.
+#include <cstring>
+#include <vector>
+
+#include "backends.hpp"
+#include "cpu/score_tile.hpp"
+
+namespace flashsigmoid::detail {
+namespace cpu {
+namespace {
+
+// Query rows (all heads of a group together) per task: the score / probability tile of a task is
+// [rows * group][kBlockK] and stays in L1 / L2.
+constexpr int kMaxGroupRows = 64;
+// Heuristic split count (num_splits = 0): enough (sequence, kv head, split) tasks to spread a small
+// batch over the cores, but no split shorter than kMinSplitKeys. A constant, not the thread count,
+// so the result is the same on every machine.
+constexpr std::int64_t kTargetTasks = 64;
+constexpr std::int64_t kMinSplitKeys = 2048;
+
+std::int64_t cdiv(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+// Keys of sequence b (cached + appended).
+std::int64_t seq_keys(const KVCacheParams& p, std::int64_t b) {
+  return std::int64_t(p.cache_seqlens[b]) + (p.k_new != nullptr ? p.seqlen_q : 0);
+}
+
+// Row t of kv head h of sequence b in a cache, walked in increasing t: a paged cache's division by
+// the page size happens once per tile, not per row.
+template <typename T>
+class CacheCursor {
+ public:
+  CacheCursor(const KVCacheParams& p, const void* base, const OperandStrides& s, std::int64_t b, std::int64_t h,
+              std::int64_t t)
+      : p_(p), s_(s), head_(static_cast<const T*>(base) + h * s.head) {
+    if (p.block_table != nullptr) {
+      table_ = p.block_table + b * p.block_table_stride;
+      page_ = t / p.page_size;
+      slot_ = t % p.page_size;
+      page_base_ = head_ + std::int64_t(table_[page_]) * s.batch;
+    } else {
+      page_base_ = head_ + (p.cache_batch_idx != nullptr ? p.cache_batch_idx[b] : b) * s.batch;
+      slot_ = t;
+    }
+  }
+  const T* row() const { return page_base_ + slot_ * s_.row; }
+  // Moves to row t + 1; never touches the block table past the rows the caller reads.
+  void next(bool more) {
+    ++slot_;
+    if (table_ != nullptr && slot_ == p_.page_size && more) {
+      slot_ = 0;
+      page_base_ = head_ + std::int64_t(table_[++page_]) * s_.batch;
+    }
+  }
+
+ private:
+  const KVCacheParams& p_;
+  const OperandStrides& s_;
+  const T* head_;
+  const std::int32_t* table_ = nullptr;
+  std::int64_t page_ = 0, slot_ = 0;
+  const T* page_base_ = nullptr;
+};
+
+// dst[r][d] = rows [t0, t0 + valid) of the cache, zero for r in [valid, kBlockK).
+template <typename T, typename Acc>
+void load_cache_tile(const KVCacheParams& p, const void* base, const OperandStrides& s, std::int64_t b,
+                     std::int64_t h, std::int64_t t0, int valid, int dim, Acc* dst) {
+  CacheCursor<T> cur(p, base, s, b, h, t0);
+  for (int r = 0; r < valid; ++r, cur.next(r < valid)) {
+    const T* in = cur.row();
+    Acc* out = dst + r * dim;
+    for (int d = 0; d < dim; ++d) out[d] = load_as<Acc>(in[d]);
+  }
+  std::fill(dst + valid * dim, dst + kBlockK * dim, Acc(0));
+}
+
+// S[m][j] = Q[m] . K[j] for m < M, j < kBlockK (rows of `dim` elements). Decode has a few query
+// rows per kv head, too few for a GEMM tile: each dot product runs along the head dim instead.
+template <typename Acc>
+void dot_tile(const Acc* __restrict Q, int M, const Acc* __restrict K, int dim, Acc* __restrict S) {
+  using V = Vec<Acc>;
+  constexpr int W = V::width;
+  auto hsum = [](typename V::type x) {
+    Acc s = 0;
+    for (int l = 0; l < W; ++l) s += x[l];
+    return s;
+  };
+  for (int j = 0; j < kBlockK; j += 2) {
+    const Acc* k0 = K + j * dim;
+    const Acc* k1 = k0 + dim;
+    for (int m = 0; m < M; ++m) {
+      const Acc* q = Q + m * dim;
+      typename V::type a0{}, a1{};
+      for (int d = 0; d < dim; d += W) {
+        const typename V::type qv = V::load(q + d);
+        a0 += qv * V::load(k0 + d);
+        a1 += qv * V::load(k1 + d);
+      }
+      S[m * kBlockK + j] = hsum(a0);
+      S[m * kBlockK + j + 1] = hsum(a1);
+    }
+  }
+}
+
+// O[m] += P[m][j] V[j] over the keys j < valid that query row m sees. Used for tiles with masked
+// keys, which are skipped rather than multiplied by P = 0: a masked V row may hold NaN or Inf.
+// Row m = g * rows + r is query row i0 + r of group head g; the masks do not depend on the head.
+template <typename Acc>
+void add_visible(const ScoreTransform& t, std::int64_t i0, int rows, int G, std::int64_t j0, int valid,
+                 const Acc* __restrict P, const Acc* __restrict V, int dim, Acc* __restrict O) {
+  for (int r = 0; r < rows; ++r) {
+    const auto lo = static_cast<int>(std::clamp<std::int64_t>(t.key_begin(i0 + r) - j0, 0, valid));
+    const auto hi = static_cast<int>(std::clamp<std::int64_t>(t.key_end(i0 + r + 1) - j0, 0, valid));
+    for (int g = 0; g < G; ++g) {
+      const int m = g * rows + r;
+      for (int j = lo; j < hi; ++j) {
+        const Acc pj = P[m * kBlockK + j];
+        const Acc* v = V + j * dim;
+        Acc* o = O + m * dim;
+        for (int d = 0; d < dim; ++d) o[d] += pj * v[d];
+      }
+    }
+  }
+}
+
+// Writes k_new / v_new into the cache at positions cache_seqlens[b] ... (validated: in range, no
+// two sequences write one page).
+template <typename T>
+void append(const KVCacheParams& p) {
+  const int D = static_cast<int>(p.head_dim);
+  parallel_for(p.batch * p.heads_kv, p.num_threads, [&](std::int64_t task) {
+    const std::int64_t b = task / p.heads_kv, h = task % p.heads_kv;
+    for (int which = 0; which < 2; ++which) {
+      const auto* src = static_cast<const T*>(which == 0 ? p.k_new : p.v_new);
+      const OperandStrides& ss = which == 0 ? p.k_new_stride : p.v_new_stride;
+      CacheCursor<T> cur(p, which == 0 ? p.k_cache : p.v_cache, which == 0 ? p.k_stride : p.v_stride, b, h,
+                         p.cache_seqlens[b]);
+      for (std::int64_t i = 0; i < p.seqlen_q; ++i, cur.next(i < p.seqlen_q)) {
+        const T* in = src + ss.offset(b, i, h);
+        std::copy(in, in + D, const_cast<T*>(cur.row()));
+      }
+    }
+  });
+}
+
+int resolve_splits(const KVCacheParams& p) {
+  if (p.num_splits > 0) return p.num_splits;
+  std::int64_t longest = 0;
+  for (std::int64_t b = 0; b < p.batch; ++b) longest = std::max(longest, seq_keys(p, b));
+  const std::int64_t by_length = cdiv(longest, kMinSplitKeys);
+  const std::int64_t by_tasks = cdiv(kTargetTasks, std::max<std::int64_t>(1, p.batch * p.heads_kv));
+  return static_cast<int>(std::clamp<std::int64_t>(std::min(by_length, by_tasks), 1, kMaxKVCacheSplits));
+}
+
+template <typename T, typename Acc>
+void attend(const KVCacheParams& p, int splits) {
+  const int D = static_cast<int>(p.head_dim);
+  const int G = static_cast<int>(p.group_size());
+  const std::int64_t Nq = p.seqlen_q;
+  const std::int64_t rows_per_task = std::max<std::int64_t>(1, kMaxGroupRows / G);
+  const std::int64_t q_blocks = cdiv(Nq, rows_per_task);
+  // Split partials [splits][B][Hq][Nq][D] in Acc; not needed with one split.
+  std::vector<Acc> partial(splits > 1 ? static_cast<std::size_t>(splits * p.batch * p.heads_q * Nq * D) : 0);
+
+  const std::int64_t tasks = p.batch * p.heads_kv * splits * q_blocks;
+  parallel_for(tasks, p.num_threads, [&](std::int64_t task) {
+    const std::int64_t qb = task % q_blocks;
+    const int c = static_cast<int>((task / q_blocks) % splits);
+    const std::int64_t kvh = (task / (q_blocks * splits)) % p.heads_kv;
+    const std::int64_t b = task / (q_blocks * splits * p.heads_kv);
+    const std::int64_t i0 = qb * rows_per_task;
+    const int rows = static_cast<int>(std::min(rows_per_task, Nq - i0));
+    const int M = rows * G;                                             // row m = g * rows + (i - i0)
+    const int Mpad = static_cast<int>(cdiv(M, kGemmRows) * kGemmRows);  // gemm_acc's row blocking
+
+    const std::int64_t nk = seq_keys(p, b);
+    const SeqInfo s{0, 0, Nq, nk};
+    thread_local std::vector<ScoreTransform> t;
+    t.resize(G);
+    for (int g = 0; g < G; ++g) t[g] = make_score_transform(p, s, b, kvh * G + g);
+    // This split's keys, intersected with those the query rows see.
+    const std::int64_t chunk = cdiv(cdiv(nk, splits), kBlockK) * kBlockK;
+    const std::int64_t k_lo = std::max(c * chunk, t[0].key_begin(i0));
+    const std::int64_t k_hi = std::min({(c + 1) * chunk, nk, t[0].key_end(i0 + rows)});
+
+    thread_local std::vector<Acc> buf;
+    buf.assign(static_cast<std::size_t>(Mpad * D * 2 + Mpad * kBlockK + 2 * kBlockK * D), Acc(0));
+    Acc* Q = buf.data();      // [M][D]
+    Acc* O = Q + Mpad * D;    // [Mpad][D]
+    Acc* P = O + Mpad * D;    // [Mpad][kBlockK]: scores, then probabilities (rows >= M stay 0)
+    Acc* K = P + Mpad * kBlockK;
+    Acc* Vt = K + kBlockK * D;  // [kBlockK][D]
+    for (int g = 0; g < G; ++g) {
+      const auto q = head_rows<T>(p.q, p.q_stride, b, 0, kvh * G + g, Nq);
+      load_tile(q, i0, rows, D, Q + g * rows * D);
+    }
+
+    for (std::int64_t j0 = k_lo; j0 < k_hi; j0 += kBlockK) {
+      const int valid = static_cast<int>(std::min<std::int64_t>(kBlockK, k_hi - j0));
+      load_cache_tile<T>(p, p.k, p.k_stride, b, kvh, j0, valid, D, K);
+      load_cache_tile<T>(p, p.v, p.v_stride, b, kvh, j0, valid, D, Vt);
+      dot_tile(Q, M, K, D, P);
+      for (int g = 0; g < G; ++g) scores_to_probs(t[g], i0, rows, j0, kBlockK, P + g * rows * kBlockK);
+      if (t[0].block_unmasked(i0, i0 + rows, j0, j0 + valid)) {
+        // Columns past `valid` hold probabilities of zero keys; their V rows are 0, so they add nothing.
+        gemm_acc(P, kBlockK, Vt, D, O, D, Mpad, D, kBlockK);
+      } else {
+        add_visible(t[0], i0, rows, G, j0, valid, P, Vt, D, O);
+      }
+    }
+
+    for (int g = 0; g < G; ++g) {
+      const std::int64_t h = kvh * G + g;
+      const Acc* src = O + g * rows * D;
+      if (splits == 1) {
+        store_tile<T>(src, rows, D, Acc(1), head_rows_out<T>(p.o, p.o_stride, b, 0, h), p.o_stride.row, i0, Nq);
+        continue;
+      }
+      Acc* dst = partial.data() + (((c * p.batch + b) * p.heads_q + h) * Nq + i0) * D;
+      std::copy(src, src + rows * D, dst);
+    }
+  });
+  if (splits == 1) return;
+
+  // Sum the partials in split order (0, 1, ...), one task per (sequence, query head).
+  parallel_for(p.batch * p.heads_q, p.num_threads, [&](std::int64_t task) {
+    const std::int64_t b = task / p.heads_q, h = task % p.heads_q;
+    const std::size_t split_stride = static_cast<std::size_t>(p.batch * p.heads_q * Nq * D);
+    const Acc* first = partial.data() + ((b * p.heads_q + h) * Nq) * D;
+    T* out = head_rows_out<T>(p.o, p.o_stride, b, 0, h);
+    for (std::int64_t i = 0; i < Nq; ++i) {
+      for (int d = 0; d < D; ++d) {
+        Acc sum = first[i * D + d];
+        for (int c = 1; c < splits; ++c) sum += first[c * split_stride + i * D + d];
+        out[i * p.o_stride.row + d] = store_as<T>(sum);
+      }
+    }
+  });
+}
+
+}  // namespace
+}  // namespace cpu
+
+void cpu_forward_kvcache(const KVCacheParams& p) {
+  const int splits = cpu::resolve_splits(p);
+  cpu::dispatch_dtype(p.dtype, [&]<typename T, typename Acc>() {
+    // Append first: another sequence may read a page this call writes.
+    if (p.k_new != nullptr && p.seqlen_q > 0) cpu::append<T>(p);
+    cpu::attend<T, Acc>(p, splits);
+  });
+}
+
+}  // namespace flashsigmoid::detail
