@@ -13,6 +13,7 @@
 #        PY_HEAD_DIMS (head dims of the pip-installed package, default $FLASHSIGMOID_HEAD_DIMS),
 #        SKIP_PORTABLE_PASS=1 (Hopper builds: one ctest pass with automatic dispatch instead of two),
 #        PY_REUSE=1 (keep a Python package already installed), SKIP_PYTEST=1,
+#        DECODE_BENCH_ARGS (extra flags for the KV-cache benchmark, e.g. "--quick"),
 #        PACK_LOGS=1 (at the end, the .log / .txt files of $OUT into one logs.tgz: the device tool returns
 #        at most 8 files, and a full run with the harness writes more; harness/ stays as it is).
 # Wheels under .whl (git-ignored; e.g. triton-sigmoid for the harness) are installed into /tmp/site first:
@@ -32,12 +33,15 @@ ARCHS="${FLASHSIGMOID_CUDA_ARCHS:-90a}"
 DIMS="${FLASHSIGMOID_HEAD_DIMS:-64;128}"
 BUILD=build-gpu
 status=0
+# decode: the KV-cache kernels alone (their GPU tests, memcheck + racecheck on small cases, their
+# benchmark), for a call that checks only them, e.g. STAGES=decode with
+# EXTRA_CMAKE_ARGS="-DFLASHSIGMOID_CUDA_BACKWARD=OFF -DFLASHSIGMOID_HOPPER=OFF" (a shorter build).
 STAGES=" ${STAGES:-tests sanitizer bench python harness cli} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 for stage in $STAGES; do
   case "$stage" in
-    tests|sanitizer|bench|python|harness|cli) ;;
-    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness cli" >&2; exit 2 ;;
+    tests|sanitizer|bench|python|harness|cli|decode) ;;
+    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness cli decode" >&2; exit 2 ;;
   esac
 done
 HOPPER=0
@@ -134,6 +138,24 @@ if want bench && [[ -z "${SKIP_BENCH:-}" ]]; then
   timeout 300 "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" ${FWD_BENCH_ARGS:-} 2>&1 | tee "$LOG/bench_fwd.txt" || status=1
   echo "== backward benchmark"
   timeout 300 "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" --backward 2>&1 | tee "$LOG/bench_bwd.txt" || status=1
+fi
+if want decode; then
+  echo "== KV-cache GPU tests"
+  (cd "$BUILD" && ctest -L gpu -R KVCache --output-on-failure -j8 --timeout 120) 2>&1 |
+    tee "$LOG/ctest_kvcache.log" | tail -20 || status=1
+  if [[ -z "${SKIP_SANITIZER:-}" ]]; then
+    KV_SMALL="Cases/GpuKVCache.MatchesReference/paged_ps16_bf16_d$SAN_D:Cases/GpuKVCache.MatchesReference/paged_ps1_fp16_d$SAN_D:Cases/GpuKVCache.MatchesReference/gqa_8_1_nq8_causal_fp16_d$SAN_D:Cases/GpuKVCache.MatchesReference/alibi_per_head_causal_bf16_d$SAN_D:GpuKVCacheMisc.BadSequencesThreeSplits:GpuKVCacheMisc.BadCacheBatchIdx:GpuKVCacheMisc.NaNPropagation"
+    for tool in memcheck racecheck; do
+      echo "== compute-sanitizer $tool (KV cache)"
+      timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 3 "$TESTS" --gtest_filter="$KV_SMALL" 2>&1 |
+        tail -25 | tee "$LOG/sanitizer_kvcache_$tool.log" || status=1
+    done
+  fi
+  if [[ -z "${SKIP_BENCH:-}" ]]; then
+    echo "== KV-cache benchmark"
+    timeout 400 "$BUILD/tests/gpu/flashsigmoid_cuda_decode_bench" ${DECODE_BENCH_ARGS:-} 2>&1 |
+      tee "$LOG/bench_decode.txt" || status=1
+  fi
 fi
 if want python && [[ -z "${SKIP_PYTHON:-}" ]]; then
   # The Python package with the same kernels, then its tests (GPU ones included). PY_REUSE=1 keeps a
