@@ -21,8 +21,17 @@ constexpr int kMaxGroupRows = 64;
 // so the result is the same on every machine.
 constexpr std::int64_t kTargetTasks = 64;
 constexpr std::int64_t kMinSplitKeys = 2048;
+// Cache rows (of one kv head) per thread below which fewer threads are started: a decode step over
+// a short cache takes microseconds, less than starting a thread on a busy machine.
+constexpr std::int64_t kRowsPerThread = 2048;
 
 std::int64_t cdiv(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+// Threads for `parallel` units of work: at most `requested` (0 = all), at least 1.
+int thread_count(int requested, std::int64_t parallel) {
+  const int all = requested > 0 ? requested : static_cast<int>(std::thread::hardware_concurrency());
+  return static_cast<int>(std::clamp<std::int64_t>(parallel, 1, std::max(all, 1)));
+}
 
 // Keys of sequence b (cached + appended).
 std::int64_t seq_keys(const KVCacheParams& p, std::int64_t b) {
@@ -79,6 +88,20 @@ void load_cache_tile(const KVCacheParams& p, const void* base, const OperandStri
   std::fill(dst + valid * dim, dst + kBlockK * dim, Acc(0));
 }
 
+// Asks for rows [t0, t0 + valid) of the cache into L2 ahead of their use. A decode task reads
+// one head's row (a few hundred bytes) per cache row, so consecutive reads sit a whole row of
+// all heads apart, often in another page: the hardware prefetchers do not follow that.
+template <typename T>
+void prefetch_cache_tile(const KVCacheParams& p, const void* base, const OperandStrides& s, std::int64_t b,
+                         std::int64_t h, std::int64_t t0, int valid, int dim) {
+  CacheCursor<T> cur(p, base, s, b, h, t0);
+  const int bytes = dim * static_cast<int>(sizeof(T));
+  for (int r = 0; r < valid; ++r, cur.next(r < valid)) {
+    const char* row = reinterpret_cast<const char*>(cur.row());
+    for (int off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
+  }
+}
+
 // S[m][j] = Q[m] . K[j] for m < M, j < kBlockK (rows of `dim` elements). Decode has a few query
 // rows per kv head, too few for a GEMM tile: each dot product runs along the head dim instead.
 template <typename Acc>
@@ -133,7 +156,8 @@ void add_visible(const ScoreTransform& t, std::int64_t i0, int rows, int G, std:
 template <typename T>
 void append(const KVCacheParams& p) {
   const int D = static_cast<int>(p.head_dim);
-  parallel_for(p.batch * p.heads_kv, p.num_threads, [&](std::int64_t task) {
+  const std::int64_t work = p.batch * p.heads_kv * p.seqlen_q;  // rows written
+  parallel_for(p.batch * p.heads_kv, thread_count(p.num_threads, work / kRowsPerThread), [&](std::int64_t task) {
     const std::int64_t b = task / p.heads_kv, h = task % p.heads_kv;
     for (int which = 0; which < 2; ++which) {
       const auto* src = static_cast<const T*>(which == 0 ? p.k_new : p.v_new);
@@ -168,7 +192,10 @@ void attend(const KVCacheParams& p, int splits) {
   std::vector<Acc> partial(splits > 1 ? static_cast<std::size_t>(splits * p.batch * p.heads_q * Nq * D) : 0);
 
   const std::int64_t tasks = p.batch * p.heads_kv * splits * q_blocks;
-  parallel_for(tasks, p.num_threads, [&](std::int64_t task) {
+  std::int64_t work = 0;  // cache rows read, over all tasks
+  for (std::int64_t b = 0; b < p.batch; ++b) work += seq_keys(p, b) * p.heads_kv * q_blocks;
+  const int threads = thread_count(p.num_threads, work / kRowsPerThread);
+  parallel_for(tasks, threads, [&](std::int64_t task) {
     const std::int64_t qb = task % q_blocks;
     const int c = static_cast<int>((task / q_blocks) % splits);
     const std::int64_t kvh = (task / (q_blocks * splits)) % p.heads_kv;
@@ -202,6 +229,11 @@ void attend(const KVCacheParams& p, int splits) {
 
     for (std::int64_t j0 = k_lo; j0 < k_hi; j0 += kBlockK) {
       const int valid = static_cast<int>(std::min<std::int64_t>(kBlockK, k_hi - j0));
+      if (j0 + kBlockK < k_hi) {
+        const int next = static_cast<int>(std::min<std::int64_t>(kBlockK, k_hi - j0 - kBlockK));
+        prefetch_cache_tile<T>(p, p.k, p.k_stride, b, kvh, j0 + kBlockK, next, D);
+        prefetch_cache_tile<T>(p, p.v, p.v_stride, b, kvh, j0 + kBlockK, next, D);
+      }
       load_cache_tile<T>(p, p.k, p.k_stride, b, kvh, j0, valid, D, K);
       load_cache_tile<T>(p, p.v, p.v_stride, b, kvh, j0, valid, D, Vt);
       dot_tile(Q, M, K, D, P);
@@ -228,7 +260,8 @@ void attend(const KVCacheParams& p, int splits) {
   if (splits == 1) return;
 
   // Sum the partials in split order (0, 1, ...), one task per (sequence, query head).
-  parallel_for(p.batch * p.heads_q, p.num_threads, [&](std::int64_t task) {
+  parallel_for(p.batch * p.heads_q, thread_count(p.num_threads, std::int64_t(partial.size()) / (1 << 20)),
+               [&](std::int64_t task) {
     const std::int64_t b = task / p.heads_q, h = task % p.heads_q;
     const std::size_t split_stride = static_cast<std::size_t>(p.batch * p.heads_q * Nq * D);
     const Acc* first = partial.data() + ((b * p.heads_q + h) * Nq) * D;
