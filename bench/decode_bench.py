@@ -240,6 +240,7 @@ def main(argv=None):
                    help="skip shapes whose caches (paged + dense) exceed this (default 48 cuda, 3 cpu)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     p.add_argument("--name", default=None, help="file stem (default decode-<device>-<date>[-quick])")
+    p.add_argument("--commit", default=None, help="commit to record when git is not available")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -281,7 +282,7 @@ def main(argv=None):
             torch.cuda.empty_cache()
 
     date = datetime.date.today().isoformat()
-    meta = dict(machine=machine(cuda), date=date, commit=git_commit(), torch=torch.__version__, dtype=args.dtype,
+    meta = dict(machine=machine(cuda), date=date, commit=args.commit or git_commit(), torch=torch.__version__, dtype=args.dtype,
                 command="python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (argv or sys.argv[1:])),
                 copy_gbs=copy_gbs, copy_min=min(copy_all), copy_max=max(copy_all), copy_gib=copy_gib, reps=reps)
     os.makedirs(args.out, exist_ok=True)

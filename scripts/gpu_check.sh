@@ -8,7 +8,8 @@
 #        SKIP_PYTHON=1, HARNESS_ARGS (extra flags for bench/harness.py, e.g. "--quick"),
 #        COMMIT (the commit the harness records; the GPU machine's copy has no .git),
 #        FWD_BENCH_ARGS (extra flags for the forward benchmark, e.g. "--kernel both"),
-#        STAGES (default "tests sanitizer bench python harness cli": which steps run after the build;
+#        DECODE_ARGS (extra flags for bench/decode_bench.py, e.g. "--quick"),
+#        STAGES (default "tests sanitizer bench python harness decode cli": which steps run after the build;
 #        two calls can split them, e.g. STAGES="tests sanitizer bench" then STAGES="python harness cli"),
 #        PY_HEAD_DIMS (head dims of the pip-installed package, default $FLASHSIGMOID_HEAD_DIMS),
 #        SKIP_PORTABLE_PASS=1 (Hopper builds: one ctest pass with automatic dispatch instead of two),
@@ -32,12 +33,12 @@ ARCHS="${FLASHSIGMOID_CUDA_ARCHS:-90a}"
 DIMS="${FLASHSIGMOID_HEAD_DIMS:-64;128}"
 BUILD=build-gpu
 status=0
-STAGES=" ${STAGES:-tests sanitizer bench python harness cli} "
+STAGES=" ${STAGES:-tests sanitizer bench python harness decode cli} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 for stage in $STAGES; do
   case "$stage" in
-    tests|sanitizer|bench|python|harness|cli) ;;
-    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness cli" >&2; exit 2 ;;
+    tests|sanitizer|bench|python|harness|decode|cli) ;;
+    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness decode cli" >&2; exit 2 ;;
   esac
 done
 HOPPER=0
@@ -157,6 +158,13 @@ if want harness && [[ -z "${SKIP_BENCH:-}" ]]; then
   echo "== benchmark harness (bench/harness.py ${HARNESS_ARGS:-})"
   timeout 400 python3 bench/harness.py --out "$LOG/harness" ${COMMIT:+--commit "$COMMIT"} ${HARNESS_ARGS:-} 2>&1 |
     tee "$LOG/bench_harness.txt" || status=1
+fi
+if want decode && [[ -z "${SKIP_BENCH:-}" ]]; then
+  # KV-cache decode (needs the Python package): bandwidth against a device copy, SDPA, FlashInfer when
+  # importable; writes .md/.json into $LOG/decode.
+  echo "== decode benchmark (bench/decode_bench.py ${DECODE_ARGS:-})"
+  timeout 500 python3 bench/decode_bench.py --device cuda --out "$LOG/decode" ${COMMIT:+--commit "$COMMIT"} \
+    ${DECODE_ARGS:-} 2>&1 | tee "$LOG/bench_decode.txt" || status=1
 fi
 if want cli; then
   echo "== CLI main job"
