@@ -198,10 +198,15 @@ def fmt(x, spec=".3f"):
     return "n/a" if x is None else format(x, spec)
 
 
+def fmt_load(load):
+    return "n/a" if load is None else ", ".join(f"{x:.2f}" for x in load)
+
+
 def write_markdown(path, meta, rows):
     lines = [f"# Decode benchmark: {meta['machine']}", "",
              f"- date {meta['date']}, commit `{meta['commit']}`, torch {meta['torch']}, dtype {meta['dtype']}",
              f"- command: `{meta['command']}`",
+             f"- load average (1, 5, 15 min) at start {fmt_load(meta['load_start'])}, at end {fmt_load(meta['load_end'])}",
              f"- copy bandwidth (read + write, {meta['copy_gib']} GiB buffer): median {meta['copy_gbs']:.1f} GB/s, "
              f"range {meta['copy_min']:.1f}-{meta['copy_max']:.1f} over {meta['reps']} reps",
              "- flashsigmoid: paged cache, attend only (no append), non-causal, bias -5, num_splits 0 "
@@ -249,6 +254,7 @@ def main(argv=None):
     min_set_bytes = 512e6 if cuda else 128e6  # rotate small caches over sets of at least this much
     timer = Timer(cuda, reps, args.warmup)
     torch.manual_seed(0)
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     copy_gib = 1 if cuda else 0.5
     copy_gbs, copy_all = copy_bandwidth(timer, args.device, int(copy_gib * GIB))
@@ -284,7 +290,8 @@ def main(argv=None):
     date = datetime.date.today().isoformat()
     meta = dict(machine=machine(cuda), date=date, commit=args.commit or git_commit(), torch=torch.__version__, dtype=args.dtype,
                 command="python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (argv or sys.argv[1:])),
-                copy_gbs=copy_gbs, copy_min=min(copy_all), copy_max=max(copy_all), copy_gib=copy_gib, reps=reps)
+                copy_gbs=copy_gbs, copy_min=min(copy_all), copy_max=max(copy_all), copy_gib=copy_gib, reps=reps,
+                load_start=load_start, load_end=os.getloadavg() if hasattr(os, "getloadavg") else None)
     os.makedirs(args.out, exist_ok=True)
     stem = args.name or f"decode-{args.device}-{date}" + ("-quick" if args.quick else "")
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
