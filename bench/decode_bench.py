@@ -7,7 +7,8 @@ process, the same cache values for every method:
 - PyTorch SDPA (softmax) on the same keys as a dense [B, Hkv, N, D] cache, q of length Nq_new,
   enable_gqa; on CUDA every backend that runs, the fastest reported;
 - FlashInfer's paged decode (Nq_new = 1, CUDA) when flashinfer is importable, else a printed note.
-Reported: time (median of --reps after --warmup), flashsigmoid's K/V read bandwidth
+Reported: time (median of --reps after --warmup; on CUDA, CUDA events around each call, all calls
+queued behind a GPU sleep so host launch overhead is not timed), flashsigmoid's K/V read bandwidth
 (bytes of K and V read / time) and its ratio to the same run's copy bandwidth (a device-to-device
 copy on CUDA, a memcpy on the CPU; (bytes read + bytes written) / time), and time ratios to the peers.
 Small caches rotate over several cache sets so that the last-level cache is not what is timed.
@@ -49,19 +50,24 @@ class Timer:
         """calls: one callable per input set, used in rotation."""
         for i in range(self.warmup):
             calls[i % len(calls)]()
-        times = []
-        for i in range(self.reps):
-            call = calls[i % len(calls)]
-            if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                call()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
+        if self.cuda:
+            # Every call queued behind a GPU sleep, so that the events time the GPU work and not the
+            # host's launch overhead (a decode step takes microseconds).
+            starts = [torch.cuda.Event(enable_timing=True) for _ in range(self.reps)]
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(self.reps)]
+            torch.cuda.synchronize()
+            torch.cuda._sleep(int(2e7))
+            for i in range(self.reps):
+                starts[i].record()
+                calls[i % len(calls)]()
+                ends[i].record()
+            torch.cuda.synchronize()
+            times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
+        else:
+            times = []
+            for i in range(self.reps):
                 t0 = time.perf_counter()
-                call()
+                calls[i % len(calls)]()
                 times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times), times
 
@@ -157,6 +163,8 @@ def time_flashinfer(timer, sets, shape, dtype, cuda):
 
 
 def shapes(args):
+    if args.smoke:
+        return [(1, 300, 8, 2, 128, 16, 1), (2, 300, 8, 2, 128, 256, 8)]
     if args.quick:
         batches, lengths = [1, 4], [1024, 32768]
     else:
@@ -238,6 +246,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="B {1, 4}, N {1k, 32k}")
+    p.add_argument("--smoke", action="store_true", help="two tiny shapes: a check of the plumbing (tests)")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--reps", type=int, default=None, help="timed calls per measurement (default 50 cuda, 10 cpu)")
     p.add_argument("--warmup", type=int, default=3)
@@ -256,7 +265,7 @@ def main(argv=None):
     torch.manual_seed(0)
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
 
-    copy_gib = 1 if cuda else 0.5
+    copy_gib = 0.0625 if args.smoke else (1 if cuda else 0.5)
     copy_gbs, copy_all = copy_bandwidth(timer, args.device, int(copy_gib * GIB))
     print(f"copy bandwidth: {copy_gbs:.1f} GB/s (median; range {min(copy_all):.1f}-{max(copy_all):.1f})",
           flush=True)
@@ -269,7 +278,7 @@ def main(argv=None):
         if 2 * kv_bytes * nsets > budget:
             row["skipped"] = f"caches {2 * kv_bytes * nsets / 1e9:.0f} GB over the budget"
             rows.append(row)
-            print(row, flush=True)
+            print(f"B {B} N {N} {Hq}:{Hkv} page {ps} Nq {nq}: skipped ({row['skipped']})", flush=True)
             continue
         sets = make_sets(shape, dtype, args.device, nsets)
         try:
@@ -282,7 +291,9 @@ def main(argv=None):
         row["sdpa_ms"], row["sdpa_note"] = time_sdpa(timer, sets, cuda)
         row["flashinfer_ms"], row["flashinfer_note"] = time_flashinfer(timer, sets, shape, dtype, cuda)
         rows.append(row)
-        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        print(f"B {B} N {N} {Hq}:{Hkv} page {ps} Nq {nq}: flashsigmoid {fmt(fs_ms)} ms "
+              f"({fmt(row['fs_gbs'], '.1f')} GB/s, {fmt(row['pct_copy'], '.0f')} % copy), SDPA {fmt(row['sdpa_ms'])} ms, "
+              f"FlashInfer {fmt(row['flashinfer_ms'])} ms", flush=True)
         del sets
         if cuda:
             torch.cuda.empty_cache()
@@ -293,7 +304,7 @@ def main(argv=None):
                 copy_gbs=copy_gbs, copy_min=min(copy_all), copy_max=max(copy_all), copy_gib=copy_gib, reps=reps,
                 load_start=load_start, load_end=os.getloadavg() if hasattr(os, "getloadavg") else None)
     os.makedirs(args.out, exist_ok=True)
-    stem = args.name or f"decode-{args.device}-{date}" + ("-quick" if args.quick else "")
+    stem = args.name or f"decode-{args.device}-{date}" + ("-quick" if args.quick else "") + ("-smoke" if args.smoke else "")
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
     write_markdown(os.path.join(args.out, stem + ".md"), meta, rows)
