@@ -7,7 +7,8 @@ process, the same cache values for every method:
 - PyTorch SDPA (softmax) on the same keys as a dense [B, Hkv, N, D] cache, q of length Nq_new,
   enable_gqa; on CUDA every backend that runs, the fastest reported;
 - FlashInfer's paged decode (Nq_new = 1, CUDA) when flashinfer is importable, else a printed note.
-Reported: time (median of --reps after --warmup), flashsigmoid's K/V read bandwidth
+Reported: time (median of --reps after --warmup; on CUDA, CUDA events around each call, all calls
+queued behind a GPU sleep so host launch overhead is not timed), flashsigmoid's K/V read bandwidth
 (bytes of K and V read / time) and its ratio to the same run's copy bandwidth (a device-to-device
 copy on CUDA, a memcpy on the CPU; (bytes read + bytes written) / time), and time ratios to the peers.
 Small caches rotate over several cache sets so that the last-level cache is not what is timed.
@@ -49,19 +50,24 @@ class Timer:
         """calls: one callable per input set, used in rotation."""
         for i in range(self.warmup):
             calls[i % len(calls)]()
-        times = []
-        for i in range(self.reps):
-            call = calls[i % len(calls)]
-            if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                call()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
+        if self.cuda:
+            # Every call queued behind a GPU sleep, so that the events time the GPU work and not the
+            # host's launch overhead (a decode step takes microseconds).
+            starts = [torch.cuda.Event(enable_timing=True) for _ in range(self.reps)]
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(self.reps)]
+            torch.cuda.synchronize()
+            torch.cuda._sleep(int(2e7))
+            for i in range(self.reps):
+                starts[i].record()
+                calls[i % len(calls)]()
+                ends[i].record()
+            torch.cuda.synchronize()
+            times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
+        else:
+            times = []
+            for i in range(self.reps):
                 t0 = time.perf_counter()
-                call()
+                calls[i % len(calls)]()
                 times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times), times
 
@@ -157,6 +163,8 @@ def time_flashinfer(timer, sets, shape, dtype, cuda):
 
 
 def shapes(args):
+    if args.smoke:
+        return [(1, 300, 8, 2, 128, 16, 1), (2, 300, 8, 2, 128, 256, 8)]
     if args.quick:
         batches, lengths = [1, 4], [1024, 32768]
     else:
@@ -198,10 +206,15 @@ def fmt(x, spec=".3f"):
     return "n/a" if x is None else format(x, spec)
 
 
+def fmt_load(load):
+    return "n/a" if load is None else ", ".join(f"{x:.2f}" for x in load)
+
+
 def write_markdown(path, meta, rows):
     lines = [f"# Decode benchmark: {meta['machine']}", "",
              f"- date {meta['date']}, commit `{meta['commit']}`, torch {meta['torch']}, dtype {meta['dtype']}",
              f"- command: `{meta['command']}`",
+             f"- load average (1, 5, 15 min) at start {fmt_load(meta['load_start'])}, at end {fmt_load(meta['load_end'])}",
              f"- copy bandwidth (read + write, {meta['copy_gib']} GiB buffer): median {meta['copy_gbs']:.1f} GB/s, "
              f"range {meta['copy_min']:.1f}-{meta['copy_max']:.1f} over {meta['reps']} reps",
              "- flashsigmoid: paged cache, attend only (no append), non-causal, bias -5, num_splits 0 "
@@ -233,6 +246,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="B {1, 4}, N {1k, 32k}")
+    p.add_argument("--smoke", action="store_true", help="two tiny shapes: a check of the plumbing (tests)")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--reps", type=int, default=None, help="timed calls per measurement (default 50 cuda, 10 cpu)")
     p.add_argument("--warmup", type=int, default=3)
@@ -240,6 +254,7 @@ def main(argv=None):
                    help="skip shapes whose caches (paged + dense) exceed this (default 48 cuda, 3 cpu)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     p.add_argument("--name", default=None, help="file stem (default decode-<device>-<date>[-quick])")
+    p.add_argument("--commit", default=None, help="commit to record when git is not available")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -248,8 +263,9 @@ def main(argv=None):
     min_set_bytes = 512e6 if cuda else 128e6  # rotate small caches over sets of at least this much
     timer = Timer(cuda, reps, args.warmup)
     torch.manual_seed(0)
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
 
-    copy_gib = 1 if cuda else 0.5
+    copy_gib = 0.0625 if args.smoke else (1 if cuda else 0.5)
     copy_gbs, copy_all = copy_bandwidth(timer, args.device, int(copy_gib * GIB))
     print(f"copy bandwidth: {copy_gbs:.1f} GB/s (median; range {min(copy_all):.1f}-{max(copy_all):.1f})",
           flush=True)
@@ -262,7 +278,7 @@ def main(argv=None):
         if 2 * kv_bytes * nsets > budget:
             row["skipped"] = f"caches {2 * kv_bytes * nsets / 1e9:.0f} GB over the budget"
             rows.append(row)
-            print(row, flush=True)
+            print(f"B {B} N {N} {Hq}:{Hkv} page {ps} Nq {nq}: skipped ({row['skipped']})", flush=True)
             continue
         sets = make_sets(shape, dtype, args.device, nsets)
         try:
@@ -275,17 +291,20 @@ def main(argv=None):
         row["sdpa_ms"], row["sdpa_note"] = time_sdpa(timer, sets, cuda)
         row["flashinfer_ms"], row["flashinfer_note"] = time_flashinfer(timer, sets, shape, dtype, cuda)
         rows.append(row)
-        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        print(f"B {B} N {N} {Hq}:{Hkv} page {ps} Nq {nq}: flashsigmoid {fmt(fs_ms)} ms "
+              f"({fmt(row['fs_gbs'], '.1f')} GB/s, {fmt(row['pct_copy'], '.0f')} % copy), SDPA {fmt(row['sdpa_ms'])} ms, "
+              f"FlashInfer {fmt(row['flashinfer_ms'])} ms", flush=True)
         del sets
         if cuda:
             torch.cuda.empty_cache()
 
     date = datetime.date.today().isoformat()
-    meta = dict(machine=machine(cuda), date=date, commit=git_commit(), torch=torch.__version__, dtype=args.dtype,
+    meta = dict(machine=machine(cuda), date=date, commit=args.commit or git_commit(), torch=torch.__version__, dtype=args.dtype,
                 command="python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (argv or sys.argv[1:])),
-                copy_gbs=copy_gbs, copy_min=min(copy_all), copy_max=max(copy_all), copy_gib=copy_gib, reps=reps)
+                copy_gbs=copy_gbs, copy_min=min(copy_all), copy_max=max(copy_all), copy_gib=copy_gib, reps=reps,
+                load_start=load_start, load_end=os.getloadavg() if hasattr(os, "getloadavg") else None)
     os.makedirs(args.out, exist_ok=True)
-    stem = args.name or f"decode-{args.device}-{date}" + ("-quick" if args.quick else "")
+    stem = args.name or f"decode-{args.device}-{date}" + ("-quick" if args.quick else "") + ("-smoke" if args.smoke else "")
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
     write_markdown(os.path.join(args.out, stem + ".md"), meta, rows)

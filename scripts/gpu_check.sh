@@ -8,12 +8,13 @@
 #        SKIP_PYTHON=1, HARNESS_ARGS (extra flags for bench/harness.py, e.g. "--quick"),
 #        COMMIT (the commit the harness records; the GPU machine's copy has no .git),
 #        FWD_BENCH_ARGS (extra flags for the forward benchmark, e.g. "--kernel both"),
-#        STAGES (default "tests sanitizer bench python harness cli": which steps run after the build;
+#        DECODE_ARGS (extra flags for bench/decode_bench.py, e.g. "--quick"),
+#        STAGES (default "tests sanitizer bench python harness decode cli": which steps run after the build;
 #        two calls can split them, e.g. STAGES="tests sanitizer bench" then STAGES="python harness cli"),
 #        PY_HEAD_DIMS (head dims of the pip-installed package, default $FLASHSIGMOID_HEAD_DIMS),
 #        SKIP_PORTABLE_PASS=1 (Hopper builds: one ctest pass with automatic dispatch instead of two),
 #        PY_REUSE=1 (keep a Python package already installed), SKIP_PYTEST=1,
-#        DECODE_BENCH_ARGS (extra flags for the KV-cache benchmark, e.g. "--quick"),
+#        KV_BENCH_ARGS (extra flags for the C++ KV-cache benchmark, e.g. "--quick"),
 #        PACK_LOGS=1 (at the end, the .log / .txt files of $OUT into one logs.tgz: the device tool returns
 #        at most 8 files, and a full run with the harness writes more; harness/ stays as it is).
 # Wheels under .whl (git-ignored; e.g. triton-sigmoid for the harness) are installed into /tmp/site first:
@@ -33,15 +34,15 @@ ARCHS="${FLASHSIGMOID_CUDA_ARCHS:-90a}"
 DIMS="${FLASHSIGMOID_HEAD_DIMS:-64;128}"
 BUILD=build-gpu
 status=0
-# decode: the KV-cache kernels alone (their GPU tests, memcheck + racecheck on small cases, their
-# benchmark), for a call that checks only them, e.g. STAGES=decode with
+# kvcache (not in the default list): the CUDA KV-cache kernels alone (their GPU tests, memcheck +
+# racecheck on small cases, bench/cuda_decode_bench.cu), e.g. STAGES=kvcache with
 # EXTRA_CMAKE_ARGS="-DFLASHSIGMOID_CUDA_BACKWARD=OFF -DFLASHSIGMOID_HOPPER=OFF" (a shorter build).
-STAGES=" ${STAGES:-tests sanitizer bench python harness cli} "
+STAGES=" ${STAGES:-tests sanitizer bench python harness decode cli} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 for stage in $STAGES; do
   case "$stage" in
-    tests|sanitizer|bench|python|harness|cli|decode) ;;
-    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness cli decode" >&2; exit 2 ;;
+    tests|sanitizer|bench|python|harness|decode|cli|kvcache) ;;
+    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness decode cli kvcache" >&2; exit 2 ;;
   esac
 done
 HOPPER=0
@@ -139,7 +140,7 @@ if want bench && [[ -z "${SKIP_BENCH:-}" ]]; then
   echo "== backward benchmark"
   timeout 300 "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" --backward 2>&1 | tee "$LOG/bench_bwd.txt" || status=1
 fi
-if want decode; then
+if want kvcache; then
   echo "== KV-cache GPU tests"
   (cd "$BUILD" && ctest -L gpu -R KVCache --output-on-failure -j8 --timeout 120) 2>&1 |
     tee "$LOG/ctest_kvcache.log" | tail -20 || status=1
@@ -153,8 +154,8 @@ if want decode; then
   fi
   if [[ -z "${SKIP_BENCH:-}" ]]; then
     echo "== KV-cache benchmark"
-    timeout 400 "$BUILD/tests/gpu/flashsigmoid_cuda_decode_bench" ${DECODE_BENCH_ARGS:-} 2>&1 |
-      tee "$LOG/bench_decode.txt" || status=1
+    timeout 400 "$BUILD/tests/gpu/flashsigmoid_cuda_decode_bench" ${KV_BENCH_ARGS:-} 2>&1 |
+      tee "$LOG/bench_kvcache_cuda.txt" || status=1
   fi
 fi
 if want python && [[ -z "${SKIP_PYTHON:-}" ]]; then
@@ -179,6 +180,13 @@ if want harness && [[ -z "${SKIP_BENCH:-}" ]]; then
   echo "== benchmark harness (bench/harness.py ${HARNESS_ARGS:-})"
   timeout 400 python3 bench/harness.py --out "$LOG/harness" ${COMMIT:+--commit "$COMMIT"} ${HARNESS_ARGS:-} 2>&1 |
     tee "$LOG/bench_harness.txt" || status=1
+fi
+if want decode && [[ -z "${SKIP_BENCH:-}" ]]; then
+  # KV-cache decode (needs the Python package): bandwidth against a device copy, SDPA, FlashInfer when
+  # importable; writes .md/.json into $LOG/decode.
+  echo "== decode benchmark (bench/decode_bench.py ${DECODE_ARGS:-})"
+  timeout 500 python3 bench/decode_bench.py --device cuda --out "$LOG/decode" ${COMMIT:+--commit "$COMMIT"} \
+    ${DECODE_ARGS:-} 2>&1 | tee "$LOG/bench_decode.txt" || status=1
 fi
 if want cli; then
   echo "== CLI main job"

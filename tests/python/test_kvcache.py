@@ -311,3 +311,31 @@ def test_cuda_graph_capture_decode():
         torch.cuda.synchronize()
         assert torch.equal(out, ref), f"step {i}"
         seqlens += 1
+
+
+def test_generate_example_runs():
+    """examples/python/generate.py asserts cached decode == full recomputation at every step."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, os.path.join(root, "examples", "python", "generate.py"), "--tokens", "6"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "every step matched" in r.stdout
+
+
+def test_decode_bench_smoke(tmp_path):
+    """bench/decode_bench.py runs end to end (two tiny shapes) and writes its tables."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, os.path.join(root, "bench", "decode_bench.py"), "--device", "cpu", "--smoke",
+                        "--reps", "2", "--warmup", "1", "--out", str(tmp_path), "--name", "smoke"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.load(open(tmp_path / "smoke.json"))["rows"]
+    assert len(rows) == 2 and all(row["fs_ms"] and row["fs_ms"] > 0 for row in rows), rows
+    assert "| B | N |" in (tmp_path / "smoke.md").read_text()
