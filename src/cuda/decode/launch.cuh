@@ -16,19 +16,9 @@
 #include "cuda/decode/append_kernel.cuh"
 #include "cuda/decode/attn_kernel.cuh"
 #include "cuda/decode/launch.hpp"
+#include "cuda/decode/splits.hpp"
 
 namespace flashsigmoid::cuda::decode {
-
-// num_splits = 0: enough splits to give every SM its resident CTAs in one wave (a decode step has
-// few (sequence, kv head) pairs and is memory-bound, so idle SMs are idle bandwidth), at most one
-// split per 4 key blocks of the cache's capacity and at most 64. Shapes and the SM count only,
-// never the sequence lengths (they are on the device).
-inline int auto_splits(std::int64_t ctas, std::int64_t capacity, int block_n, int sms, int ctas_per_sm) {
-  const std::int64_t slots = std::int64_t(sms) * std::max(ctas_per_sm, 1);
-  const std::int64_t by_wave = ctas > 0 ? slots / ctas : 1;
-  const std::int64_t by_work = std::max<std::int64_t>(1, (capacity + block_n - 1) / block_n / 4);
-  return int(std::clamp<std::int64_t>(std::min(by_wave, by_work), 1, 64));
-}
 
 template <int D, class Element, int kWarpsM>
 void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {

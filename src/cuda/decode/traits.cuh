@@ -58,6 +58,7 @@ struct DecodeTraits {
   static constexpr int kSmemKV = kStages * kBlockN * kHeadDim * int(sizeof(Element));  // K or V
   static constexpr int kSmemAcc = kWarpsN * kBlockM * kAccStride * int(sizeof(float));
   static constexpr int kSmemBytes = kSmemQ + (2 * kSmemKV > kSmemAcc ? 2 * kSmemKV : kSmemAcc);
+  static_assert(kSmemBytes <= 166912, "must fit sm_80's 163 KB of shared memory per block");
 };
 
 }  // namespace flashsigmoid::cuda::decode
