@@ -1,5 +1,7 @@
-// Host test of the KV-cache num_splits heuristic (src/cuda/decode/splits.hpp): runs without a device.
+// Host tests of how the KV-cache attention splits keys (src/cuda/decode/splits.hpp): no device needed.
 #include <gtest/gtest.h>
+
+#include <cstdint>
 
 #include "cuda/decode/splits.hpp"
 
@@ -25,6 +27,26 @@ TEST(KVCacheSplits, ShortCachesAndLimits) {
   EXPECT_EQ(auto_splits(1, 1 << 20, 64, 132, 2), kMaxAutoSplits);
   EXPECT_EQ(auto_splits(1, 4096, 64, 132, 0), 16);  // an occupancy query of 0 counts as 1 CTA per SM
   EXPECT_EQ(auto_splits(0, 4096, 64, 132, 2), 1);
+}
+
+}  // namespace
+
+namespace {
+
+// The splits' shares tile [0, n) contiguously, in order, with sizes differing by at most one.
+TEST(KVCacheSplits, SharesTileTheRange) {
+  using flashsigmoid::cuda::decode::split_begin;
+  for (std::int64_t n : {0, 1, 5, 63, 64, 1000, 131072}) {
+    for (std::int64_t parts : {1, 2, 3, 7, 8, 64, 256}) {
+      EXPECT_EQ(split_begin(n, 0, parts), 0);
+      EXPECT_EQ(split_begin(n, parts, parts), n);
+      for (std::int64_t part = 0; part < parts; ++part) {
+        const std::int64_t size = split_begin(n, part + 1, parts) - split_begin(n, part, parts);
+        EXPECT_GE(size, n / parts) << "n " << n << " parts " << parts << " part " << part;
+        EXPECT_LE(size, n / parts + 1) << "n " << n << " parts " << parts << " part " << part;
+      }
+    }
+  }
 }
 
 }  // namespace

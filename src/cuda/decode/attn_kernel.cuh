@@ -15,16 +15,10 @@
 #include "common/score_transform.hpp"
 #include "cuda/common/sigmoid.cuh"
 #include "cuda/decode/sequence.cuh"
+#include "cuda/decode/splits.hpp"
 #include "cuda/decode/traits.cuh"
 
 namespace flashsigmoid::cuda::decode {
-
-// Key blocks [begin, end) of split `split` of `splits` over blocks [lo, hi): contiguous, balanced.
-__device__ __forceinline__ void split_range(int lo, int hi, int split, int splits, int& begin, int& end) {
-  const long long n = hi - lo;
-  begin = lo + int(n * split / splits);
-  end = lo + int(n * (split + 1) / splits);
-}
 
 template <class Element>
 __device__ __forceinline__ void cp_async_zfill(Element* smem, const Element* gmem, bool pred) {
@@ -74,7 +68,8 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   // This split's share of the sequence's page ids is checked even where the masks skip them, so a
   // bad id anywhere turns the whole sequence to NaN (every row sums every split).
   const std::int64_t n_pages = pages_of(p, sc.len_k);
-  const bool pages_ok = pages_in_range(p, b, n_pages * split / splits, n_pages * (split + 1) / splits);
+  const bool pages_ok =
+      pages_in_range(p, b, split_begin(n_pages, split, splits), split_begin(n_pages, split + 1, splits));
   const bool seq_ok = sc.ok && pages_ok;
 
   detail::SeqInfo seq;
@@ -86,9 +81,13 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   const int i_hi = (m0 + rows - 1) / group + 1;
   const std::int64_t key_lo = st0.key_begin(i_lo);
   const std::int64_t key_hi = st0.key_end(i_hi);
-  int n_begin = 0, n_end = 0;
-  if (seq_ok && key_hi > key_lo) split_range(int(key_lo / BN), int((key_hi + BN - 1) / BN), split, splits, n_begin, n_end);
-  const int n_blocks = n_end - n_begin;
+  // This split's contiguous share of the key blocks that hold visible keys.
+  int n_begin = 0, n_blocks = 0;
+  if (seq_ok && key_hi > key_lo) {
+    const std::int64_t lo = key_lo / BN, n = (key_hi + BN - 1) / BN - lo;
+    n_begin = int(lo + split_begin(n, split, splits));
+    n_blocks = int(split_begin(n, split + 1, splits) - split_begin(n, split, splits));
+  }
 
   Element* smem_q = reinterpret_cast<Element*>(smem_raw);
   Element* smem_k = smem_q + cosize(typename Traits::SmemLayoutQ{});

@@ -1,11 +1,17 @@
-// The KV-cache attention's num_splits heuristic (num_splits = 0), host-only so it can be tested
-// without a device.
+// How the KV-cache attention splits a sequence's keys: the contiguous share of each split, and
+// the num_splits heuristic (num_splits = 0). Host-callable, so they are tested without a device.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 
+#include "common/params.hpp"  // FS_HD
+
 namespace flashsigmoid::cuda::decode {
+
+// Split `part` of `parts` over n items starts at item split_begin(n, part, parts): contiguous,
+// sizes differing by at most one, split_begin(n, parts, parts) == n.
+FS_HD std::int64_t split_begin(std::int64_t n, std::int64_t part, std::int64_t parts) { return n * part / parts; }
 
 // Enough splits to give every SM its resident CTAs in one wave (a decode step has few (sequence,
 // kv head) pairs and is memory-bound, so idle SMs are idle bandwidth), at most one split per 4 key
