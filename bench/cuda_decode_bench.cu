@@ -3,7 +3,8 @@
 // page size 16 and 256 (pages shuffled, as a serving engine's allocator leaves them), Nq_new 1
 // and 8, bf16 (--dtype fp16: fp16). Reports the achieved K/V read bandwidth, bytes(K/V read + q
 // read + out written) / time, against the same run's device-to-device cudaMemcpy bandwidth (bytes
-// read + written). CUDA events, median of many repetitions after warm-up, rotating over enough
+// read + written). CUDA events, median of many samples (each the mean of 10 back-to-back calls)
+// after warm-up, rotating over enough
 // cache copies that together exceed 3x the L2 so L2 is not what is timed. Every sequence holds the
 // full cache length; --append also writes Nq_new new keys per sequence (append + attend).
 //   usage: flashsigmoid_cuda_decode_bench [--reps N] [--quick] [--dtype bf16|fp16] [--append]
@@ -121,18 +122,29 @@ int main(int argc, char** argv) {
   cudaEvent_t start, stop;
   check(cudaEventCreate(&start), "cudaEventCreate");
   check(cudaEventCreate(&stop), "cudaEventCreate");
-  auto median_ms = [&](auto&& body, int n) {
+  // Median over n samples of the mean time of `inner` back-to-back calls: a decode step takes a few
+  // microseconds, about what the host needs to enqueue it, so single timed calls would time the host.
+  auto median_ms = [&](auto&& body, int n, int inner) {
     std::vector<float> ms(n);
     for (int r = 0; r < n; ++r) {
       check(cudaEventRecord(start, stream), "cudaEventRecord");
-      body(r);
+      for (int i = 0; i < inner; ++i) body(r * inner + i);
       check(cudaEventRecord(stop, stream), "cudaEventRecord");
       check(cudaEventSynchronize(stop), "cudaEventSynchronize");
       cudaEventElapsedTime(&ms[r], start, stop);
+      ms[r] /= float(inner);
     }
     std::sort(ms.begin(), ms.end());
     return double(ms[n / 2]);
   };
+  // The split workspace comes from the device's default memory pool (cudaMallocAsync); keep what it
+  // holds between calls, as a serving process would, instead of returning it at every synchronisation.
+  {
+    cudaMemPool_t pool;
+    check(cudaDeviceGetDefaultMemPool(&pool, dev), "cudaDeviceGetDefaultMemPool");
+    std::uint64_t keep = UINT64_MAX;
+    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+  }
 
   // The same run's copy bandwidth: 1 GiB device to device, bytes read + written.
   double copy_gbs = 0.0;
@@ -143,7 +155,7 @@ int main(int argc, char** argv) {
     check(cudaMalloc(&b, bytes), "cudaMalloc");
     check(cudaMemsetAsync(a, 1, bytes, stream), "cudaMemset");
     for (int w = 0; w < 3; ++w) check(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream), "cudaMemcpy");
-    const double ms = median_ms([&](int) { cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream); }, 20);
+    const double ms = median_ms([&](int) { cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream); }, 20, 1);
     copy_gbs = 2.0 * double(bytes) / (ms * 1e-3) * 1e-9;
     cudaFree(a);
     cudaFree(b);
@@ -231,7 +243,7 @@ int main(int argc, char** argv) {
       ok = false;
     }
     if (ok) {
-      const double ms = median_ms(run, reps);
+      const double ms = median_ms(run, reps, 10);
       const double bytes = kv_bytes + 2.0 * q_elems * 2 + (append ? 2.0 * 2 * new_elems * 2 : 0.0);
       const double gbs = bytes / (ms * 1e-3) * 1e-9;
       std::printf("%4d %7d %4d %4d %3d %5d %5d %10.1f %9.0f %6.1f%%\n", s.B, s.cache, s.Hq, s.Hkv, s.Nq, s.page, sets,
