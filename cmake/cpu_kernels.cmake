@@ -5,7 +5,7 @@
 #   with `#pragma GCC target`, and src/cpu/isa/select.cpp calls the best one the CPU runs;
 # - otherwise once, for the compiler's default target.
 # A kernel source names its entry points with FLASHSIGMOID_CPU_ENTRY (src/cpu/isa.hpp).
-set(FLASHSIGMOID_CPU_KERNELS src/cpu/forward.cpp src/cpu/backward.cpp)
+set(FLASHSIGMOID_CPU_KERNELS src/cpu/forward.cpp src/cpu/backward.cpp src/cpu/kvcache.cpp)
 
 set(FLASHSIGMOID_CPU_MULTI_LEVEL OFF)
 if(NOT FLASHSIGMOID_NATIVE AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU"

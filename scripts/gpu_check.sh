@@ -8,11 +8,13 @@
 #        SKIP_PYTHON=1, HARNESS_ARGS (extra flags for bench/harness.py, e.g. "--quick"),
 #        COMMIT (the commit the harness records; the GPU machine's copy has no .git),
 #        FWD_BENCH_ARGS (extra flags for the forward benchmark, e.g. "--kernel both"),
-#        STAGES (default "tests sanitizer bench python harness cli": which steps run after the build;
+#        DECODE_ARGS (extra flags for bench/decode_bench.py, e.g. "--quick"),
+#        STAGES (default "tests sanitizer bench python harness decode cli": which steps run after the build;
 #        two calls can split them, e.g. STAGES="tests sanitizer bench" then STAGES="python harness cli"),
 #        PY_HEAD_DIMS (head dims of the pip-installed package, default $FLASHSIGMOID_HEAD_DIMS),
 #        SKIP_PORTABLE_PASS=1 (Hopper builds: one ctest pass with automatic dispatch instead of two),
 #        PY_REUSE=1 (keep a Python package already installed), SKIP_PYTEST=1,
+#        KV_BENCH_ARGS (extra flags for the C++ KV-cache benchmark, e.g. "--quick"),
 #        PACK_LOGS=1 (at the end, the .log / .txt files of OUTDIR into one logs.tgz, for when only a few
 #        files can be copied back from the GPU machine; harness/ stays as it is).
 # Wheels under .whl (git-ignored; e.g. triton-sigmoid for the harness) are installed into /tmp/site first:
@@ -35,12 +37,15 @@ ARCHS="${FLASHSIGMOID_CUDA_ARCHS:-90a}"
 DIMS="${FLASHSIGMOID_HEAD_DIMS:-64;128}"
 BUILD=build-gpu
 status=0
-STAGES=" ${STAGES:-tests sanitizer bench python harness cli} "
+# kvcache (not in the default list): the CUDA KV-cache kernels alone (their GPU tests, memcheck +
+# racecheck on small cases, bench/cuda_decode_bench.cu), e.g. STAGES=kvcache with
+# EXTRA_CMAKE_ARGS="-DFLASHSIGMOID_CUDA_BACKWARD=OFF -DFLASHSIGMOID_HOPPER=OFF" (a shorter build).
+STAGES=" ${STAGES:-tests sanitizer bench python harness decode cli} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 for stage in $STAGES; do
   case "$stage" in
-    tests|sanitizer|bench|python|harness|cli) ;;
-    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness cli" >&2; exit 2 ;;
+    tests|sanitizer|bench|python|harness|decode|cli|kvcache) ;;
+    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness decode cli kvcache" >&2; exit 2 ;;
   esac
 done
 HOPPER=0
@@ -138,6 +143,24 @@ if want bench && [[ -z "${SKIP_BENCH:-}" ]]; then
   echo "== backward benchmark"
   timeout 300 "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" --backward 2>&1 | tee "$LOG/bench_bwd.txt" || status=1
 fi
+if want kvcache; then
+  echo "== KV-cache GPU tests"
+  (cd "$BUILD" && ctest -L gpu -R KVCache --output-on-failure -j8 --timeout 120) 2>&1 |
+    tee "$LOG/ctest_kvcache.log" | tail -20 || status=1
+  if [[ -z "${SKIP_SANITIZER:-}" ]]; then
+    KV_SMALL="Cases/GpuKVCache.MatchesReference/paged_ps16_bf16_d$SAN_D:Cases/GpuKVCache.MatchesReference/paged_ps1_fp16_d$SAN_D:Cases/GpuKVCache.MatchesReference/gqa_8_1_nq8_causal_fp16_d$SAN_D:Cases/GpuKVCache.MatchesReference/alibi_per_head_causal_bf16_d$SAN_D:GpuKVCacheMisc.BadSequencesThreeSplits:GpuKVCacheMisc.BadCacheBatchIdx:GpuKVCacheMisc.NaNPropagation"
+    for tool in memcheck racecheck; do
+      echo "== compute-sanitizer $tool (KV cache)"
+      timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 3 "$TESTS" --gtest_filter="$KV_SMALL" 2>&1 |
+        tail -25 | tee "$LOG/sanitizer_kvcache_$tool.log" || status=1
+    done
+  fi
+  if [[ -z "${SKIP_BENCH:-}" ]]; then
+    echo "== KV-cache benchmark"
+    timeout 400 "$BUILD/tests/gpu/flashsigmoid_cuda_decode_bench" ${KV_BENCH_ARGS:-} 2>&1 |
+      tee "$LOG/bench_kvcache_cuda.txt" || status=1
+  fi
+fi
 if want python && [[ -z "${SKIP_PYTHON:-}" ]]; then
   # The Python package with the same kernels, then its tests (GPU ones included). PY_REUSE=1 keeps a
   # package already installed on this (warm) machine, for a harness-only follow-up call.
@@ -160,6 +183,13 @@ if want harness && [[ -z "${SKIP_BENCH:-}" ]]; then
   echo "== benchmark harness (bench/harness.py ${HARNESS_ARGS:-})"
   timeout 400 python3 bench/harness.py --out "$LOG/harness" ${COMMIT:+--commit "$COMMIT"} ${HARNESS_ARGS:-} 2>&1 |
     tee "$LOG/bench_harness.txt" || status=1
+fi
+if want decode && [[ -z "${SKIP_BENCH:-}" ]]; then
+  # KV-cache decode (needs the Python package): bandwidth against a device copy, SDPA, FlashInfer when
+  # importable; writes .md/.json into $LOG/decode.
+  echo "== decode benchmark (bench/decode_bench.py ${DECODE_ARGS:-})"
+  timeout 500 python3 bench/decode_bench.py --device cuda --out "$LOG/decode" ${COMMIT:+--commit "$COMMIT"} \
+    ${DECODE_ARGS:-} 2>&1 | tee "$LOG/bench_decode.txt" || status=1
 fi
 if want cli; then
   echo "== CLI main job"

@@ -85,4 +85,14 @@ void backward(const TensorView& q, const TensorView& k, const TensorView& v, con
   }
 }
 
+void forward_with_kvcache(const TensorView& q, const KVCache& cache, const TensorView& out, const Options& options,
+                          int num_splits) {
+  const detail::KVCacheParams p = detail::make_kvcache_params(q, cache, out, options, num_splits);
+  if (p.device.type == DeviceType::cpu) {
+    detail::cpu_forward_kvcache(p);
+  } else {
+    detail::cuda_forward_kvcache(p);
+  }
+}
+
 }  // namespace flashsigmoid

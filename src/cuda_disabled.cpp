@@ -12,5 +12,6 @@ void cuda_forward(const AttnParams&) {
               "available (-DFLASHSIGMOID_CUDA=ON) or pass cpu tensors");
 }
 void cuda_backward(const BwdParams& p) { cuda_forward(p); }
+void cuda_forward_kvcache(const KVCacheParams& p) { cuda_forward(p); }
 
 }  // namespace flashsigmoid::detail

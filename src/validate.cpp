@@ -4,6 +4,7 @@
 #include <cmath>
 #include <sstream>
 #include <utility>
+#include <vector>
 
 #include "common/checked_math.hpp"
 
@@ -206,13 +207,8 @@ void check_cu_seqlens(const char* name, const TensorView& t, std::int64_t batch_
   }
 }
 
-AttnParams make_params(const TensorView& q, const TensorView& k, const TensorView& v, const Options& o) {
-  AttnParams p;
-  const bool varlen = o.cu_seqlens_q.defined() || o.cu_seqlens_k.defined();
-  if (!q.defined()) fail("q is required");
-  p.dtype = q.dtype;
-  p.device = q.device;
-
+// The dtypes q may have on its device (every other attention tensor must match q).
+void check_query_dtype(const TensorView& q) {
   if (q.device.type == DeviceType::cpu) {
     if (q.dtype != DType::float32 && q.dtype != DType::float16 && q.dtype != DType::bfloat16 &&
         q.dtype != DType::float64) {
@@ -225,6 +221,35 @@ AttnParams make_params(const TensorView& q, const TensorView& k, const TensorVie
     }
     if (q.device.index < 0) fail("q has an invalid cuda device index " + std::to_string(q.device.index));
   }
+}
+
+// Head dim and GQA rules, once p.heads_q / heads_kv / head_dim are read from q and k (k_name's
+// head_dim is k_dim).
+void check_heads(const AttnParams& p, const char* k_name, std::int64_t k_dim) {
+  if (k_dim != p.head_dim) {
+    fail(std::string(k_name) + " has head_dim " + std::to_string(k_dim) + " but q has head_dim " +
+         std::to_string(p.head_dim) + "; they must match");
+  }
+  if (std::find(kSupportedHeadDims.begin(), kSupportedHeadDims.end(), p.head_dim) == kSupportedHeadDims.end()) {
+    fail("head_dim " + std::to_string(p.head_dim) + " is not supported; accepted: 32, 64, 96, 128, 256");
+  }
+  if (p.heads_q == 0 || p.heads_kv == 0 || p.heads_q % p.heads_kv != 0) {
+    fail("the number of query heads (" + std::to_string(p.heads_q) +
+         ") must be a positive multiple of the number of key/value heads (" + std::to_string(p.heads_kv) +
+         ")");
+  }
+}
+
+void resolve_options(AttnParams& p, const Options& o);
+
+AttnParams make_params(const TensorView& q, const TensorView& k, const TensorView& v, const Options& o) {
+  AttnParams p;
+  const bool varlen = o.cu_seqlens_q.defined() || o.cu_seqlens_k.defined();
+  if (!q.defined()) fail("q is required");
+  p.dtype = q.dtype;
+  p.device = q.device;
+
+  check_query_dtype(q);
 
   p.q_stride = check_operand("q", q, varlen, p.dtype, p.device);
   p.k_stride = check_operand("k", k, varlen, p.dtype, p.device);
@@ -238,18 +263,7 @@ AttnParams make_params(const TensorView& q, const TensorView& k, const TensorVie
   p.heads_q = q.shape[hd];
   p.heads_kv = k.shape[hd];
   p.head_dim = q.shape[hd + 1];
-  if (k.shape[hd + 1] != p.head_dim) {
-    fail("k has head_dim " + std::to_string(k.shape[hd + 1]) + " but q has head_dim " +
-         std::to_string(p.head_dim) + "; they must match");
-  }
-  if (std::find(kSupportedHeadDims.begin(), kSupportedHeadDims.end(), p.head_dim) == kSupportedHeadDims.end()) {
-    fail("head_dim " + std::to_string(p.head_dim) + " is not supported; accepted: 32, 64, 96, 128, 256");
-  }
-  if (p.heads_q == 0 || p.heads_kv == 0 || p.heads_q % p.heads_kv != 0) {
-    fail("the number of query heads (" + std::to_string(p.heads_q) +
-         ") must be a positive multiple of the number of key/value heads (" + std::to_string(p.heads_kv) +
-         ")");
-  }
+  check_heads(p, "k", k.shape[hd + 1]);
 
   if (varlen) {
     check_cu_seqlens("cu_seqlens_q", o.cu_seqlens_q, -1, p.device);
@@ -282,6 +296,12 @@ AttnParams make_params(const TensorView& q, const TensorView& k, const TensorVie
     p.seqlen_k = k.shape[1];
   }
 
+  resolve_options(p, o);
+  return p;
+}
+
+// Scale, bias, ALiBi, window and threads; p.batch, heads_q, head_dim and device are set.
+void resolve_options(AttnParams& p, const Options& o) {
   const float scale = o.scale.value_or(1.0f / std::sqrt(static_cast<float>(p.head_dim)));
   if (!std::isfinite(scale)) fail("scale must be finite, got " + std::to_string(scale));
   p.scale = scale;
@@ -335,7 +355,6 @@ AttnParams make_params(const TensorView& q, const TensorView& k, const TensorVie
   p.stream = o.stream;
   p.deterministic = o.deterministic;
   p.num_threads = o.num_threads;
-  return p;
 }
 
 }  // namespace
@@ -394,6 +413,180 @@ BwdParams make_backward_params(const TensorView& q, const TensorView& k, const T
   std::vector<NamedTensor> inputs = inputs_of(q, k, v, options);
   inputs.push_back({"dout", &dout});
   check_no_overlap({{"dq", &g.dq}, {"dk", &g.dk}, {"dv", &g.dv}, {"dbias", &g.dbias}}, inputs);
+  return p;
+}
+
+namespace {
+
+// An int32 index tensor of the KV cache ([B] or [B, max_pages]) on q's device, contiguous in its
+// last dimension.
+void check_index_tensor(const char* name, const TensorView& t, int rank, const char* layout, std::int64_t batch,
+                        const Device& device) {
+  check_rank(name, t, rank, layout);
+  check_storage(name, t);
+  if (t.dtype != DType::int32) fail(std::string(name) + " must be int32, got " + to_string(t.dtype));
+  if (!same_device(t.device, device)) {
+    fail(std::string(name) + " is on " + device_str(t.device) + " but q is on " + device_str(device) +
+         "; all tensors must be on one device");
+  }
+  if (t.shape[0] != batch) {
+    fail(std::string(name) + " has " + std::to_string(t.shape[0]) + " rows but q has batch " +
+         std::to_string(batch) + "; accepted: " + layout);
+  }
+  if (t.stride[rank - 1] != 1 && t.shape[rank - 1] > 1) {
+    fail(std::string(name) + " must be contiguous in its last dimension, got stride " +
+         std::to_string(t.stride[rank - 1]));
+  }
+}
+
+// Host-side checks of the cache's index values (CPU tensors only: on a GPU reading them would need
+// a host sync; the CUDA kernels check them on the device instead). Every check runs before the
+// backend writes anything, so a rejected call leaves the cache unchanged.
+void check_kvcache_values(const KVCacheParams& p) {
+  const std::int64_t appended = p.k_new != nullptr ? p.seqlen_q : 0;
+  struct Write {  // one cache row (dense) or page (paged) that an append writes
+    std::int64_t where, seq, logical;
+  };
+  std::vector<Write> writes;
+  for (std::int64_t b = 0; b < p.batch; ++b) {
+    const std::int64_t cached = p.cache_seqlens[b];
+    const std::string seq = "sequence " + std::to_string(b);
+    if (cached < 0) fail("cache_seqlens[" + std::to_string(b) + "] is " + std::to_string(cached) + "; accepted: >= 0");
+    const std::int64_t nk = cached + appended;
+    if (nk > p.cache_capacity) {
+      fail(seq + " needs " + std::to_string(nk) + " keys (cache_seqlens " + std::to_string(cached) + " + " +
+           std::to_string(appended) + " appended) but the cache holds " + std::to_string(p.cache_capacity) +
+           (p.block_table != nullptr ? " per sequence (block_table's max_pages * page_size)"
+                                     : " per sequence (k_cache's dimension 1)"));
+    }
+    if (p.block_table != nullptr) {
+      const std::int32_t* row = p.block_table + b * p.block_table_stride;
+      const std::int64_t used = (nk + p.page_size - 1) / p.page_size;
+      for (std::int64_t i = 0; i < used; ++i) {
+        if (row[i] < 0 || row[i] >= p.num_pages) {
+          fail("block_table[" + std::to_string(b) + "][" + std::to_string(i) + "] is page " + std::to_string(row[i]) +
+               ", outside the cache's " + std::to_string(p.num_pages) + " pages; accepted: 0 <= page < " +
+               std::to_string(p.num_pages));
+        }
+      }
+      for (std::int64_t i = cached / p.page_size; appended > 0 && i < used; ++i) writes.push_back({row[i], b, i});
+    } else {
+      const std::int64_t r = p.cache_batch_idx != nullptr ? p.cache_batch_idx[b] : b;
+      if (r < 0 || r >= p.cache_batch) {
+        fail("cache_batch_idx[" + std::to_string(b) + "] is " + std::to_string(r) + "; accepted: 0 <= index < " +
+             std::to_string(p.cache_batch) + " (k_cache's dimension 0)");
+      }
+      if (appended > 0) writes.push_back({r, b, 0});
+    }
+  }
+  // Two appends into one page (or dense cache row) would race and leave it to the scheduling which
+  // one wins; sharing pages that no one writes in this call is fine.
+  std::sort(writes.begin(), writes.end(), [](const Write& a, const Write& b) { return a.where < b.where; });
+  for (std::size_t i = 1; i < writes.size(); ++i) {
+    const Write& a = writes[i - 1];
+    const Write& b = writes[i];
+    if (a.where != b.where) continue;
+    if (p.block_table != nullptr) {
+      fail("page " + std::to_string(a.where) + " is written by the append of sequence " + std::to_string(a.seq) +
+           " (block_table[" + std::to_string(a.seq) + "][" + std::to_string(a.logical) + "]) and of sequence " +
+           std::to_string(b.seq) + " (block_table[" + std::to_string(b.seq) + "][" + std::to_string(b.logical) +
+           "]); pages that an append writes must not be shared (shared read-only pages are fine)");
+    }
+    fail("cache row " + std::to_string(a.where) + " is written by the appends of sequences " + std::to_string(a.seq) +
+         " and " + std::to_string(b.seq) + " (cache_batch_idx); sequences that append need their own cache rows");
+  }
+}
+
+}  // namespace
+
+KVCacheParams make_kvcache_params(const TensorView& q, const KVCache& c, const TensorView& out,
+                                  const Options& options, int num_splits) {
+  KVCacheParams p;
+  if (!q.defined()) fail("q is required");
+  p.dtype = q.dtype;
+  p.device = q.device;
+  check_query_dtype(q);
+  if (options.cu_seqlens_q.defined() || options.cu_seqlens_k.defined()) {
+    fail("forward_with_kvcache takes no cu_seqlens: each sequence's keys are given by cache_seqlens");
+  }
+  if (options.bias_mode == BiasMode::neg_log_seqlen_k) {
+    fail("forward_with_kvcache needs an explicit bias (bias_mode scalar or per_head): a model trained with "
+         "b = -log(n) decodes with that same b (e.g. -log of the training length), not -log of the growing "
+         "cache length, so there is no length-dependent default");
+  }
+  p.q_stride = check_operand("q", q, false, p.dtype, p.device);
+  p.o_stride = check_operand("out", out, false, p.dtype, p.device);
+  check_same_shape("out", out, "q", q);
+  p.q = q.data;
+  p.o = out.data;
+  if (!c.k_cache.defined() || !c.v_cache.defined()) fail("k_cache and v_cache are required");
+  p.k_stride = check_operand("k_cache", c.k_cache, false, p.dtype, p.device);
+  p.v_stride = check_operand("v_cache", c.v_cache, false, p.dtype, p.device);
+  check_same_shape("v_cache", c.v_cache, "k_cache", c.k_cache);
+  p.batch = q.shape[0];
+  p.seqlen_q = q.shape[1];
+  p.heads_q = q.shape[2];
+  p.head_dim = q.shape[3];
+  p.heads_kv = c.k_cache.shape[2];
+  check_heads(p, "k_cache", c.k_cache.shape[3]);
+
+  if (!c.cache_seqlens.defined()) fail("cache_seqlens (int32 [batch]) is required");
+  check_index_tensor("cache_seqlens", c.cache_seqlens, 1, "int32 [batch]", p.batch, p.device);
+  p.cache_seqlens = static_cast<const std::int32_t*>(c.cache_seqlens.data);
+  if (c.block_table.defined()) {
+    if (c.cache_batch_idx.defined()) {
+      fail("cache_batch_idx is for dense caches; a paged cache (block_table given) names its pages in block_table");
+    }
+    check_index_tensor("block_table", c.block_table, 2, "int32 [batch, max_pages]", p.batch, p.device);
+    p.block_table = static_cast<const std::int32_t*>(c.block_table.data);
+    p.block_table_stride = c.block_table.stride[0];
+    p.max_pages = c.block_table.shape[1];
+    p.num_pages = c.k_cache.shape[0];
+    p.page_size = c.k_cache.shape[1];
+    if (p.page_size < 1) fail("a paged k_cache [num_pages, page_size, Hkv, D] needs page_size >= 1, got 0");
+    p.cache_capacity = p.max_pages * p.page_size;
+  } else {
+    if (c.cache_batch_idx.defined()) {
+      check_index_tensor("cache_batch_idx", c.cache_batch_idx, 1, "int32 [batch]", p.batch, p.device);
+      p.cache_batch_idx = static_cast<const std::int32_t*>(c.cache_batch_idx.data);
+    } else if (c.k_cache.shape[0] < p.batch) {
+      fail("k_cache has " + std::to_string(c.k_cache.shape[0]) + " rows (dimension 0) but q has batch " +
+           std::to_string(p.batch) + "; give cache_batch_idx or a cache row per sequence");
+    }
+    p.cache_batch = c.k_cache.shape[0];
+    p.cache_capacity = c.k_cache.shape[1];
+  }
+  // An upper bound on every sequence's key count that needs no device values (CUDA graphs).
+  p.seqlen_k = p.cache_capacity;
+  p.k = p.k_cache = c.k_cache.data;
+  p.v = p.v_cache = c.v_cache.data;
+
+  if (c.k_new.defined() != c.v_new.defined()) {
+    fail(std::string(c.k_new.defined() ? "k" : "v") + " (the new keys/values to append) was given without " +
+         (c.k_new.defined() ? "v" : "k") + "; give both or neither");
+  }
+  if (c.k_new.defined()) {
+    p.k_new_stride = check_operand("k (new keys)", c.k_new, false, p.dtype, p.device);
+    p.v_new_stride = check_operand("v (new values)", c.v_new, false, p.dtype, p.device);
+    const bool ok = c.k_new.shape[0] == p.batch && c.k_new.shape[1] == p.seqlen_q && c.k_new.shape[2] == p.heads_kv &&
+                    c.k_new.shape[3] == p.head_dim;
+    if (!ok) {
+      fail("k (new keys) must have shape [" + std::to_string(p.batch) + ", " + std::to_string(p.seqlen_q) + ", " +
+           std::to_string(p.heads_kv) + ", " + std::to_string(p.head_dim) +
+           "] ([batch, Nq_new, Hkv, D]: one key per new query token), got " + describe_shape(c.k_new));
+    }
+    check_same_shape("v (new values)", c.v_new, "k (new keys)", c.k_new);
+    p.k_new = c.k_new.data;
+    p.v_new = c.v_new.data;
+  }
+
+  if (num_splits < 0 || num_splits > kMaxKVCacheSplits) {
+    fail("num_splits is " + std::to_string(num_splits) + "; accepted: 0 (a heuristic) to " +
+         std::to_string(kMaxKVCacheSplits));
+  }
+  p.num_splits = num_splits;
+  resolve_options(p, options);
+  if (p.device.type == DeviceType::cpu) check_kvcache_values(p);
   return p;
 }
 

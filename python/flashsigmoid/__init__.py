@@ -2,7 +2,9 @@
 
 PyTorch entry points :func:`sigmoid_attn` and :func:`sigmoid_attn_varlen` are
 ``torch.library`` custom ops (``torch.ops.flashsigmoid.fwd`` / ``.bwd``) with
-autograd and fake-tensor support, so they work under ``torch.compile``.
+autograd and fake-tensor support, so they work under ``torch.compile``;
+:func:`sigmoid_attn_with_kvcache` (``torch.ops.flashsigmoid.fwd_kvcache``) attends
+over a dense or paged KV cache for decoding.
 """
 
 import torch  # noqa: F401  (loaded first: the CUDA build reuses PyTorch's CUDA runtime)
@@ -10,6 +12,7 @@ import torch  # noqa: F401  (loaded first: the CUDA build reuses PyTorch's CUDA 
 from . import _C
 from ._C import FlashSigmoidError
 from ._ops import sigmoid_attn, sigmoid_attn_varlen
+from ._kvcache import sigmoid_attn_with_kvcache
 
 __version__ = _C.__version__
 
@@ -35,4 +38,5 @@ __all__ = [
     "cuda_head_dims",
     "sigmoid_attn",
     "sigmoid_attn_varlen",
+    "sigmoid_attn_with_kvcache",
 ]

@@ -156,6 +156,21 @@ NB_MODULE(_C, m) {
       nb::arg("dbias"), nb::arg("options"), nb::call_guard<nb::gil_scoped_release>(),
       "flashsigmoid::backward: writes dq, dk, dv and (when defined) dbias");
 
+  m.def(
+      "forward_with_kvcache",
+      [](const fs::TensorView& q, const fs::TensorView& k_cache, const fs::TensorView& v_cache,
+         const fs::TensorView& cache_seqlens, const fs::TensorView& block_table,
+         const fs::TensorView& cache_batch_idx, const fs::TensorView& k_new, const fs::TensorView& v_new,
+         const fs::TensorView& out, const fs::Options& options, int num_splits) {
+        fs::forward_with_kvcache(
+            q, fs::KVCache{k_cache, v_cache, cache_seqlens, block_table, cache_batch_idx, k_new, v_new}, out,
+            options, num_splits);
+      },
+      nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"), nb::arg("cache_seqlens"), nb::arg("block_table"),
+      nb::arg("cache_batch_idx"), nb::arg("k_new"), nb::arg("v_new"), nb::arg("out"), nb::arg("options"),
+      nb::arg("num_splits"), nb::call_guard<nb::gil_scoped_release>(),
+      "flashsigmoid::forward_with_kvcache: appends k_new / v_new (when defined) into the cache, writes out");
+
   m.def("cuda_head_dims", &fs::cuda_head_dims,
         "Head dims this build has CUDA kernels for (empty without the CUDA backend)");
   m.def("cuda_available", &fs::cuda_available,

@@ -82,7 +82,8 @@ struct BwdParams : AttnParams {
 
 // Attention over a KV cache, resolved by validation. The AttnParams part describes the query side
 // (q, o, Hq, D, scale, bias, masks, ALiBi; k / v point at the caches with their strides, seqlen_q =
-// Nq_new, seqlen_k = the longest Nk_b, batch = B); the rest says where each sequence's keys live.
+// Nq_new, seqlen_k = cache_capacity (a bound on every Nk_b that needs no device values), batch = B);
+// the rest says where each sequence's keys live.
 struct KVCacheParams : AttnParams {
   const std::int32_t* cache_seqlens = nullptr;  // [B]
   const std::int32_t* block_table = nullptr;    // [B, max_pages] when paged, else null
@@ -91,6 +92,7 @@ struct KVCacheParams : AttnParams {
   std::int64_t page_size = 0;                   // paged: rows per page; dense: 0
   std::int64_t num_pages = 0;                   // paged: pages in the cache
   const std::int32_t* cache_batch_idx = nullptr;  // dense, optional [B]
+  std::int64_t cache_batch = 0;                 // dense: B_cache, the rows cache_batch_idx may name
   std::int64_t cache_capacity = 0;              // dense: Nmax; paged: max_pages * page_size
   void* k_cache = nullptr;                      // writable views for the append (same as k / v)
   void* v_cache = nullptr;
@@ -99,5 +101,8 @@ struct KVCacheParams : AttnParams {
   OperandStrides k_new_stride, v_new_stride;
   int num_splits = 0;                           // resolved (>= 1) by the backend's heuristic when 0
 };
+
+// The most key-range splits forward_with_kvcache accepts (bounds the fp32 partials' workspace).
+constexpr int kMaxKVCacheSplits = 256;
 
 }  // namespace flashsigmoid::detail

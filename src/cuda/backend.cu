@@ -12,6 +12,7 @@
 #include "backends.hpp"
 #include "cuda/common/device_info.hpp"
 #include "cuda/common/zero_rows.cuh"
+#include "cuda/decode/launch.hpp"
 #include "cuda/hopper/launch.hpp"
 #include "cuda/portable/launch.hpp"
 
@@ -180,6 +181,26 @@ bool try_hopper_backward([[maybe_unused]] const BwdParams& p, [[maybe_unused]] b
   return false;
 }
 
+// The KV-cache kernels' head dims (64 / 128 / 256, where FLASHSIGMOID_HEAD_DIMS builds them).
+template <class F>
+void dispatch_decode_head_dim(std::int64_t head_dim, F&& f) {
+  switch (head_dim) {
+#ifdef FLASHSIGMOID_DECODE_HDIM_64
+    case 64: return f(std::integral_constant<int, 64>{});
+#endif
+#ifdef FLASHSIGMOID_DECODE_HDIM_128
+    case 128: return f(std::integral_constant<int, 128>{});
+#endif
+#ifdef FLASHSIGMOID_DECODE_HDIM_256
+    case 256: return f(std::integral_constant<int, 256>{});
+#endif
+    default:
+      throw Error("flashsigmoid: the CUDA KV-cache attention has no kernel for head_dim " + std::to_string(head_dim) +
+                  " in this library; it takes 64, 128 and 256 where built (built head dims: " FLASHSIGMOID_CUDA_BUILT_HEAD_DIMS
+                  "; configure with -DFLASHSIGMOID_HEAD_DIMS=...)");
+  }
+}
+
 }  // namespace
 
 bool cuda_backend_built() { return true; }
@@ -280,6 +301,27 @@ void cuda_backward(const BwdParams& p) {
     }
   });
 #endif
+}
+
+// Validation checked shapes, dtypes and devices only (reading cache_seqlens / block_table would
+// need a host sync); the kernels check those values per sequence (src/cuda/decode/sequence.cuh).
+void cuda_forward_kvcache(const KVCacheParams& p) {
+  check_alignment("q", p.q, p.q_stride);
+  check_alignment("out", p.o, p.o_stride);
+  check_alignment("k_cache", p.k, p.k_stride);
+  check_alignment("v_cache", p.v, p.v_stride);
+  if (p.k_new != nullptr) {
+    check_alignment("k", p.k_new, p.k_new_stride);
+    check_alignment("v", p.v_new, p.v_new_stride);
+  }
+  DeviceGuard guard(p.device.index);
+  dispatch_dtype(p.dtype, "KV-cache attention", [&](auto element) {
+    using Element = decltype(element);
+    dispatch_decode_head_dim(p.head_dim, [&](auto d) {
+      constexpr int D = decltype(d)::value;
+      cuda::decode::run_kvcache<D, Element>(p);
+    });
+  });
 }
 
 }  // namespace flashsigmoid::detail

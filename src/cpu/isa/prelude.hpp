@@ -10,7 +10,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "backends.hpp"

@@ -12,7 +12,8 @@ namespace flashsigmoid::detail {
 // defines FLASHSIGMOID_CPU_ENTRY(name) adds `X(name, its parameter type)` here.
 #define FLASHSIGMOID_CPU_ENTRIES(X) \
   X(cpu_forward, AttnParams)        \
-  X(cpu_backward, BwdParams)
+  X(cpu_backward, BwdParams)         \
+  X(cpu_forward_kvcache, KVCacheParams)
 
 // Their per-level definitions, from the generated units (src/cpu/isa/unit.cpp.in).
 #define FLASHSIGMOID_CPU_DECLARE(name, Params)     \

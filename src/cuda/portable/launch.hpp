@@ -3,17 +3,10 @@
 
 #include <cuda_runtime.h>
 
-#include <string>
-
 #include "common/params.hpp"
+#include "cuda/common/check.hpp"  // check_cuda
 
 namespace flashsigmoid::cuda {
-
-inline void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw Error(std::string("flashsigmoid: CUDA error in ") + what + ": " + cudaGetErrorString(err));
-  }
-}
 
 namespace portable {
 // Defined (explicitly instantiated) in the generated fwd_hdim<D>_<dtype>.cu units.

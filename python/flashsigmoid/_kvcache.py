@@ -1,0 +1,116 @@
+"""Sigmoid attention over a KV cache (decode, append, chunked prefill) as a PyTorch custom op.
+
+``torch.ops.flashsigmoid.fwd_kvcache`` mutates ``k_cache`` / ``v_cache`` (the append) and returns
+the attention output. It reads no tensor values on the host and allocates only its output, so it
+can be captured in a CUDA graph with fixed shapes; its fake implementation lets ``torch.compile``
+trace it. Input checks happen once, in C++.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C
+from ._ops import _describe, _describe_opt, _device_guard, _new_like, _options, _scale_arg, _window_args
+
+
+@torch.library.custom_op("flashsigmoid::fwd_kvcache", mutates_args=("k_cache", "v_cache"))
+def _fwd_kvcache(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    k: Optional[Tensor],
+    v: Optional[Tensor],
+    cache_seqlens: Tensor,
+    block_table: Optional[Tensor],
+    cache_batch_idx: Optional[Tensor],
+    causal: bool,
+    scale: Optional[float],
+    bias_mode: int,
+    bias_value: float,
+    bias: Optional[Tensor],
+    window_left: int,
+    window_right: int,
+    alibi_slopes: Optional[Tensor],
+    num_splits: int,
+) -> Tensor:
+    out = _new_like(q)
+    opts = _options(q, None, None, 0, 0, causal, scale, bias_mode, bias_value, bias, window_left, window_right,
+                    alibi_slopes)
+    with _device_guard(q):
+        _C.forward_with_kvcache(
+            _describe(q, "q"), _describe(k_cache, "k_cache"), _describe(v_cache, "v_cache"),
+            _describe(cache_seqlens, "cache_seqlens"), _describe_opt(block_table, "block_table"),
+            _describe_opt(cache_batch_idx, "cache_batch_idx"), _describe_opt(k, "k"), _describe_opt(v, "v"),
+            _describe(out, "out"), opts, num_splits)
+    return out
+
+
+@_fwd_kvcache.register_fake
+def _fwd_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, causal, scale,
+                      bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, num_splits):
+    return torch.empty_like(q)
+
+
+def sigmoid_attn_with_kvcache(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    k: Optional[Tensor] = None,
+    v: Optional[Tensor] = None,
+    *,
+    cache_seqlens: Tensor,
+    block_table: Optional[Tensor] = None,
+    cache_batch_idx: Optional[Tensor] = None,
+    causal: bool = False,
+    scale: Optional[float] = None,
+    bias,
+    window: Tuple[int, int] = (-1, -1),
+    alibi_slopes: Optional[Tensor] = None,
+    num_splits: int = 0,
+) -> Tensor:
+    """Sigmoid attention of new query tokens over a key/value cache, optionally appending first.
+
+    Args:
+        q: ``[B, Nq_new, Hq, D]`` (``Nq_new`` = 1 for decode).
+        k_cache, v_cache: dense ``[B_cache, Nmax, Hkv, D]``, or paged ``[num_pages, page_size, Hkv, D]``
+            when ``block_table`` is given. Same dtype and device as q.
+        k, v: optional new keys / values ``[B, Nq_new, Hkv, D]``, written into the cache (in place) at
+            positions ``cache_seqlens[b] ...`` before the attention. Give both or neither.
+        cache_seqlens: int32 ``[B]``: keys already in the cache per sequence.
+        block_table: int32 ``[B, max_pages]``: key position t of sequence b is in page
+            ``block_table[b, t // page_size]``, slot ``t % page_size``.
+        cache_batch_idx: int32 ``[B]`` (dense caches): the cache row of each sequence (default b).
+        causal: causal mask aligned bottom-right: query row i sits at key position
+            ``Nk_b - Nq_new + i`` where ``Nk_b = cache_seqlens[b] (+ Nq_new when appending)``.
+        scale: default ``1/sqrt(D)``.
+        bias: required: a Python float or a float32 ``[Hq]`` tensor. A model trained with
+            ``b = -log(n)`` decodes with that same ``b`` (n its training length), not with
+            ``-log`` of the growing cache length, so there is no length-dependent default.
+        window: sliding window ``(left, right)``, -1 = unbounded.
+        alibi_slopes: optional float32 ``[Hq]`` or ``[B, Hq]``.
+        num_splits: split each sequence's keys into this many chunks (0 = a heuristic); the
+            partial outputs are summed in a fixed order, so results are deterministic.
+
+    Returns:
+        ``[B, Nq_new, Hq, D]`` in q's dtype.
+
+    On CPU tensors the cache indices are checked before anything is written (a rejected call leaves
+    the cache unchanged). On CUDA tensors only shapes, dtypes and devices are checked on the host
+    (reading values would need a sync); a sequence whose indices are out of range is not appended
+    and its output rows are NaN.
+    """
+    if isinstance(bias, Tensor):
+        bias_mode, bias_value, bias_t = _C.BIAS_PER_HEAD, 0.0, bias
+    elif isinstance(bias, (int, float)) and not isinstance(bias, bool):
+        bias_mode, bias_value, bias_t = _C.BIAS_SCALAR, float(bias), None
+    else:
+        raise TypeError(
+            "flashsigmoid: sigmoid_attn_with_kvcache needs bias= a Python float or a float32 tensor [Hq] "
+            f"(the bias the model was trained with, e.g. -log(training length)); got {type(bias).__name__}")
+    if isinstance(num_splits, bool) or not isinstance(num_splits, int):
+        raise TypeError(f"flashsigmoid: num_splits must be an int (0 = heuristic); got {type(num_splits).__name__}")
+    wl, wr = _window_args(window)
+    return _fwd_kvcache(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, bool(causal),
+                        _scale_arg(scale), bias_mode, bias_value, bias_t, wl, wr, alibi_slopes, num_splits)

@@ -1,0 +1,413 @@
+// CPU attention over a KV cache (decode / append). The new keys and values are appended first;
+// then one task per (sequence, kv head, key split, block of query rows) streams the split's keys
+// once for all query heads of the GQA group (decode is memory-bound: each K/V element is read once
+// per kv head). Sigmoid partials over disjoint key ranges simply add, so splits write fp32 partial
+// outputs that a second pass sums in split order: the result does not depend on the thread count.
+#include <cstring>
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "backends.hpp"
+#include "cpu/score_tile.hpp"
+
+namespace flashsigmoid::detail {
+namespace cpu {
+namespace {
+
+// Query rows (all heads of a group together) per task: the score / probability tile of a task is
+// [rows * group][kBlockK] and stays in L1 / L2.
+constexpr int kMaxGroupRows = 64;
+// Heuristic split count (num_splits = 0): enough (sequence, kv head, split) tasks to spread a small
+// batch over the cores, but no split shorter than kMinSplitKeys. A constant, not the thread count,
+// so the result is the same on every machine.
+constexpr std::int64_t kTargetTasks = 64;
+constexpr std::int64_t kMinSplitKeys = 2048;
+// Cache rows (of one kv head) per thread below which fewer threads are started: a decode step over
+// a short cache takes microseconds, less than starting a thread on a busy machine.
+constexpr std::int64_t kRowsPerThread = 2048;
+
+std::int64_t cdiv(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+// Threads for `parallel` units of work: at most `requested` (0 = all), at least 1.
+int thread_count(int requested, std::int64_t parallel) {
+  const int all = requested > 0 ? requested : static_cast<int>(std::thread::hardware_concurrency());
+  return static_cast<int>(std::clamp<std::int64_t>(parallel, 1, std::max(all, 1)));
+}
+
+// Keys of sequence b (cached + appended).
+std::int64_t seq_keys(const KVCacheParams& p, std::int64_t b) {
+  return std::int64_t(p.cache_seqlens[b]) + (p.k_new != nullptr ? p.seqlen_q : 0);
+}
+
+// Row t of kv head h of sequence b in a cache, walked in increasing t: a paged cache's division by
+// the page size happens once per tile, not per row.
+template <typename T>
+class CacheCursor {
+ public:
+  CacheCursor(const KVCacheParams& p, const void* base, const OperandStrides& s, std::int64_t b, std::int64_t h,
+              std::int64_t t)
+      : p_(p), s_(s), head_(static_cast<const T*>(base) + h * s.head) {
+    if (p.block_table != nullptr) {
+      table_ = p.block_table + b * p.block_table_stride;
+      page_ = t / p.page_size;
+      slot_ = t % p.page_size;
+      page_base_ = head_ + std::int64_t(table_[page_]) * s.batch;
+    } else {
+      page_base_ = head_ + (p.cache_batch_idx != nullptr ? p.cache_batch_idx[b] : b) * s.batch;
+      slot_ = t;
+    }
+  }
+  const T* row() const { return page_base_ + slot_ * s_.row; }
+  // Moves to row t + 1; never touches the block table past the rows the caller reads.
+  void next(bool more) {
+    ++slot_;
+    if (table_ != nullptr && slot_ == p_.page_size && more) {
+      slot_ = 0;
+      page_base_ = head_ + std::int64_t(table_[++page_]) * s_.batch;
+    }
+  }
+
+ private:
+  const KVCacheParams& p_;
+  const OperandStrides& s_;
+  const T* head_;
+  const std::int32_t* table_ = nullptr;
+  std::int64_t page_ = 0, slot_ = 0;
+  const T* page_base_ = nullptr;
+};
+
+// Pointers to rows [t0, t0 + valid) of one head of a cache; the kernels below read them in place
+// (no copy into a tile), converting to Acc as they load.
+template <typename T>
+void row_pointers(const KVCacheParams& p, const void* base, const OperandStrides& s, std::int64_t b,
+                  std::int64_t h, std::int64_t t0, int valid, const T** rows) {
+  CacheCursor<T> cur(p, base, s, b, h, t0);
+  for (int r = 0; r < valid; ++r, cur.next(r < valid)) rows[r] = cur.row();
+}
+
+// Asks for rows into L2 ahead of their use. A decode task reads one head's row (a few hundred
+// bytes) per cache row, so consecutive reads sit a whole row of all heads apart, often in another
+// page: the hardware prefetchers do not follow that.
+template <typename T>
+void prefetch_rows(const T* const* rows, int valid, int dim) {
+  const int bytes = dim * static_cast<int>(sizeof(T));
+  for (int r = 0; r < valid; ++r) {
+    const char* row = reinterpret_cast<const char*>(rows[r]);
+    for (int off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
+  }
+}
+
+// bf16 lanes of one float vector, and their widened 32-bit form.
+using Bf16Lanes [[gnu::vector_size(Vec<float>::width * 2)]] = std::uint16_t;
+using Bf16Wide [[gnu::vector_size(Vec<float>::width * 4)]] = std::uint32_t;
+
+// One SIMD vector of Acc from `width` consecutive elements of type T.
+template <typename T, typename Acc>
+typename Vec<Acc>::type load_vec(const T* p) {
+  using V = Vec<Acc>;
+  if constexpr (std::is_same_v<T, Acc>) {
+    return V::load(p);
+  } else if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<Acc, float>) {
+    // bf16 is the top half of a float: widen and shift, all in vector registers.
+    Bf16Lanes h;
+    __builtin_memcpy(&h, p, sizeof h);
+    const Bf16Wide w = __builtin_convertvector(h, Bf16Wide) << 16;
+    typename V::type f;
+    __builtin_memcpy(&f, &w, sizeof f);
+    return f;
+  } else {
+    Acc tmp[V::width];
+    for (int l = 0; l < V::width; ++l) tmp[l] = load_as<Acc>(p[l]);
+    return V::load(tmp);
+  }
+}
+
+// Sum of the lanes of a W-lane vector, by folding halves (log2 W adds).
+template <int W, typename Acc, typename VT>
+Acc hsum(VT x) {
+  if constexpr (W == 2) {
+    return x[0] + x[1];
+  } else {
+    using Half [[gnu::vector_size(sizeof(Acc) * W / 2)]] = Acc;
+    Half lo, hi;
+    __builtin_memcpy(&lo, &x, sizeof lo);
+    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi);
+    return hsum<W / 2, Acc>(lo + hi);
+  }
+}
+
+// S[m][j] = Q[m] . K[j] for m < M, j < valid. Decode has a few query rows per kv head, too few
+// for a GEMM tile: each key row is loaded (and converted) once into registers and dotted with
+// every query row along the head dim.
+template <int D, typename T, typename Acc>
+void scores(const Acc* __restrict Q, int M, const T* const* k, int valid, Acc* __restrict S) {
+  using V = Vec<Acc>;
+  constexpr int W = V::width, C = D / W;
+  static_assert(D % (2 * W) == 0, "head dims are multiples of two SIMD vectors");
+  for (int j = 0; j < valid; ++j) {
+    typename V::type kv[C];
+    for (int c = 0; c < C; ++c) kv[c] = load_vec<T, Acc>(k[j] + c * W);
+    for (int m = 0; m < M; ++m) {
+      const Acc* q = Q + m * D;
+      typename V::type a0{}, a1{};
+      for (int c = 0; c < C; c += 2) {
+        a0 += V::load(q + c * W) * kv[c];
+        a1 += V::load(q + (c + 1) * W) * kv[c + 1];
+      }
+      S[m * kBlockK + j] = hsum<W, Acc>(a0 + a1);
+    }
+  }
+}
+
+#if defined(__AVX512BF16__)
+// scores() for bf16 caches and queries on CPUs with AVX512-BF16: vdpbf16ps multiplies pairs of bf16
+// (exactly, in fp32) and adds them into fp32 lanes, half the instructions of widening and FMAs.
+constexpr bool kBf16Dot = true;
+template <int D>
+void scores_bf16(const bfloat16_t* __restrict Q, int M, const bfloat16_t* const* k, int valid, float* __restrict S) {
+  constexpr int C = D / 32;  // 32 bf16 per 512-bit register
+  static_assert(D % 32 == 0, "head dims are multiples of 32");
+  for (int j = 0; j < valid; ++j) {
+    __m512i kv[C];
+    for (int c = 0; c < C; ++c) kv[c] = _mm512_loadu_si512(k[j] + c * 32);
+    for (int m = 0; m < M; ++m) {
+      __m512 acc = _mm512_setzero_ps();
+      for (int c = 0; c < C; ++c) {
+        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(Q + m * D + c * 32), (__m512bh)kv[c]);
+      }
+      S[m * kBlockK + j] = _mm512_reduce_add_ps(acc);
+    }
+  }
+}
+#else
+constexpr bool kBf16Dot = false;
+#endif
+
+// O[m0 .. m0 + MR) += P[m][j] V[j] over j < valid: MR rows x CV vectors of O stay in registers
+// while the V rows stream by.
+template <int D, int MR, typename T, typename Acc>
+void pv_rows(const Acc* __restrict P, int m0, const T* const* v, int valid, Acc* __restrict O) {
+  using V = Vec<Acc>;
+  constexpr int W = V::width, C = D / W, CV = C % 4 == 0 ? 4 : 2;
+  for (int c0 = 0; c0 < C; c0 += CV) {
+    typename V::type acc[MR][CV];
+    for (int r = 0; r < MR; ++r)
+      for (int e = 0; e < CV; ++e) acc[r][e] = V::load(O + (m0 + r) * D + (c0 + e) * W);
+    for (int j = 0; j < valid; ++j) {
+      typename V::type vv[CV];
+      for (int e = 0; e < CV; ++e) vv[e] = load_vec<T, Acc>(v[j] + (c0 + e) * W);
+      for (int r = 0; r < MR; ++r) {
+        const Acc pj = P[(m0 + r) * kBlockK + j];
+        for (int e = 0; e < CV; ++e) acc[r][e] += pj * vv[e];
+      }
+    }
+    for (int r = 0; r < MR; ++r)
+      for (int e = 0; e < CV; ++e) V::store(O + (m0 + r) * D + (c0 + e) * W, acc[r][e]);
+  }
+}
+
+template <int D, typename T, typename Acc>
+void pv(const Acc* P, int M, const T* const* v, int valid, Acc* O) {
+  int m0 = 0;
+  for (; m0 + 4 <= M; m0 += 4) pv_rows<D, 4>(P, m0, v, valid, O);
+  switch (M - m0) {
+    case 3: pv_rows<D, 3>(P, m0, v, valid, O); break;
+    case 2: pv_rows<D, 2>(P, m0, v, valid, O); break;
+    case 1: pv_rows<D, 1>(P, m0, v, valid, O); break;
+    default: break;
+  }
+}
+
+// pv() for a tile with masked keys, which are skipped rather than multiplied by P = 0: a masked V
+// row may hold NaN or Inf. Row m = g * rows + r is query row i0 + r of group head g; the masks do
+// not depend on the head.
+template <int D, typename T, typename Acc>
+void pv_visible(const ScoreTransform& t, std::int64_t i0, int rows, int G, std::int64_t j0, int valid,
+                const Acc* __restrict P, const T* const* v, Acc* __restrict O) {
+  using V = Vec<Acc>;
+  constexpr int W = V::width, C = D / W;
+  for (int r = 0; r < rows; ++r) {
+    const auto lo = static_cast<int>(std::clamp<std::int64_t>(t.key_begin(i0 + r) - j0, 0, valid));
+    const auto hi = static_cast<int>(std::clamp<std::int64_t>(t.key_end(i0 + r + 1) - j0, 0, valid));
+    for (int g = 0; g < G; ++g) {
+      const int m = g * rows + r;
+      for (int j = lo; j < hi; ++j) {
+        const Acc pj = P[m * kBlockK + j];
+        for (int c = 0; c < C; ++c) {
+          Acc* o = O + m * D + c * W;
+          V::store(o, V::load(o) + pj * load_vec<T, Acc>(v[j] + c * W));
+        }
+      }
+    }
+  }
+}
+
+// Writes k_new / v_new into the cache at positions cache_seqlens[b] ... (validated: in range, no
+// two sequences write one page).
+template <typename T>
+void append(const KVCacheParams& p) {
+  const int D = static_cast<int>(p.head_dim);
+  const std::int64_t work = p.batch * p.heads_kv * p.seqlen_q;  // rows written
+  parallel_for(p.batch * p.heads_kv, thread_count(p.num_threads, work / kRowsPerThread), [&](std::int64_t task) {
+    const std::int64_t b = task / p.heads_kv, h = task % p.heads_kv;
+    for (int which = 0; which < 2; ++which) {
+      const auto* src = static_cast<const T*>(which == 0 ? p.k_new : p.v_new);
+      const OperandStrides& ss = which == 0 ? p.k_new_stride : p.v_new_stride;
+      CacheCursor<T> cur(p, which == 0 ? p.k_cache : p.v_cache, which == 0 ? p.k_stride : p.v_stride, b, h,
+                         p.cache_seqlens[b]);
+      for (std::int64_t i = 0; i < p.seqlen_q; ++i, cur.next(i < p.seqlen_q)) {
+        const T* in = src + ss.offset(b, i, h);
+        std::copy(in, in + D, const_cast<T*>(cur.row()));
+      }
+    }
+  });
+}
+
+int resolve_splits(const KVCacheParams& p) {
+  if (p.num_splits > 0) return p.num_splits;
+  std::int64_t longest = 0;
+  for (std::int64_t b = 0; b < p.batch; ++b) longest = std::max(longest, seq_keys(p, b));
+  const std::int64_t by_length = cdiv(longest, kMinSplitKeys);
+  const std::int64_t by_tasks = cdiv(kTargetTasks, std::max<std::int64_t>(1, p.batch * p.heads_kv));
+  return static_cast<int>(std::clamp<std::int64_t>(std::min(by_length, by_tasks), 1, kMaxKVCacheSplits));
+}
+
+template <typename T, typename Acc, int D>
+void attend(const KVCacheParams& p, int splits) {
+  const int G = static_cast<int>(p.group_size());
+  const std::int64_t Nq = p.seqlen_q;
+  const std::int64_t rows_per_task = std::max<std::int64_t>(1, kMaxGroupRows / G);
+  const std::int64_t q_blocks = cdiv(Nq, rows_per_task);
+  // Split partials [splits][B][Hq][Nq][D] in Acc; not needed with one split.
+  std::vector<Acc> partial(splits > 1 ? static_cast<std::size_t>(splits * p.batch * p.heads_q * Nq * D) : 0);
+
+  const std::int64_t tasks = p.batch * p.heads_kv * splits * q_blocks;
+  std::int64_t work = 0;  // cache rows read, over all tasks
+  for (std::int64_t b = 0; b < p.batch; ++b) work += seq_keys(p, b) * p.heads_kv * q_blocks;
+  const int threads = thread_count(p.num_threads, work / kRowsPerThread);
+  parallel_for(tasks, threads, [&](std::int64_t task) {
+    const std::int64_t qb = task % q_blocks;
+    const int c = static_cast<int>((task / q_blocks) % splits);
+    const std::int64_t kvh = (task / (q_blocks * splits)) % p.heads_kv;
+    const std::int64_t b = task / (q_blocks * splits * p.heads_kv);
+    const std::int64_t i0 = qb * rows_per_task;
+    const int rows = static_cast<int>(std::min(rows_per_task, Nq - i0));
+    const int M = rows * G;  // row m = g * rows + (i - i0)
+
+    const std::int64_t nk = seq_keys(p, b);
+    const SeqInfo s{0, 0, Nq, nk};
+    thread_local std::vector<ScoreTransform> t;
+    t.resize(G);
+    for (int g = 0; g < G; ++g) t[g] = make_score_transform(p, s, b, kvh * G + g);
+    // This split's keys, intersected with those the query rows see.
+    const std::int64_t chunk = cdiv(cdiv(nk, splits), kBlockK) * kBlockK;
+    const std::int64_t k_lo = std::max(c * chunk, t[0].key_begin(i0));
+    const std::int64_t k_hi = std::min({(c + 1) * chunk, nk, t[0].key_end(i0 + rows)});
+
+    thread_local std::vector<Acc> buf;
+    buf.assign(static_cast<std::size_t>(M * D * 2 + M * kBlockK), Acc(0));
+    Acc* Q = buf.data();    // [M][D]
+    Acc* O = Q + M * D;     // [M][D]
+    Acc* P = O + M * D;     // [M][kBlockK]: scores, then probabilities (columns < valid used)
+    for (int g = 0; g < G; ++g) {
+      const auto q = head_rows<T>(p.q, p.q_stride, b, 0, kvh * G + g, Nq);
+      load_tile(q, i0, rows, D, Q + g * rows * D);
+    }
+    // bf16 with AVX512-BF16: the query rows also as bf16 (exactly: they are bf16 inputs).
+    constexpr bool bf16_dot = kBf16Dot && std::is_same_v<T, bfloat16_t>;
+    thread_local std::vector<bfloat16_t> q_bf16;
+    if constexpr (bf16_dot) {
+      q_bf16.resize(static_cast<std::size_t>(M * D));
+      for (int g = 0; g < G; ++g)
+        for (int r = 0; r < rows; ++r) {
+          const T* src = static_cast<const T*>(p.q) + p.q_stride.offset(b, i0 + r, kvh * G + g);
+          std::copy(src, src + D, q_bf16.data() + (g * rows + r) * D);
+        }
+    }
+
+    const T* k_rows[2][kBlockK];  // this tile's rows and the next one's
+    const T* v_rows[2][kBlockK];
+    if (k_lo < k_hi) {
+      const int valid = static_cast<int>(std::min<std::int64_t>(kBlockK, k_hi - k_lo));
+      row_pointers<T>(p, p.k, p.k_stride, b, kvh, k_lo, valid, k_rows[0]);
+      row_pointers<T>(p, p.v, p.v_stride, b, kvh, k_lo, valid, v_rows[0]);
+    }
+    for (std::int64_t j0 = k_lo, n = 0; j0 < k_hi; j0 += kBlockK, n ^= 1) {
+      const int valid = static_cast<int>(std::min<std::int64_t>(kBlockK, k_hi - j0));
+      if (j0 + kBlockK < k_hi) {
+        const int next = static_cast<int>(std::min<std::int64_t>(kBlockK, k_hi - j0 - kBlockK));
+        row_pointers<T>(p, p.k, p.k_stride, b, kvh, j0 + kBlockK, next, k_rows[n ^ 1]);
+        row_pointers<T>(p, p.v, p.v_stride, b, kvh, j0 + kBlockK, next, v_rows[n ^ 1]);
+        prefetch_rows(k_rows[n ^ 1], next, D);
+        prefetch_rows(v_rows[n ^ 1], next, D);
+      }
+      if constexpr (bf16_dot) {
+#if defined(__AVX512BF16__)
+        scores_bf16<D>(q_bf16.data(), M, k_rows[n], valid, P);
+#endif
+      } else {
+        scores<D>(Q, M, k_rows[n], valid, P);
+      }
+      for (int g = 0; g < G; ++g) scores_to_probs(t[g], i0, rows, j0, kBlockK, P + g * rows * kBlockK);
+      if (t[0].block_unmasked(i0, i0 + rows, j0, j0 + valid)) {
+        pv<D>(P, M, v_rows[n], valid, O);
+      } else {
+        pv_visible<D>(t[0], i0, rows, G, j0, valid, P, v_rows[n], O);
+      }
+    }
+
+    for (int g = 0; g < G; ++g) {
+      const std::int64_t h = kvh * G + g;
+      const Acc* src = O + g * rows * D;
+      if (splits == 1) {
+        store_tile<T>(src, rows, D, Acc(1), head_rows_out<T>(p.o, p.o_stride, b, 0, h), p.o_stride.row, i0, Nq);
+        continue;
+      }
+      Acc* dst = partial.data() + (((c * p.batch + b) * p.heads_q + h) * Nq + i0) * D;
+      std::copy(src, src + rows * D, dst);
+    }
+  });
+  if (splits == 1) return;
+
+  // Sum the partials in split order (0, 1, ...), one task per (sequence, query head).
+  parallel_for(p.batch * p.heads_q, thread_count(p.num_threads, std::int64_t(partial.size()) / (1 << 20)),
+               [&](std::int64_t task) {
+    const std::int64_t b = task / p.heads_q, h = task % p.heads_q;
+    const std::size_t split_stride = static_cast<std::size_t>(p.batch * p.heads_q * Nq * D);
+    const Acc* first = partial.data() + ((b * p.heads_q + h) * Nq) * D;
+    T* out = head_rows_out<T>(p.o, p.o_stride, b, 0, h);
+    for (std::int64_t i = 0; i < Nq; ++i) {
+      for (int d = 0; d < D; ++d) {
+        Acc sum = first[i * D + d];
+        for (int c = 1; c < splits; ++c) sum += first[c * split_stride + i * D + d];
+        out[i * p.o_stride.row + d] = store_as<T>(sum);
+      }
+    }
+  });
+}
+
+}  // namespace
+}  // namespace cpu
+
+void FLASHSIGMOID_CPU_ENTRY(cpu_forward_kvcache)(const KVCacheParams& p) {
+  const int splits = cpu::resolve_splits(p);
+  cpu::dispatch_dtype(p.dtype, [&]<typename T, typename Acc>() {
+    // Append first: another sequence may read a page this call writes.
+    if (p.k_new != nullptr && p.seqlen_q > 0) cpu::append<T>(p);
+    switch (p.head_dim) {  // validated: one of kSupportedHeadDims
+      case 32: return cpu::attend<T, Acc, 32>(p, splits);
+      case 64: return cpu::attend<T, Acc, 64>(p, splits);
+      case 96: return cpu::attend<T, Acc, 96>(p, splits);
+      case 128: return cpu::attend<T, Acc, 128>(p, splits);
+      case 256: return cpu::attend<T, Acc, 256>(p, splits);
+      default: throw Error("flashsigmoid: internal error: the CPU KV-cache kernel got head dim " +
+                           std::to_string(p.head_dim));
+    }
+  });
+}
+
+}  // namespace flashsigmoid::detail

@@ -1,0 +1,96 @@
+// Host side of the KV-cache path: append, then attention (one split writes O directly; several
+// write fp32 partials into a workspace that sum_splits adds). Everything is enqueued on p.stream:
+// no host synchronisation, and the workspace (cudaMallocAsync / cudaFreeAsync on that stream) has
+// a size that depends only on the shapes and the number of splits, so a call can be captured in
+// a CUDA graph.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "cuda/common/check.hpp"
+#include "cuda/common/device_info.hpp"
+#include "cuda/decode/append_kernel.cuh"
+#include "cuda/decode/attn_kernel.cuh"
+#include "cuda/decode/launch.hpp"
+#include "cuda/decode/splits.hpp"
+
+namespace flashsigmoid::cuda::decode {
+
+template <int D, class Element, int kWarpsM>
+void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {
+  using Traits = DecodeTraits<D, Element, kWarpsM>;
+  constexpr int kSmem = Traits::kSmemBytes;
+  const std::int64_t m_blocks = (p.seqlen_q * p.group_size() + Traits::kBlockM - 1) / Traits::kBlockM;
+  const std::int64_t pairs = p.batch * p.heads_kv;
+  if (m_blocks > 65535 || pairs > 65535) {
+    throw Error("flashsigmoid: KV-cache attention grid too large (" + std::to_string(m_blocks) +
+                " row blocks of Nq_new * Hq / Hkv rows, " + std::to_string(pairs) +
+                " (sequence, kv head) pairs); accepted: at most 65535 of each");
+  }
+  auto kernel = &decode_kernel<Traits>;
+  if constexpr (kSmem > 48 * 1024) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
+               "cudaFuncSetAttribute(KV-cache attention shared memory)");
+  }
+  int splits = p.num_splits;
+  if (splits <= 0) {
+    // Resident CTAs per SM: a property of the kernel and the device's architecture, asked once.
+    static const int ctas_per_sm = [&] {
+      int n = 0;
+      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, Traits::kNThreads, kSmem),
+                 "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+      return n;
+    }();
+    splits = auto_splits(m_blocks * pairs, p.cache_capacity, Traits::kBlockN, device_info(p.device.index).sms,
+                         ctas_per_sm);
+  }
+  const dim3 grid{unsigned(splits), unsigned(m_blocks), unsigned(pairs)};
+  if (splits == 1) {
+    kernel<<<grid, Traits::kNThreads, kSmem, stream>>>(p, nullptr);
+    check_cuda(cudaGetLastError(), "KV-cache attention kernel launch");
+    return;
+  }
+  const std::int64_t rows = p.batch * p.seqlen_q * p.heads_q;
+  void* workspace = nullptr;
+  check_cuda(cudaMallocAsync(&workspace, std::size_t(splits) * rows * D * sizeof(float), stream),
+             "cudaMallocAsync(KV-cache split workspace)");
+  kernel<<<grid, Traits::kNThreads, kSmem, stream>>>(p, static_cast<float*>(workspace));
+  const cudaError_t launched = cudaGetLastError();
+  if (launched == cudaSuccess) {
+    const std::int64_t threads = rows * (D / 8);
+    sum_splits_kernel<D, Element><<<unsigned((threads + 255) / 256), 256, 0, stream>>>(
+        p, static_cast<const float*>(workspace), splits);
+  }
+  const cudaError_t summed = cudaGetLastError();
+  cudaFreeAsync(workspace, stream);
+  check_cuda(launched, "KV-cache attention kernel launch");
+  check_cuda(summed, "KV-cache split sum kernel launch");
+}
+
+template <int D, class Element>
+void run_kvcache(const detail::KVCacheParams& p) {
+  const auto stream = static_cast<cudaStream_t>(p.stream);
+  if (p.k_new != nullptr && p.batch > 0 && p.seqlen_q > 0) {
+    const std::int64_t chunks = (p.seqlen_q + AppendShape::kTokens - 1) / AppendShape::kTokens;
+    if (chunks > 65535) {
+      throw Error("flashsigmoid: KV-cache append of " + std::to_string(p.seqlen_q) +
+                  " tokens per sequence; accepted: at most " + std::to_string(65535 * AppendShape::kTokens));
+    }
+    append_kernel<D><<<dim3(unsigned(p.batch), unsigned(chunks)), AppendShape::kThreads, 0, stream>>>(p);
+    check_cuda(cudaGetLastError(), "KV-cache append kernel launch");
+  }
+  if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return;
+  // Decode rows (Nq_new * Hq / Hkv) up to 16: the 4 warps split each key block; more rows: they
+  // split the rows (the same K/V bytes then feed 64 rows per CTA).
+  if (p.seqlen_q * p.group_size() <= 16) {
+    run_attention<D, Element, 1>(p, stream);
+  } else {
+    run_attention<D, Element, 4>(p, stream);
+  }
+}
+
+}  // namespace flashsigmoid::cuda::decode

@@ -1,0 +1,415 @@
+// GPU tests of the CUDA KV-cache path (append + attention, src/cuda/decode) through the public
+// forward_with_kvcache: against the float64 reference over each sequence's gathered keys (SPEC.md's
+// bounds, 2x the plain implementation), dense / cache_batch_idx / paged caches (page sizes 1, 16,
+// 64, 256) whose unused rows and pages hold NaN, the cache byte-exact after the append, split
+// counts, repeated runs bitwise equal, NaN propagation, sequences whose device-side values are out
+// of range (NaN rows, nothing written), CUDA-graph capture. Every test skips without a CUDA device.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "device_buffer.hpp"
+#include "device_problem.hpp"  // kBuiltHeadDims, tolerance, expect_error, unbuilt_head_dim
+#include "flashsigmoid/flashsigmoid.hpp"
+#include "kvcache_problem.hpp"  // tests/cpp: KVCase, KVProblem, make_kv_problem
+
+namespace {
+
+using flashsigmoid::BiasMode;
+using flashsigmoid::DType;
+using flashsigmoid::KVCache;
+using flashsigmoid::Options;
+using flashsigmoid::testing::HostTensor;
+using flashsigmoid::testing::Layout;
+using fs_gpu::DeviceTensor;
+using fs_kv::Alibi;
+using fs_kv::KVCase;
+using fs_kv::KVProblem;
+
+// A KVProblem's tensors mirrored on the GPU (the host problem must outlive it).
+struct DeviceKV {
+  DeviceTensor q, out, k_cache, v_cache, seqlens, block_table, batch_idx, k_new, v_new, bias, alibi;
+  Options o;
+  const KVProblem& p;
+
+  explicit DeviceKV(const KVProblem& problem)
+      : q(problem.q), out(problem.out), k_cache(problem.k_cache), v_cache(problem.v_cache),
+        seqlens(problem.seqlens), p(problem) {
+    if (p.c.page_size > 0) block_table = DeviceTensor(p.block_table);
+    if (p.c.batch_idx) batch_idx = DeviceTensor(p.batch_idx);
+    if (p.c.append) {
+      k_new = DeviceTensor(p.k_new);
+      v_new = DeviceTensor(p.v_new);
+    }
+    o = p.o;
+    if (p.o.bias.defined()) {
+      bias = DeviceTensor(p.bias);
+      o.bias = bias;
+    }
+    if (p.o.alibi_slopes.defined()) {
+      alibi = DeviceTensor(p.alibi);
+      o.alibi_slopes = alibi;
+    }
+  }
+  KVCache cache() const {
+    KVCache c;
+    c.k_cache = k_cache;
+    c.v_cache = v_cache;
+    c.cache_seqlens = seqlens;
+    if (p.c.page_size > 0) c.block_table = block_table;
+    if (p.c.batch_idx) c.cache_batch_idx = batch_idx;
+    if (p.c.append) {
+      c.k_new = k_new;
+      c.v_new = v_new;
+    }
+    return c;
+  }
+  void run(int num_splits, void* stream = nullptr) {
+    Options opt = o;
+    opt.stream = stream;
+    flashsigmoid::forward_with_kvcache(q, cache(), out, opt, num_splits);
+  }
+  std::vector<double> output() const {
+    std::vector<unsigned char> bytes = out.download();
+    return flashsigmoid::testing::to_vector(out.host_view(bytes));
+  }
+};
+
+// The output rows (D values each) of the listed sequences, from a [B, Nq, Hq, D] vector.
+std::vector<double> rows_of(const std::vector<double>& all, const KVCase& c, const std::vector<std::int64_t>& seqs) {
+  std::vector<double> r;
+  const std::int64_t per_seq = c.Nq * c.Hq * c.D;
+  for (std::int64_t b : seqs) r.insert(r.end(), all.begin() + b * per_seq, all.begin() + (b + 1) * per_seq);
+  return r;
+}
+
+// The output and both caches checked after a run (the caches byte for byte, guard bands included).
+void expect_matches(const KVProblem& p, DeviceKV& d, const std::vector<double>& ref, const std::vector<double>& plain,
+                    const std::string& what) {
+  SCOPED_TRACE(what);
+  std::vector<unsigned char> bytes = d.out.download();
+  const double err = flashsigmoid::testing::rel_l2(ref, d.out.host_view(bytes));
+  const double plain_err = flashsigmoid::testing::rel_l2(ref, plain);
+  EXPECT_LE(err, fs_gpu::tolerance(p.c.dtype)) << "rel L2 vs float64 reference (plain: " << plain_err << ")";
+  EXPECT_LE(err, std::max(2.0 * plain_err, 1e-6)) << "worse than 2x the plain implementation's " << plain_err;
+  EXPECT_TRUE(d.out.guard_intact(bytes)) << "bytes outside the output view were written";
+  EXPECT_TRUE(d.k_cache.download() == p.k_expected.bytes()) << "k_cache differs from the expected append";
+  EXPECT_TRUE(d.v_cache.download() == p.v_expected.bytes()) << "v_cache differs from the expected append";
+}
+
+void check_kvcache(const KVCase& c) {
+  if (c.D == 0) GTEST_SKIP() << "the KV-cache kernels take head dims 64, 128, 256; none is built";
+  const std::uint64_t seed = fs_kv::test_seed();
+  SCOPED_TRACE(fs_kv::describe(c) + ", seed " + std::to_string(seed));
+  const KVProblem p = fs_kv::make_kv_problem(c, seed);
+  const std::vector<double> ref = p.reference();
+  const std::vector<double> plain = p.reference(true);
+  DeviceKV d(p);
+  d.run(c.num_splits);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << cudaGetErrorString(cudaGetLastError());
+  expect_matches(p, d, ref, plain, "num_splits " + std::to_string(c.num_splits));
+}
+
+// Head dims of this build that the KV-cache kernels take.
+std::vector<int> decode_head_dims() {
+  std::vector<int> dims;
+  for (int D : fs_gpu::kBuiltHeadDims) {
+    if (D == 64 || D == 128 || D == 256) dims.push_back(D);
+  }
+  return dims;
+}
+
+std::vector<KVCase> kvcache_cases() {
+  std::vector<KVCase> base;
+  auto add = [&](std::string name, auto&& edit) {
+    KVCase c;
+    c.name = std::move(name);
+    edit(c);
+    base.push_back(c);
+  };
+  add("dense_decode", [](KVCase& c) { c.Hq = c.Hkv = 4; c.cached = {37, 300, 1}; c.append = false; });
+  add("dense_append", [](KVCase& c) { c.Hq = c.Hkv = 4; c.cached = {37, 300, 0}; });
+  add("batch_idx", [](KVCase& c) { c.cached = {100, 257}; c.batch_idx = true; });
+  add("paged_ps1", [](KVCase& c) { c.Hq = 8; c.Hkv = 2; c.page_size = 1; c.cached = {0, 70, 130}; });
+  for (int ps : {16, 64, 256}) {
+    add("paged_ps" + std::to_string(ps), [ps](KVCase& c) {
+      c.Hq = 8; c.Hkv = 2; c.page_size = ps; c.cached = {5, 300, 700};
+    });
+  }
+  add("gqa_32_8", [](KVCase& c) { c.Hq = 32; c.Hkv = 8; c.page_size = 16; c.cached = {1000, 3}; });
+  add("gqa_8_1_nq8_causal", [](KVCase& c) {  // 64 rows per CTA: the warps split the rows
+    c.Hq = 8; c.Hkv = 1; c.Nq = 8; c.causal = true; c.page_size = 64; c.cached = {200, 0, 65};
+  });
+  add("mqa", [](KVCase& c) { c.Hq = 4; c.Hkv = 1; c.cached = {500}; c.append = false; });
+  add("causal_nq8", [](KVCase& c) { c.Hq = c.Hkv = 2; c.Nq = 8; c.causal = true; c.cached = {100, 3}; });
+  add("causal_nq8_cached_only", [](KVCase& c) {  // sequence 1: 3 keys for 8 queries, rows with no key
+    c.Hq = c.Hkv = 2; c.Nq = 8; c.causal = true; c.cached = {100, 3}; c.append = false;
+  });
+  add("odd_rows_causal", [](KVCase& c) { c.Hq = 6; c.Hkv = 3; c.Nq = 3; c.causal = true; c.cached = {50, 0}; });
+  add("window_causal", [](KVCase& c) {
+    c.Nq = 8; c.causal = true; c.window_left = 32; c.page_size = 16; c.cached = {600, 10};
+  });
+  add("window_right", [](KVCase& c) {
+    c.Nq = 4; c.window_left = 16; c.window_right = 2; c.cached = {300}; c.append = false;
+  });
+  add("alibi_per_head_causal", [](KVCase& c) { c.Nq = 8; c.causal = true; c.alibi = Alibi::per_head; c.cached = {150, 40}; });
+  add("alibi_per_batch", [](KVCase& c) { c.alibi = Alibi::per_batch; c.page_size = 16; c.cached = {300, 1200}; });
+  add("bias_per_head", [](KVCase& c) { c.Hq = 8; c.Hkv = 2; c.bias_mode = BiasMode::per_head; c.cached = {400, 50}; });
+  add("many_rows_causal", [](KVCase& c) {  // 128 rows: two row blocks per (sequence, kv head)
+    c.Hq = 16; c.Hkv = 1; c.Nq = 8; c.causal = true; c.cached = {90};
+  });
+  add("long_auto_splits", [](KVCase& c) { c.Hq = 8; c.Hkv = 2; c.page_size = 256; c.cached = {5000}; });
+  add("splits_3", [](KVCase& c) { c.num_splits = 3; c.cached = {700, 64}; c.page_size = 16; });
+  add("heads_major", [](KVCase& c) { c.layout = Layout::heads_major; c.cached = {200, 33}; c.append = false; });
+
+  std::vector<KVCase> cases;
+  for (int D : decode_head_dims()) {
+    for (DType t : {DType::bfloat16, DType::float16}) {
+      for (KVCase c : base) {
+        c.D = D;
+        c.dtype = t;
+        c.name += std::string(t == DType::bfloat16 ? "_bf16" : "_fp16") + "_d" + std::to_string(D);
+        cases.push_back(c);
+      }
+    }
+  }
+  if (cases.empty()) {
+    KVCase c;
+    c.name = "no_head_dim_built";
+    c.D = 0;
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+class GpuKVCache : public ::testing::TestWithParam<KVCase> {};
+
+TEST_P(GpuKVCache, MatchesReference) {
+  FS_SKIP_WITHOUT_GPU();
+  check_kvcache(GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, GpuKVCache, ::testing::ValuesIn(kvcache_cases()),
+                         [](const ::testing::TestParamInfo<KVCase>& info) { return info.param.name; });
+
+KVCase misc_case(const std::string& name) {
+  KVCase c;
+  c.name = name;
+  c.dtype = DType::bfloat16;
+  c.D = decode_head_dims().empty() ? 0 : decode_head_dims().front();
+  return c;
+}
+
+#define FS_SKIP_WITHOUT_DECODE_DIM(c) \
+  if ((c).D == 0) GTEST_SKIP() << "no KV-cache head dim (64, 128, 256) built"
+
+// Every split count matches the reference; a split count run twice gives the same bits.
+TEST(GpuKVCacheMisc, SplitCountsAndRepeatability) {
+  FS_SKIP_WITHOUT_GPU();
+  KVCase c = misc_case("splits");
+  FS_SKIP_WITHOUT_DECODE_DIM(c);
+  c.Hq = 8;
+  c.Hkv = 2;
+  c.page_size = 16;
+  c.cached = {1500, 77};
+  const std::uint64_t seed = fs_kv::test_seed();
+  SCOPED_TRACE(fs_kv::describe(c) + ", seed " + std::to_string(seed));
+  const KVProblem p = fs_kv::make_kv_problem(c, seed);
+  const std::vector<double> ref = p.reference();
+  const std::vector<double> plain = p.reference(true);
+  for (int splits = 1; splits <= 8; ++splits) {
+    DeviceKV d(p);
+    d.run(splits);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    expect_matches(p, d, ref, plain, "num_splits " + std::to_string(splits));
+    const std::vector<unsigned char> first = d.out.download();
+    d.run(splits);  // appends the same keys at the same positions again: same inputs
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_TRUE(d.out.download() == first) << "num_splits " << splits << ": a second run gave other bits";
+  }
+}
+
+// Sequences whose device-side values are out of range: NaN rows, their cache untouched; the other
+// sequences right. A bad page id that the window never reaches still counts (page 0 below).
+void check_bad_sequences(int num_splits) {
+  KVCase c = misc_case("bad_sequences");
+  FS_SKIP_WITHOUT_DECODE_DIM(c);
+  c.Hq = 4;
+  c.Hkv = 2;
+  c.Nq = 2;
+  c.causal = true;
+  c.window_left = 40;
+  c.page_size = 16;
+  c.cached = {100, 200, 50, 30};
+  c.num_splits = num_splits;
+  const std::uint64_t seed = fs_kv::test_seed();
+  SCOPED_TRACE(fs_kv::describe(c) + ", seed " + std::to_string(seed));
+  KVProblem p = fs_kv::make_kv_problem(c, seed);
+  const std::vector<double> ref = p.reference();
+  const std::int64_t max_pages = p.block_table.view().shape[1];
+  const std::int64_t num_pages = p.k_cache.view().shape[0];
+  p.block_table.set(1 * max_pages + 0, static_cast<double>(num_pages));   // sequence 1: page id out of range
+  p.seqlens.set(2, static_cast<double>(max_pages * c.page_size));         // sequence 2: no room to append
+  p.seqlens.set(3, -1.0);                                                  // sequence 3: negative length
+  // The bad sequences' appends must not happen: their slots keep the original bytes.
+  for (std::int64_t b : {1, 2, 3}) {
+    for (std::int64_t i = 0; i < c.Nq; ++i)
+      for (std::int64_t h = 0; h < c.Hkv; ++h)
+        for (std::int64_t dd = 0; dd < c.D; ++dd) {
+          const std::int64_t n = p.cache_index(b, c.cached[b] + i, h, dd);
+          p.k_expected.set(n, p.k_cache.get(n));
+          p.v_expected.set(n, p.v_cache.get(n));
+        }
+  }
+  DeviceKV d(p);
+  d.run(num_splits);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << cudaGetErrorString(cudaGetLastError());
+  const std::vector<double> out = d.output();
+  EXPECT_LE(flashsigmoid::testing::rel_l2(rows_of(ref, c, {0}), rows_of(out, c, {0})), fs_gpu::tolerance(c.dtype));
+  for (std::int64_t b : {1, 2, 3}) {
+    const std::vector<double> r = rows_of(out, c, {b});
+    EXPECT_TRUE(std::all_of(r.begin(), r.end(), [](double x) { return std::isnan(x); }))
+        << "sequence " << b << ": every output element must be NaN";
+  }
+  EXPECT_TRUE(d.k_cache.download() == p.k_expected.bytes()) << "k_cache: wrong append or a bad sequence written";
+  EXPECT_TRUE(d.v_cache.download() == p.v_expected.bytes()) << "v_cache: wrong append or a bad sequence written";
+}
+
+TEST(GpuKVCacheMisc, BadSequencesOneSplit) {
+  FS_SKIP_WITHOUT_GPU();
+  check_bad_sequences(1);
+}
+TEST(GpuKVCacheMisc, BadSequencesThreeSplits) {
+  FS_SKIP_WITHOUT_GPU();
+  check_bad_sequences(3);
+}
+
+// A dense cache row index out of range: that sequence gives NaN and is not appended.
+TEST(GpuKVCacheMisc, BadCacheBatchIdx) {
+  FS_SKIP_WITHOUT_GPU();
+  KVCase c = misc_case("bad_batch_idx");
+  FS_SKIP_WITHOUT_DECODE_DIM(c);
+  c.batch_idx = true;
+  c.cached = {60, 90};
+  const std::uint64_t seed = fs_kv::test_seed();
+  SCOPED_TRACE(fs_kv::describe(c) + ", seed " + std::to_string(seed));
+  KVProblem p = fs_kv::make_kv_problem(c, seed);
+  const std::vector<double> ref = p.reference();
+  for (std::int64_t i = 0; i < c.Nq; ++i)
+    for (std::int64_t h = 0; h < c.Hkv; ++h)
+      for (std::int64_t dd = 0; dd < c.D; ++dd) {
+        const std::int64_t n = p.cache_index(1, c.cached[1] + i, h, dd);
+        p.k_expected.set(n, p.k_cache.get(n));
+        p.v_expected.set(n, p.v_cache.get(n));
+      }
+  p.batch_idx.set(1, static_cast<double>(p.k_cache.view().shape[0]));
+  DeviceKV d(p);
+  d.run(0);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<double> out = d.output();
+  EXPECT_LE(flashsigmoid::testing::rel_l2(rows_of(ref, c, {0}), rows_of(out, c, {0})), fs_gpu::tolerance(c.dtype));
+  const std::vector<double> r = rows_of(out, c, {1});
+  EXPECT_TRUE(std::all_of(r.begin(), r.end(), [](double x) { return std::isnan(x); }));
+  EXPECT_TRUE(d.k_cache.download() == p.k_expected.bytes());
+  EXPECT_TRUE(d.v_cache.download() == p.v_expected.bytes());
+}
+
+// NaN in: a NaN query element gives a NaN row of that head only; a NaN cached key gives NaN rows
+// for the query heads of its kv head in its sequence only; everything else stays right.
+TEST(GpuKVCacheMisc, NaNPropagation) {
+  FS_SKIP_WITHOUT_GPU();
+  KVCase c = misc_case("nan");
+  FS_SKIP_WITHOUT_DECODE_DIM(c);
+  c.Hq = 4;
+  c.Hkv = 2;
+  c.cached = {50, 60, 70};
+  c.num_splits = 2;
+  const std::uint64_t seed = fs_kv::test_seed();
+  SCOPED_TRACE(fs_kv::describe(c) + ", seed " + std::to_string(seed));
+  KVProblem p = fs_kv::make_kv_problem(c, seed);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  p.q.set(((0 * c.Nq + 0) * c.Hq + 1) * c.D + 3, nan);  // sequence 0, head 1
+  const std::int64_t k_at = p.cache_index(1, 10, 0, 5);  // sequence 1, key 10, kv head 0: heads 0, 1
+  p.k_cache.set(k_at, nan);
+  p.k_expected.set(k_at, nan);
+  const std::vector<double> ref = p.reference();
+  DeviceKV d(p);
+  d.run(c.num_splits);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<double> out = d.output();
+  std::vector<double> ref_ok, out_ok;
+  for (std::int64_t row = 0; row < c.B() * c.Nq * c.Hq; ++row) {
+    const std::int64_t b = row / (c.Nq * c.Hq), h = row % c.Hq;
+    const bool expect_nan = (b == 0 && h == 1) || (b == 1 && h < 2);
+    for (std::int64_t dd = 0; dd < c.D; ++dd) {
+      const std::size_t n = static_cast<std::size_t>(row * c.D + dd);
+      if (expect_nan) {
+        EXPECT_TRUE(std::isnan(out[n])) << "row " << row << " element " << dd << " should be NaN";
+      } else {
+        ref_ok.push_back(ref[n]);
+        out_ok.push_back(out[n]);
+      }
+    }
+  }
+  EXPECT_LE(flashsigmoid::testing::rel_l2(ref_ok, out_ok), fs_gpu::tolerance(c.dtype));
+}
+
+// Append + attention with split partials captured in a CUDA graph (no host sync, no allocation
+// that depends on data) and replayed.
+TEST(GpuKVCacheMisc, CudaGraphCaptureReplay) {
+  FS_SKIP_WITHOUT_GPU();
+  KVCase c = misc_case("graph");
+  FS_SKIP_WITHOUT_DECODE_DIM(c);
+  c.Hq = 8;
+  c.Hkv = 2;
+  c.page_size = 16;
+  c.cached = {300, 41};
+  c.num_splits = 4;
+  const std::uint64_t seed = fs_kv::test_seed();
+  SCOPED_TRACE(fs_kv::describe(c) + ", seed " + std::to_string(seed));
+  const KVProblem p = fs_kv::make_kv_problem(c, seed);
+  const std::vector<double> ref = p.reference();
+  const std::vector<double> plain = p.reference(true);
+  DeviceKV d(p);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  d.run(c.num_splits, stream);
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_TRUE(d.k_cache.download() == p.k_cache.bytes()) << "the cache was written during capture";
+  for (int replay = 0; replay < 2; ++replay) {
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    expect_matches(p, d, ref, plain, "replay " + std::to_string(replay));
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+TEST(GpuKVCacheErrors, HeadDimWithoutKernel) {
+  FS_SKIP_WITHOUT_GPU();
+  int missing = 0;
+  for (int D : flashsigmoid::kSupportedHeadDims) {
+    const auto dims = decode_head_dims();
+    if (std::find(dims.begin(), dims.end(), D) == dims.end()) missing = D;
+  }
+  if (missing == 0) GTEST_SKIP() << "every supported head dim has a KV-cache kernel in this build";
+  KVCase c = misc_case("no_kernel");
+  c.D = missing;
+  c.cached = {10};
+  const KVProblem p = fs_kv::make_kv_problem(c, 1);
+  DeviceKV d(p);
+  fs_gpu::expect_error([&] { d.run(0); }, "no kernel for head_dim " + std::to_string(missing));
+}
+
+}  // namespace
