@@ -10,6 +10,7 @@ import torch  # noqa: F401  (loaded first: the CUDA build reuses PyTorch's CUDA 
 from . import _C
 from ._C import FlashSigmoidError
 from ._ops import sigmoid_attn, sigmoid_attn_varlen
+from . import nn  # noqa: E402  (modules built on the ops above)
 
 __version__ = _C.__version__
 
@@ -33,6 +34,7 @@ __all__ = [
     "__version__",
     "cuda_available",
     "cuda_head_dims",
+    "nn",
     "sigmoid_attn",
     "sigmoid_attn_varlen",
 ]
