@@ -268,6 +268,10 @@ def write_report(out: Path, total_wall_s: Optional[float] = None) -> None:
              f"torch {m['torch']}, flashsigmoid {m['flashsigmoid']}, Python {m['python']}",
              f"- Wall time: {total_wall_s if total_wall_s is not None else sum(walls):.0f} s in all"
              + (f" (LM {lm['wall_s']:.0f} s" if lm else " (") + (f", ViT {vit['wall_s']:.0f} s)" if vit else ")"),
+             f"- The machine's 1-minute load average (other jobs included) at the start and end of each part: "
+             + "; ".join(f"{k} {d['load_avg_1min'][0]:.1f} -> {d['load_avg_1min'][1]:.1f}"
+                         for k, d in (("LM", lm), ("ViT", vit)) if d and "load_avg_1min" in d)
+             + f" on {m.get('cores', '?')} cores; OMP_WAIT_POLICY={m.get('omp_wait_policy')}",
              "", "Plots: `lm_loss.png`, `lm_attn_norm.png`, `lm_length.png`, `vit.png`; every curve in "
              "`lm.json` / `lm_curves.csv` and `vit.json` / `vit_curves.csv`.", ""]
     if lm:

@@ -8,6 +8,7 @@ summary.md (see report.py). Presets (presets.py): smoke (seconds), cpu (2 cores)
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -15,14 +16,18 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
+# Before torch loads OpenMP: idle threads sleep instead of spinning at barriers. On a machine shared with
+# other jobs, spinning threads steal each other's cores, and training small tensors slows down severely.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import flashsigmoid
-from data import digits_split, text_split
-from presets import PRESETS, lm_variants, vit_variants
-from report import write_report
-from train_lm import train_lm
-from train_vit import train_vit
+import torch  # noqa: E402
+
+import flashsigmoid  # noqa: E402
+from data import digits_split, text_split  # noqa: E402
+from presets import PRESETS, lm_variants, vit_variants  # noqa: E402
+from report import write_report  # noqa: E402
+from train_lm import train_lm  # noqa: E402
+from train_vit import train_vit  # noqa: E402
 
 
 def machine_info(threads: int) -> dict:
@@ -34,7 +39,8 @@ def machine_info(threads: int) -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "torch_threads": threads, "python": platform.python_version(),
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "python": platform.python_version(),
             "torch": torch.__version__, "flashsigmoid": flashsigmoid.__version__, "platform": platform.platform()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -60,6 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--parts", default="lm,vit", help="comma list of lm, vit")
     ap.add_argument("--variants", default=None, help="comma list of LM variant names (default: all)")
+    ap.add_argument("--vit-variants", default=None, help="comma list of ViT variant names (default: all)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -74,7 +81,7 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
 
     if "lm" in parts:
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), os.getloadavg()[0]
         train, val, sizes = text_split()
         print(f"[lm] text: {sizes} -> train {len(train)} bytes, validation {len(val)} bytes", flush=True)
         variants = lm_variants(preset.lm)
@@ -85,19 +92,23 @@ def main(argv=None) -> int:
             print(f"[lm] {name}: {v['desc']}", flush=True)
             results[name] = train_lm(preset, name, v, train, val, log=lambda s: print(s, flush=True))
         lm = {"meta": meta, "config": preset.lm.__dict__, "data": {"bytes": sizes, "train_bytes": len(train),
-              "val_bytes": len(val)}, "variants": results, "wall_s": time.perf_counter() - t0}
+              "val_bytes": len(val)}, "variants": results, "wall_s": time.perf_counter() - t0,
+              "load_avg_1min": [load0, os.getloadavg()[0]]}
         (args.out / "lm.json").write_text(json.dumps(lm, indent=1))
 
     if "vit" in parts:
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), os.getloadavg()[0]
         variants = vit_variants(preset.vit)
+        if args.vit_variants:
+            variants = {k: variants[k] for k in args.vit_variants.split(",")}
         results = {name: {"desc": v["desc"], "kw": v["kw"], "seeds": {}} for name, v in variants.items()}
         for seed in preset.vit.seeds:
             data = digits_split(seed)
             for name, v in variants.items():
                 results[name]["seeds"][str(seed)] = train_vit(preset, v, seed, data,
                                                               log=lambda s: print(s, flush=True))
-        vit = {"meta": meta, "config": preset.vit.__dict__, "variants": results, "wall_s": time.perf_counter() - t0}
+        vit = {"meta": meta, "config": preset.vit.__dict__, "variants": results, "wall_s": time.perf_counter() - t0,
+               "load_avg_1min": [load0, os.getloadavg()[0]]}
         (args.out / "vit.json").write_text(json.dumps(vit, indent=1))
 
     wall = time.perf_counter() - t_all
