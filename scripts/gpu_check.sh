@@ -14,7 +14,11 @@
 #        SKIP_PORTABLE_PASS=1 (Hopper builds: one ctest pass with automatic dispatch instead of two),
 #        PY_REUSE=1 (keep a Python package already installed), SKIP_PYTEST=1,
 #        PACK_LOGS=1 (at the end, the .log / .txt files of $OUT into one logs.tgz: the device tool returns
-#        at most 8 files, and a full run with the harness writes more; harness/ stays as it is).
+#        at most 8 files, and a full run with the harness writes more; harness/ stays as it is;
+#        parity-gpu/ goes into parity-gpu.tgz).
+# Stage "study" (not in the default list; it trains for minutes): the parity study's gpu preset
+#   (studies/parity/run.py) on the pip-installed package, into $LOG/parity-gpu; STUDY_ARGS adds flags
+#   (e.g. "--parts lm"), STUDY_TIMEOUT (default 420 s) bounds it.
 # Wheels under .whl (git-ignored; e.g. triton-sigmoid for the harness) are installed into /tmp/site first:
 #   carry ".whl" too.
 # The Hopper forward and backward are dispatched by default when 90a is built (FLASHSIGMOID_HOPPER=AUTO);
@@ -36,8 +40,8 @@ STAGES=" ${STAGES:-tests sanitizer bench python harness cli} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 for stage in $STAGES; do
   case "$stage" in
-    tests|sanitizer|bench|python|harness|cli) ;;
-    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness cli" >&2; exit 2 ;;
+    tests|sanitizer|bench|python|harness|cli|study) ;;
+    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness cli study" >&2; exit 2 ;;
   esac
 done
 HOPPER=0
@@ -162,7 +166,15 @@ if want cli; then
   echo "== CLI main job"
   timeout 120 "$BUILD/tools/cli/flashsigmoid" run 2>&1 | tee "$LOG/cli_run.txt" || status=1
 fi
+if want study; then
+  # Each part's JSON is written as its variants finish, so a timeout still leaves the curves so far.
+  echo "== parity study, gpu preset (studies/parity/run.py ${STUDY_ARGS:-})"
+  timeout "${STUDY_TIMEOUT:-420}" python3 studies/parity/run.py --preset gpu --out "$LOG/parity-gpu" ${STUDY_ARGS:-} \
+    2>&1 | tee "$LOG/parity_gpu.log" | tail -40 || status=1
+  [[ -f "$LOG/parity-gpu/summary.md" ]] || python3 studies/parity/report.py "$LOG/parity-gpu" || status=1
+fi
 if [[ -n "${PACK_LOGS:-}" ]]; then
   (cd "$LOG" && tar czf logs.tgz --remove-files -- *.log *.txt 2>/dev/null)
+  if [[ -d "$LOG/parity-gpu" ]]; then (cd "$LOG" && tar czf parity-gpu.tgz --remove-files parity-gpu); fi
 fi
 exit $status

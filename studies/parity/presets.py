@@ -52,12 +52,13 @@ PRESETS: Dict[str, Preset] = {
                              eval_every=10, eval_windows=8),
                     ViTConfig(dim=64, layers=1, heads=2, patch=2, batch=64, epochs=2)),
     "cpu": Preset("cpu",
-                  LMConfig(dim=128, layers=2, heads=4, seq_len=128, batch=8, steps=400, eval_windows=32),
-                  ViTConfig(dim=64, layers=2, heads=2, patch=2, batch=64, epochs=12, seeds=[0, 1, 2])),
+                  LMConfig(dim=128, layers=2, heads=4, seq_len=128, batch=8, steps=250, warmup=25, eval_every=25,
+                           eval_windows=32),
+                  ViTConfig(dim=64, layers=2, heads=2, patch=2, batch=64, epochs=8, seeds=[0, 1])),
     "gpu": Preset("gpu",
-                  LMConfig(dim=768, layers=12, heads=12, seq_len=1024, batch=32, steps=4000, lr=1e-3,
-                           warmup=200, eval_every=250, eval_windows=256, dtype="bfloat16"),
-                  ViTConfig(dim=256, layers=6, heads=4, patch=2, batch=128, epochs=100, seeds=[0, 1, 2, 3, 4]),
+                  LMConfig(dim=512, layers=6, heads=8, seq_len=1024, batch=16, steps=1000, lr=1e-3,
+                           warmup=100, eval_every=100, eval_windows=128, dtype="bfloat16"),
+                  ViTConfig(dim=128, layers=4, heads=2, patch=2, batch=128, epochs=30, seeds=[0, 1, 2, 3, 4]),
                   device="cuda"),
 }
 

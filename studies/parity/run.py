@@ -91,10 +91,11 @@ def main(argv=None) -> int:
         for name, v in variants.items():
             print(f"[lm] {name}: {v['desc']}", flush=True)
             results[name] = train_lm(preset, name, v, train, val, log=lambda s: print(s, flush=True))
-        lm = {"meta": meta, "config": preset.lm.__dict__, "data": {"bytes": sizes, "train_bytes": len(train),
-              "val_bytes": len(val)}, "variants": results, "wall_s": time.perf_counter() - t0,
-              "load_avg_1min": [load0, os.getloadavg()[0]]}
-        (args.out / "lm.json").write_text(json.dumps(lm, indent=1))
+            # Written after every variant, so that a run cut short keeps what it finished.
+            lm = {"meta": meta, "config": preset.lm.__dict__, "data": {"bytes": sizes, "train_bytes": len(train),
+                  "val_bytes": len(val)}, "variants": results, "wall_s": time.perf_counter() - t0,
+                  "load_avg_1min": [load0, os.getloadavg()[0]]}
+            (args.out / "lm.json").write_text(json.dumps(lm, indent=1))
 
     if "vit" in parts:
         t0, load0 = time.perf_counter(), os.getloadavg()[0]
@@ -107,9 +108,9 @@ def main(argv=None) -> int:
             for name, v in variants.items():
                 results[name]["seeds"][str(seed)] = train_vit(preset, v, seed, data,
                                                               log=lambda s: print(s, flush=True))
-        vit = {"meta": meta, "config": preset.vit.__dict__, "variants": results, "wall_s": time.perf_counter() - t0,
-               "load_avg_1min": [load0, os.getloadavg()[0]]}
-        (args.out / "vit.json").write_text(json.dumps(vit, indent=1))
+            vit = {"meta": meta, "config": preset.vit.__dict__, "variants": results,
+                   "wall_s": time.perf_counter() - t0, "load_avg_1min": [load0, os.getloadavg()[0]]}
+            (args.out / "vit.json").write_text(json.dumps(vit, indent=1))
 
     wall = time.perf_counter() - t_all
     print(f"[study] training done in {wall:.0f} s; writing the report", flush=True)

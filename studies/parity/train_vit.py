@@ -1,5 +1,6 @@
 """Trains one tiny-ViT variant on the digits for one seed: loss and accuracy per epoch."""
 
+import contextlib
 import math
 import time
 from typing import Dict, List
@@ -11,10 +12,18 @@ from models import TinyViT
 from presets import Preset
 
 
+def autocast_for(device: str):
+    """bf16 autocast on CUDA (where the library takes fp16 / bf16 only); float32 on the CPU."""
+    if device == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
 def evaluate(model: TinyViT, x: torch.Tensor, y: torch.Tensor):
     model.eval()
-    logits = model(x)
+    with autocast_for(x.device.type):
+        logits = model(x).float()
     model.train()
     return F.cross_entropy(logits, y).item(), (logits.argmax(-1) == y).float().mean().item()
 
@@ -40,7 +49,9 @@ def train_vit(preset: Preset, variant: dict, seed: int, data, log=print) -> Dict
         total = 0.0
         for i in range(0, len(x_tr), cfg.batch):
             idx = perm[i:i + cfg.batch]
-            loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+            with autocast_for(preset.device):
+                logits = model(x_tr[idx])
+            loss = F.cross_entropy(logits.float(), y_tr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

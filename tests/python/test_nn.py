@@ -225,3 +225,48 @@ def test_bad_arguments():
         SelfAttention(64, 2)(torch.randn(5, 64), torch.tensor([0, 5], dtype=torch.int32))
     with pytest.raises(fs.FlashSigmoidError, match="head_dim"):
         SelfAttention(48, 3)(torch.randn(1, 4, 48))  # head_dim 16: not one the library takes
+
+
+# ---- CUDA (skipped without a GPU) -------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: torch.cuda.is_available() is False")
+CUDA_TOL = 3e-2  # bf16 everywhere in the block (projections, norms, MLP), not only in the attention
+
+
+@cuda
+@pytest.mark.parametrize("varlen", [False, True])
+def test_cuda_bf16_block_matches_plain(varlen):
+    blk = _randomise(TransformerBlock(256, 4, n_kv_heads=2, causal=True, qk_norm="rms", pos="rope",
+                                      train_len=200, learnable_bias=True, layer_scale=0.5, hybrid_norm=True))
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.mul_(0.5)  # keep bf16 rounding of the residual stream moderate
+    ref = copy.deepcopy(blk).double()
+    gpu = blk.to("cuda", torch.bfloat16)
+    if varlen:
+        lens = [150, 33, 200]
+        cu = torch.tensor([0] + lens).cumsum(0).to(torch.int32)
+        x, extra, ref_extra = torch.randn(sum(lens), 256), (cu.cuda(), max(lens)), (cu,)
+    else:
+        x, extra, ref_extra = torch.randn(2, 200, 256), (), ()
+    xg = x.to("cuda", torch.bfloat16).requires_grad_()
+    xr = x.double().requires_grad_()
+    out, want = gpu(xg, *extra), plain_block(ref, xr, *ref_extra)
+    assert rel_l2(out.double().cpu(), want) <= CUDA_TOL
+    dout = torch.randn_like(want)
+    out.backward(dout.to("cuda", torch.bfloat16))
+    want.backward(dout)
+    assert rel_l2(xg.grad.double().cpu(), xr.grad) <= CUDA_TOL
+    g, rg = gpu.attn.sigmoid_bias.grad, ref.attn.sigmoid_bias.grad
+    assert g is not None and rel_l2(g.double().cpu(), rg) <= CUDA_TOL
+
+
+@cuda
+def test_cuda_autocast_attention():
+    m = SelfAttention(256, 4, causal=True, train_len=128, qk_norm="layer").cuda()
+    ref = copy.deepcopy(m).double().cpu()
+    x = torch.randn(2, 128, 256)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = m(x.cuda())
+    assert out.dtype == torch.bfloat16
+    assert rel_l2(out.double().cpu(), plain_attention(ref, x.double())) <= CUDA_TOL
