@@ -17,13 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 EARLY_FRACTION = 0.1  # "early in training": the first tenth of the steps
-COLORS = {"softmax": "black", "sigmoid": "tab:blue", "sigmoid-naive": "tab:red", "sigmoid-alibi": "tab:green",
-          "sigmoid-bias-only": "tab:purple", "softmax-alibi": "tab:gray", "sigmoid+LS": "tab:blue",
-          "sigmoid-logn+LS": "tab:cyan"}
-
-
-def _color(name: str) -> Optional[str]:
-    return COLORS.get(name)
+LM_COLORS = {"softmax": "black", "sigmoid": "tab:blue", "sigmoid-naive": "tab:red", "sigmoid-alibi": "tab:green",
+             "sigmoid-bias-only": "tab:purple", "softmax-alibi": "tab:gray"}
+VIT_COLORS = {"softmax": "black", "sigmoid+LS": "tab:blue", "sigmoid": "tab:red", "sigmoid-logn+LS": "tab:purple"}
 
 
 def _smooth(xs: List[float], k: int) -> List[float]:
@@ -79,16 +75,16 @@ def plot_lm(lm: dict, out: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, r in lm["variants"].items():
         c = r["curves"]
-        a.plot([s * tok / 1e6 for s in c["step"]], _smooth(c["train_loss"], 20), label=name, color=_color(name))
-        b.plot([s * tok / 1e6 for s in c["val_step"]], c["val_loss"], marker=".", label=name, color=_color(name))
+        a.plot([s * tok / 1e6 for s in c["step"]], _smooth(c["train_loss"], 20), label=name, color=LM_COLORS.get(name))
+        b.plot([s * tok / 1e6 for s in c["val_step"]], c["val_loss"], marker=".", label=name, color=LM_COLORS.get(name))
     a.set(title="Training loss (moving average of 20 steps)", xlabel="training tokens (millions of bytes)",
           ylabel="cross-entropy (nats per byte)")
-    b.set(title=f"Validation loss (held-out text, windows of {cfg['seq_len']} bytes)",
+    b.set(title=f"Validation loss (held-out text, windows of {cfg['seq_len']} bytes; y axis zoomed)",
           xlabel="training tokens (millions of bytes)", ylabel="cross-entropy (nats per byte)")
     finals = [v for r in lm["variants"].values() for v in r["curves"]["val_loss"][-1:] if math.isfinite(v)]
     if finals:  # zoom on the end of training, where the variants are compared
-        b.set_ylim(min(finals) - 0.1, max(finals) + 0.6)
-        a.set_ylim(min(finals) - 0.3, max(finals) + 0.8)
+        b.set_ylim(min(finals) - 0.1, max(finals) + 1.0)
+        a.set_ylim(min(finals) - 0.3, max(finals) + 1.2)
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -102,7 +98,7 @@ def plot_lm(lm: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, r in lm["variants"].items():
         c = r["curves"]
-        ax.plot(c["step"][:steps], c["attn_norm"][:steps], label=name, color=_color(name))
+        ax.plot(c["step"][:steps], c["attn_norm"][:steps], label=name, color=LM_COLORS.get(name))
     ax.set_yscale("log")
     ax.set(title=f"Attention output norm over the first {steps} training steps",
            xlabel="training step", ylabel="mean L2 norm of a token's attention output\n(all heads, mean over layers)")
@@ -118,7 +114,7 @@ def plot_lm(lm: dict, out: Path) -> None:
         by = r["val_loss_by_length"]
         if by:
             ms = sorted(by, key=int)
-            ax.plot([int(m) * n for m in ms], [by[m] for m in ms], marker="o", label=name, color=_color(name))
+            ax.plot([int(m) * n for m in ms], [by[m] for m in ms], marker="o", label=name, color=LM_COLORS.get(name))
     ax.set_xscale("log", base=2)
     ax.set_xticks([n, 2 * n, 4 * n], [f"{n}\n(training length)", f"{2 * n}\n(2x)", f"{4 * n}\n(4x)"])
     ax.set(title="Length generalisation: validation loss on longer windows",
@@ -137,11 +133,11 @@ def plot_vit(vit: dict, out: Path) -> None:
         ep = seeds[0]["curves"]["epoch"]
         for ax, key in zip(axes[:2], ("val_acc", "val_loss")):
             per = list(zip(*[s["curves"][key] for s in seeds]))
-            ax.plot(ep, [statistics.mean(p) for p in per], label=name, color=_color(name))
-            ax.fill_between(ep, [min(p) for p in per], [max(p) for p in per], alpha=0.15, color=_color(name))
+            ax.plot(ep, [statistics.mean(p) for p in per], label=name, color=VIT_COLORS.get(name))
+            ax.fill_between(ep, [min(p) for p in per], [max(p) for p in per], alpha=0.15, color=VIT_COLORS.get(name))
         norm = list(zip(*[s["curves"]["attn_norm"] for s in seeds]))
         k = max(10, len(norm) // 10)
-        axes[2].plot(range(k), [statistics.mean(p) for p in norm[:k]], label=name, color=_color(name))
+        axes[2].plot(range(k), [statistics.mean(p) for p in norm[:k]], label=name, color=VIT_COLORS.get(name))
     n_seeds = len(next(iter(vit["variants"].values()))["seeds"])
     axes[0].set(title=f"Validation accuracy (mean of {n_seeds} seeds, band: min-max)", xlabel="epoch",
                 ylabel="accuracy")
