@@ -299,10 +299,15 @@ class SelfAttention(nn.Module):
                 raise ValueError(f"x must be [B, N, dim] (or [total, dim] with cu_seqlens), got {list(x.shape)}")
             positions = torch.arange(x.shape[1], device=x.device)
         q, k, v = self._project(x)
+        if torch.is_autocast_enabled(x.device.type):
+            # The library's ops do not autocast themselves: hand them one low-precision dtype.
+            dt = torch.get_autocast_dtype(x.device.type)
+            q, k, v = q.to(dt), k.to(dt), v.to(dt)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
             q, k = self.rope(q, positions), self.rope(k, positions)
+        q, k = q.to(v.dtype), k.to(v.dtype)  # a norm under autocast may hand back float32
         if self.attn == "sigmoid":
             o = self._sigmoid(q, k, v, cu_seqlens, max_seqlen)
         else:
