@@ -13,6 +13,7 @@
 #        PY_HEAD_DIMS (head dims of the pip-installed package, default $FLASHSIGMOID_HEAD_DIMS),
 #        SKIP_PORTABLE_PASS=1 (Hopper builds: one ctest pass with automatic dispatch instead of two),
 #        PY_REUSE=1 (keep a Python package already installed), SKIP_PYTEST=1,
+#        PYTEST_ARGS (what pytest runs, default tests/python),
 #        PACK_LOGS=1 (at the end, the .log / .txt files of $OUT into one logs.tgz: the device tool returns
 #        at most 8 files, and a full run with the harness writes more; harness/ stays as it is;
 #        parity-gpu/ goes into parity-gpu.tgz).
@@ -67,6 +68,9 @@ if ! cmake --find-package -DNAME=GTest -DCOMPILER_ID=GNU -DLANGUAGE=CXX -DMODE=E
   fi
 fi
 
+# (not indented, to keep the diff small) the C++ build serves tests, sanitizer, bench and cli only;
+# python, harness and study use the pip-installed package.
+if want tests || want sanitizer || want bench || want cli; then
 echo "== configure + build (archs $ARCHS, head dims $DIMS)"
 cmake -S . -B "$BUILD" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_BACKWARD=ON -DFLASHSIGMOID_CUDA_ARCHS="$ARCHS" \
   -DFLASHSIGMOID_HEAD_DIMS="$DIMS" -DFLASHSIGMOID_BUILD_TESTS=ON -DFLASHSIGMOID_BUILD_BENCH=OFF \
@@ -75,6 +79,7 @@ cmake -S . -B "$BUILD" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_BACKW
 t0=$SECONDS
 cmake --build "$BUILD" -j16 >> "$LOG/build.log" 2>&1 || { grep -B2 -A8 -m5 "error" "$LOG/build.log"; tail -20 "$LOG/build.log"; exit 1; }
 echo "built in $((SECONDS - t0)) s"
+fi
 
 TESTS="$BUILD/tests/gpu/flashsigmoid_gpu_tests"
 if want tests; then
@@ -151,7 +156,7 @@ if want python && [[ -z "${SKIP_PYTHON:-}" ]]; then
   fi
   if [[ -z "${SKIP_PYTEST:-}" ]]; then
     echo "== pytest"
-    timeout 400 python3 -m pytest -q tests/python 2>&1 | tee "$LOG/pytest.log" | tail -15 || status=1
+    timeout 400 python3 -m pytest -q ${PYTEST_ARGS:-tests/python} 2>&1 | tee "$LOG/pytest.log" | tail -15 || status=1
   fi
 fi
 if want harness && [[ -z "${SKIP_BENCH:-}" ]]; then

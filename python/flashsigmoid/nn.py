@@ -7,7 +7,7 @@ ICLR 2025) live here as constructor arguments:
   parameter initialised to it, so that early in training the attention output norm stays small;
 - :class:`LayerScale` on the residual branches;
 - QK-norm (RMSNorm or LayerNorm over each head's q and k) and, in :class:`TransformerBlock`,
-  optional hybrid-norm (the sub-layer's output normalised before the residual add);
+  optional hybrid-norm (the attention's output normalised before the residual add);
 - ALiBi (which also pushes scores into sigmoid's near-zero regime) or RoPE.
 
 :class:`SelfAttention` takes ``attn="sigmoid"`` (the library's custom ops
@@ -330,8 +330,8 @@ class TransformerBlock(nn.Module):
         dim, n_heads: as in :class:`SelfAttention`.
         mlp_ratio: the MLP's hidden width is ``mlp_ratio * dim`` (GELU).
         norm: ``"layer"`` or ``"rms"`` for the block's norms.
-        hybrid_norm: also normalise each sub-layer's output before the residual add,
-            ``x + LS(norm(attn(norm(x))))`` (and the same for the MLP).
+        hybrid_norm: also normalise the attention's output before the residual add,
+            ``x + LS(norm(attn(norm(x))))`` (the paper's hybrid-norm; the MLP branch stays pre-norm).
         layer_scale: LayerScale's initial value on both residual branches, or ``None`` for none.
         **attn_kwargs: passed to :class:`SelfAttention` (``attn``, ``causal``, ``qk_norm``, ``pos``,
             ``train_len``, ``sigmoid_bias``, ...).
@@ -355,22 +355,18 @@ class TransformerBlock(nn.Module):
         factory = {"device": device, "dtype": dtype}
         hidden = int(round(mlp_ratio * dim))
 
-        def post_norm() -> nn.Module:
-            return make_norm(norm, dim, **factory) if hybrid_norm else nn.Identity()
-
         def scale() -> nn.Module:
             return LayerScale(dim, layer_scale, **factory) if layer_scale is not None else nn.Identity()
 
         self.attn_norm = make_norm(norm, dim, **factory)
         self.attn = SelfAttention(dim, n_heads, **attn_kwargs, **factory)
-        self.attn_post_norm = post_norm()
+        self.attn_post_norm = make_norm(norm, dim, **factory) if hybrid_norm else nn.Identity()
         self.attn_scale = scale()
         self.mlp_norm = make_norm(norm, dim, **factory)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden, **factory), nn.GELU(), nn.Linear(hidden, dim, **factory))
-        self.mlp_post_norm = post_norm()
         self.mlp_scale = scale()
 
     def forward(self, x: Tensor, cu_seqlens: Optional[Tensor] = None,
                 max_seqlen: Optional[int] = None) -> Tensor:
         x = x + self.attn_scale(self.attn_post_norm(self.attn(self.attn_norm(x), cu_seqlens, max_seqlen)))
-        return x + self.mlp_scale(self.mlp_post_norm(self.mlp(self.mlp_norm(x))))
+        return x + self.mlp_scale(self.mlp(self.mlp_norm(x)))

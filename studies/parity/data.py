@@ -10,9 +10,15 @@ from typing import Dict, List, Tuple
 
 import torch
 
-FORTUNES_DIR = Path("/usr/share/games/fortunes")
-JARGON_FILE = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
-SETUP_HINT = "install it with scripts/setup.sh (apt-get install fortunes jargon-text)"
+SYSTEM_FORTUNES = Path("/usr/share/games/fortunes")
+SYSTEM_JARGON = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
+# A machine that cannot install packages (the GPU machine) reads a copy of the installed files that
+# scripts/prepare_device.sh puts here.
+COPY_DIR = Path(__file__).resolve().parents[2] / ".deps" / "parity-text"
+FORTUNES_DIR = SYSTEM_FORTUNES if SYSTEM_FORTUNES.is_dir() else COPY_DIR / "fortunes"
+JARGON_FILE = SYSTEM_JARGON if SYSTEM_JARGON.is_file() else COPY_DIR / "jargon.txt.gz"
+SETUP_HINT = ("install it with scripts/setup.sh (apt-get install fortunes jargon-text), or copy the installed "
+              "files with scripts/prepare_device.sh")
 
 
 def _fortune_files() -> List[Path]:

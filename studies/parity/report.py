@@ -79,7 +79,7 @@ def plot_lm(lm: dict, out: Path) -> None:
         b.plot([s * tok / 1e6 for s in c["val_step"]], c["val_loss"], marker=".", label=name, color=LM_COLORS.get(name))
     a.set(title="Training loss (moving average of 20 steps)", xlabel="training tokens (millions of bytes)",
           ylabel="cross-entropy (nats per byte)")
-    b.set(title=f"Validation loss (held-out text, windows of {cfg['seq_len']} bytes; y axis zoomed)",
+    b.set(title=f"Validation loss (held-out text, {cfg['seq_len']}-byte windows; y zoomed)",
           xlabel="training tokens (millions of bytes)", ylabel="cross-entropy (nats per byte)")
     finals = [v for r in lm["variants"].values() for v in r["curves"]["val_loss"][-1:] if math.isfinite(v)]
     if finals:  # zoom on the end of training, where the variants are compared

@@ -102,4 +102,4 @@ def plain_block(blk: TransformerBlock, x, cu_seqlens=None):
     x = x + _scale(blk.attn_scale, plain_norm(blk.attn_post_norm, a))
     fc1, fc2 = blk.mlp[0], blk.mlp[2]
     h = F.linear(F.gelu(F.linear(plain_norm(blk.mlp_norm, x), fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
-    return x + _scale(blk.mlp_scale, plain_norm(blk.mlp_post_norm, h))
+    return x + _scale(blk.mlp_scale, h)
