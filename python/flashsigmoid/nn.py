@@ -121,6 +121,27 @@ class RotaryEmbedding(nn.Module):
         return f"head_dim={self.head_dim}, base={self.base}"
 
 
+def _check_attention_args(dim: int, n_heads: int, n_kv_heads: int, attn: str, pos: Optional[str],
+                          window: Tuple[int, int], train_len: Optional[int], learnable_bias: bool,
+                          sigmoid_bias: Optional[float] = None) -> None:
+    if attn not in ("sigmoid", "softmax"):
+        raise ValueError(f"attn must be 'sigmoid' or 'softmax', got {attn!r}")
+    if dim % n_heads:
+        raise ValueError(f"dim {dim} is not a multiple of n_heads {n_heads}")
+    if n_kv_heads < 1 or n_heads % n_kv_heads:
+        raise ValueError(f"n_kv_heads {n_kv_heads} must divide n_heads {n_heads}")
+    if pos not in (None, "alibi", "rope"):
+        raise ValueError(f"pos must be None, 'alibi' or 'rope', got {pos!r}")
+    if len(window) != 2:
+        raise ValueError(f"window must be (left, right), got {window!r}")
+    if train_len is not None and train_len < 1:
+        raise ValueError(f"train_len must be >= 1, got {train_len}")
+    if learnable_bias and attn != "sigmoid":
+        raise ValueError("learnable_bias applies to attn='sigmoid' only (softmax ignores a bias)")
+    if learnable_bias and train_len is None and sigmoid_bias is None:
+        raise ValueError("learnable_bias needs train_len (initial value -log n) or sigmoid_bias")
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention, sigmoid (this library) or softmax (PyTorch SDPA).
 
@@ -174,20 +195,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        if attn not in ("sigmoid", "softmax"):
-            raise ValueError(f"attn must be 'sigmoid' or 'softmax', got {attn!r}")
-        if dim % n_heads:
-            raise ValueError(f"dim {dim} is not a multiple of n_heads {n_heads}")
-        if n_kv_heads < 1 or n_heads % n_kv_heads:
-            raise ValueError(f"n_kv_heads {n_kv_heads} must divide n_heads {n_heads}")
-        if pos not in (None, "alibi", "rope"):
-            raise ValueError(f"pos must be None, 'alibi' or 'rope', got {pos!r}")
-        if train_len is not None and train_len < 1:
-            raise ValueError(f"train_len must be >= 1, got {train_len}")
-        if learnable_bias and attn != "sigmoid":
-            raise ValueError("learnable_bias applies to attn='sigmoid' only (softmax ignores a bias)")
-        if len(window) != 2:
-            raise ValueError(f"window must be (left, right), got {window!r}")
+        _check_attention_args(dim, n_heads, n_kv_heads, attn, pos, window, train_len, learnable_bias,
+                              sigmoid_bias)
         self.dim, self.n_heads, self.n_kv_heads = dim, n_heads, n_kv_heads
         self.head_dim = dim // n_heads
         self.attn, self.causal, self.window = attn, bool(causal), (int(window[0]), int(window[1]))
@@ -215,14 +224,11 @@ class SelfAttention(nn.Module):
 
         if sigmoid_bias is None and train_len is not None:
             sigmoid_bias = -math.log(train_len)
-        if learnable_bias:
-            if sigmoid_bias is None:
-                raise ValueError("learnable_bias needs train_len (initial value -log n) or sigmoid_bias")
-            self.sigmoid_bias = nn.Parameter(torch.full((n_heads,), float(sigmoid_bias), device=device))
-            self.bias_value: Optional[float] = None
-        else:
-            self.sigmoid_bias = None
-            self.bias_value = None if sigmoid_bias is None else float(sigmoid_bias)
+        # Exactly one of: a learnable per-head parameter, a fixed float, or neither (the library's -log Nk).
+        self.sigmoid_bias = (nn.Parameter(torch.full((n_heads,), float(sigmoid_bias), device=device))
+                             if learnable_bias else None)
+        self.bias_value: Optional[float] = (None if learnable_bias or sigmoid_bias is None
+                                            else float(sigmoid_bias))
 
     # -- pieces ------------------------------------------------------------------------------
 
