@@ -19,7 +19,7 @@
 #        parity-gpu/ goes into parity-gpu.tgz).
 # Stage "study" (not in the default list; it trains for minutes): the parity study's gpu preset
 #   (studies/parity/run.py) on the pip-installed package, into $LOG/parity-gpu; STUDY_ARGS adds flags
-#   (e.g. "--parts lm"), STUDY_TIMEOUT (default 420 s) bounds it.
+#   (e.g. "--parts lm"), STUDY_TIMEOUT (default 420 s) bounds it; COMMIT names the commit there too.
 # Wheels under .whl (git-ignored; e.g. triton-sigmoid for the harness) are installed into /tmp/site first:
 #   carry ".whl" too.
 # The Hopper forward and backward are dispatched by default when 90a is built (FLASHSIGMOID_HOPPER=AUTO);

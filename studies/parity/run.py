@@ -56,7 +56,45 @@ def git_commit() -> str:
                                text=True).stdout.strip()
         return head + (" (study files modified)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("COMMIT", "unknown")  # a copy without .git (the GPU machine's) may be told it
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_vit(preset, args, meta: dict) -> None:
+    """Every ViT variant for every seed; vit.json rewritten after each seed."""
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    variants = vit_variants(preset.vit)
+    if args.vit_variants:
+        variants = {k: variants[k] for k in args.vit_variants.split(",")}
+    results = {name: {"desc": v["desc"], "kw": v["kw"], "seeds": {}} for name, v in variants.items()}
+    for seed in preset.vit.seeds:
+        data = digits_split(seed)
+        for name, v in variants.items():
+            results[name]["seeds"][str(seed)] = train_vit(preset, v, seed, data, log=_log)
+        vit = {"meta": meta, "config": preset.vit.__dict__, "variants": results,
+               "wall_s": time.perf_counter() - t0, "load_avg_1min": [load0, os.getloadavg()[0]]}
+        (args.out / "vit.json").write_text(json.dumps(vit, indent=1))
+
+
+def run_lm(preset, args, meta: dict) -> None:
+    """Every LM variant; lm.json rewritten after each, so that a run cut short keeps what it finished."""
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    train, val, sizes = text_split()
+    _log(f"[lm] text: {sizes} -> train {len(train)} bytes, validation {len(val)} bytes")
+    variants = lm_variants(preset.lm)
+    if args.variants:
+        variants = {k: variants[k] for k in args.variants.split(",")}
+    results = {}
+    for name, v in variants.items():
+        _log(f"[lm] {name}: {v['desc']}")
+        results[name] = train_lm(preset, name, v, train, val, log=_log)
+        lm = {"meta": meta, "config": preset.lm.__dict__, "data": {"bytes": sizes, "train_bytes": len(train),
+              "val_bytes": len(val)}, "variants": results, "wall_s": time.perf_counter() - t0,
+              "load_avg_1min": [load0, os.getloadavg()[0]]}
+        (args.out / "lm.json").write_text(json.dumps(lm, indent=1))
 
 
 def main(argv=None) -> int:
@@ -80,38 +118,11 @@ def main(argv=None) -> int:
     parts = args.parts.split(",")
     t_all = time.perf_counter()
 
-    if "lm" in parts:
-        t0, load0 = time.perf_counter(), os.getloadavg()[0]
-        train, val, sizes = text_split()
-        print(f"[lm] text: {sizes} -> train {len(train)} bytes, validation {len(val)} bytes", flush=True)
-        variants = lm_variants(preset.lm)
-        if args.variants:
-            variants = {k: variants[k] for k in args.variants.split(",")}
-        results = {}
-        for name, v in variants.items():
-            print(f"[lm] {name}: {v['desc']}", flush=True)
-            results[name] = train_lm(preset, name, v, train, val, log=lambda s: print(s, flush=True))
-            # Written after every variant, so that a run cut short keeps what it finished.
-            lm = {"meta": meta, "config": preset.lm.__dict__, "data": {"bytes": sizes, "train_bytes": len(train),
-                  "val_bytes": len(val)}, "variants": results, "wall_s": time.perf_counter() - t0,
-                  "load_avg_1min": [load0, os.getloadavg()[0]]}
-            (args.out / "lm.json").write_text(json.dumps(lm, indent=1))
-
+    # The short ViT part first: a run cut short by a time limit loses LM variants, not the ViT.
     if "vit" in parts:
-        t0, load0 = time.perf_counter(), os.getloadavg()[0]
-        variants = vit_variants(preset.vit)
-        if args.vit_variants:
-            variants = {k: variants[k] for k in args.vit_variants.split(",")}
-        results = {name: {"desc": v["desc"], "kw": v["kw"], "seeds": {}} for name, v in variants.items()}
-        for seed in preset.vit.seeds:
-            data = digits_split(seed)
-            for name, v in variants.items():
-                results[name]["seeds"][str(seed)] = train_vit(preset, v, seed, data,
-                                                              log=lambda s: print(s, flush=True))
-            vit = {"meta": meta, "config": preset.vit.__dict__, "variants": results,
-                   "wall_s": time.perf_counter() - t0, "load_avg_1min": [load0, os.getloadavg()[0]]}
-            (args.out / "vit.json").write_text(json.dumps(vit, indent=1))
-
+        run_vit(preset, args, meta)
+    if "lm" in parts:
+        run_lm(preset, args, meta)
     wall = time.perf_counter() - t_all
     print(f"[study] training done in {wall:.0f} s; writing the report", flush=True)
     write_report(args.out, total_wall_s=wall)
