@@ -254,6 +254,8 @@ def write_report(out: Path, total_wall_s: Optional[float] = None) -> None:
     out = Path(out)
     lm = json.loads((out / "lm.json").read_text()) if (out / "lm.json").exists() else None
     vit = json.loads((out / "vit.json").read_text()) if (out / "vit.json").exists() else None
+    if lm is None and vit is None:
+        raise SystemExit(f"report.py: neither lm.json nor vit.json in {out}: nothing to report")
     meta = (lm or vit)["meta"]
     walls = [d["wall_s"] for d in (lm, vit) if d]
     m = meta["machine"]
