@@ -165,7 +165,9 @@ class SelfAttention(nn.Module):
         sigmoid_bias: the sigmoid bias ``b`` (fixed, or the learnable bias's initial value). Default:
             ``-log(train_len)``; without ``train_len`` the library's ``-log(Nk)`` of each sequence.
         learnable_bias: make ``b`` a per-head ``nn.Parameter`` (``[n_heads]``, float32 on use).
-    Softmax ignores the sigmoid bias (a per-row constant does not change softmax).
+    Softmax ignores the sigmoid bias (a per-row constant does not change softmax). It is the reference
+    path: with a window or ALiBi it hands SDPA an explicit N x N mask, and varlen input runs one SDPA
+    call per sequence (a graph break under ``torch.compile``). The sigmoid path has neither.
 
     ``record_output_norm = True`` stores the mean per-token L2 norm of the attention output (all heads,
     before the output projection) of each forward in ``last_output_norm`` (a detached scalar tensor).
