@@ -15,8 +15,13 @@
 #        SKIP_PORTABLE_PASS=1 (Hopper builds: one ctest pass with automatic dispatch instead of two),
 #        PY_REUSE=1 (keep a Python package already installed), SKIP_PYTEST=1,
 #        KV_BENCH_ARGS (extra flags for the C++ KV-cache benchmark, e.g. "--quick"),
+#        PYTEST_ARGS (what pytest runs, default tests/python),
 #        PACK_LOGS=1 (at the end, the .log / .txt files of OUTDIR into one logs.tgz, for when only a few
-#        files can be copied back from the GPU machine; harness/ stays as it is).
+#        files can be copied back from the GPU machine; harness/ stays as it is;
+#        parity-gpu/ goes into parity-gpu.tgz).
+# Stage "study" (not in the default list; it trains for minutes): the parity study's gpu preset
+#   (studies/parity/run.py) on the pip-installed package, into $LOG/parity-gpu; STUDY_ARGS adds flags
+#   (e.g. "--parts lm"), STUDY_TIMEOUT (default 420 s) bounds it; COMMIT names the commit there too.
 # Wheels under .whl (git-ignored; e.g. triton-sigmoid for the harness) are installed into /tmp/site first:
 #   copy .whl to the GPU machine too.
 # The Hopper forward and backward are dispatched by default when 90a is built (FLASHSIGMOID_HOPPER=AUTO);
@@ -44,8 +49,8 @@ STAGES=" ${STAGES:-tests sanitizer bench python harness decode cli} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 for stage in $STAGES; do
   case "$stage" in
-    tests|sanitizer|bench|python|harness|decode|cli|kvcache) ;;
-    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness decode cli kvcache" >&2; exit 2 ;;
+    tests|sanitizer|bench|python|harness|decode|cli|kvcache|study) ;;
+    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness decode cli kvcache study" >&2; exit 2 ;;
   esac
 done
 HOPPER=0
@@ -71,6 +76,9 @@ if ! cmake --find-package -DNAME=GTest -DCOMPILER_ID=GNU -DLANGUAGE=CXX -DMODE=E
   fi
 fi
 
+# (not indented, to keep the diff small) the C++ build serves tests, sanitizer, bench and cli only;
+# python, harness and study use the pip-installed package.
+if want tests || want sanitizer || want bench || want cli; then
 echo "== configure + build (archs $ARCHS, head dims $DIMS)"
 cmake -S . -B "$BUILD" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_BACKWARD=ON -DFLASHSIGMOID_CUDA_ARCHS="$ARCHS" \
   -DFLASHSIGMOID_HEAD_DIMS="$DIMS" -DFLASHSIGMOID_BUILD_TESTS=ON -DFLASHSIGMOID_BUILD_BENCH=OFF \
@@ -79,6 +87,7 @@ cmake -S . -B "$BUILD" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_BACKW
 t0=$SECONDS
 cmake --build "$BUILD" -j16 >> "$LOG/build.log" 2>&1 || { grep -B2 -A8 -m5 "error" "$LOG/build.log"; tail -20 "$LOG/build.log"; exit 1; }
 echo "built in $((SECONDS - t0)) s"
+fi
 
 TESTS="$BUILD/tests/gpu/flashsigmoid_gpu_tests"
 if want tests; then
@@ -173,7 +182,7 @@ if want python && [[ -z "${SKIP_PYTHON:-}" ]]; then
   fi
   if [[ -z "${SKIP_PYTEST:-}" ]]; then
     echo "== pytest"
-    timeout 400 python3 -m pytest -q tests/python 2>&1 | tee "$LOG/pytest.log" | tail -15 || status=1
+    timeout 400 python3 -m pytest -q ${PYTEST_ARGS:-tests/python} 2>&1 | tee "$LOG/pytest.log" | tail -15 || status=1
   fi
 fi
 if want harness && [[ -z "${SKIP_BENCH:-}" ]]; then
@@ -195,7 +204,15 @@ if want cli; then
   echo "== CLI main job"
   timeout 120 "$BUILD/tools/cli/flashsigmoid" run 2>&1 | tee "$LOG/cli_run.txt" || status=1
 fi
+if want study; then
+  # Each part's JSON is written as its variants finish, so a timeout still leaves the curves so far.
+  echo "== parity study, gpu preset (studies/parity/run.py ${STUDY_ARGS:-})"
+  timeout "${STUDY_TIMEOUT:-420}" python3 studies/parity/run.py --preset gpu --out "$LOG/parity-gpu" ${STUDY_ARGS:-} \
+    2>&1 | tee "$LOG/parity_gpu.log" | tail -40 || status=1
+  [[ -f "$LOG/parity-gpu/summary.md" ]] || python3 studies/parity/report.py "$LOG/parity-gpu" || status=1
+fi
 if [[ -n "${PACK_LOGS:-}" ]]; then
   (cd "$LOG" && tar czf logs.tgz --remove-files -- *.log *.txt 2>/dev/null)
+  if [[ -d "$LOG/parity-gpu" ]]; then (cd "$LOG" && tar czf parity-gpu.tgz --remove-files parity-gpu); fi
 fi
 exit $status

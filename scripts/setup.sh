@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building and testing flashsigmoid needs, skipping whatever is already there
 # (safe to run again). Meant for a fresh Debian/Ubuntu machine as root (or with sudo):
-#   apt: cmake ninja-build g++ libgtest-dev libbenchmark-dev (+ python3-dev python3-pip if missing)
-#   pip: numpy pytest nanobind scikit-build-core ninja, and torch when it cannot be imported
+#   apt: cmake ninja-build g++ libgtest-dev libbenchmark-dev (+ python3-dev python3-pip if missing),
+#        fortunes jargon-text (English text for the parity study, studies/parity)
+#   pip: numpy pytest nanobind scikit-build-core ninja matplotlib scikit-learn, and torch when it
+#        cannot be imported
 #   CUTLASS/CuTe headers (scripts/fetch_cutlass.sh) when nvcc exists.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -11,7 +13,7 @@ log() { echo "[setup] $*"; }
 
 # ---- system packages -----------------------------------------------------------------
 missing=()
-for pkg in cmake ninja-build g++ libgtest-dev libbenchmark-dev; do
+for pkg in cmake ninja-build g++ libgtest-dev libbenchmark-dev fortunes jargon-text; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ! command -v python3 >/dev/null 2>&1; then
@@ -44,7 +46,8 @@ fi
 read -r -a need <<<"$(python3 - <<'PY'
 import importlib.util
 mods = {"numpy": "numpy", "pytest": "pytest", "nanobind": "nanobind",
-        "scikit_build_core": "scikit-build-core", "ninja": "ninja"}
+        "scikit_build_core": "scikit-build-core", "ninja": "ninja",
+        "matplotlib": "matplotlib", "sklearn": "scikit-learn"}
 print(" ".join(pip for mod, pip in mods.items() if importlib.util.find_spec(mod) is None))
 PY
 )"

@@ -13,6 +13,7 @@ from . import _C
 from ._C import FlashSigmoidError
 from ._ops import sigmoid_attn, sigmoid_attn_varlen
 from ._kvcache import sigmoid_attn_with_kvcache
+from . import nn  # noqa: E402  (modules built on the ops above)
 
 __version__ = _C.__version__
 
@@ -36,6 +37,7 @@ __all__ = [
     "__version__",
     "cuda_available",
     "cuda_head_dims",
+    "nn",
     "sigmoid_attn",
     "sigmoid_attn_varlen",
     "sigmoid_attn_with_kvcache",
