@@ -83,8 +83,12 @@ def _options(
     window_left: int,
     window_right: int,
     alibi_slopes: Optional[Tensor],
+    q_offset: Optional[int] = None,
+    k_offset: Optional[int] = None,
 ) -> "_C.Options":
     o = _C.Options()
+    if q_offset is not None or k_offset is not None:  # None: bottom-right alignment
+        o.positions = (0 if q_offset is None else q_offset, 0 if k_offset is None else k_offset)
     o.scale = scale
     o.bias_mode = bias_mode
     o.bias_value = bias_value
@@ -126,10 +130,13 @@ def _fwd(
     window_left: int,
     window_right: int,
     alibi_slopes: Optional[Tensor],
+    q_offset: Optional[int] = None,
+    k_offset: Optional[int] = None,
 ) -> Tensor:
     out = _new_like(q)
     opts = _options(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-                    bias_mode, bias_value, bias, window_left, window_right, alibi_slopes)
+                    bias_mode, bias_value, bias, window_left, window_right, alibi_slopes,
+                    q_offset, k_offset)
     with _device_guard(q):
         _C.forward(_describe(q, "q"), _describe(k, "k"), _describe(v, "v"), _describe(out, "out"), opts)
     return out
@@ -137,7 +144,8 @@ def _fwd(
 
 @_fwd.register_fake
 def _fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-              bias_mode, bias_value, bias, window_left, window_right, alibi_slopes):
+              bias_mode, bias_value, bias, window_left, window_right, alibi_slopes,
+              q_offset=None, k_offset=None):
     return torch.empty_like(q)
 
 
@@ -166,6 +174,8 @@ def _bwd(
     alibi_slopes: Optional[Tensor],
     need_dbias: bool,
     deterministic: bool,
+    q_offset: Optional[int] = None,
+    k_offset: Optional[int] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (dq, dk, dv, dbias); dbias is an empty fp32 tensor unless need_dbias."""
     dq, dk, dv = _new_like(q), _new_like(k), _new_like(v)
@@ -176,7 +186,8 @@ def _bwd(
         dbias = q.new_empty((0,), dtype=torch.float32)
         dbias_view = _C.Tensor()
     opts = _options(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-                    bias_mode, bias_value, bias, window_left, window_right, alibi_slopes)
+                    bias_mode, bias_value, bias, window_left, window_right, alibi_slopes,
+                    q_offset, k_offset)
     opts.deterministic = deterministic
     with _device_guard(q):
         _C.backward(_describe(q, "q"), _describe(k, "k"), _describe(v, "v"), _describe(dout, "dout"),
@@ -187,7 +198,7 @@ def _bwd(
 @_bwd.register_fake
 def _bwd_fake(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
               scale, bias_mode, bias_value, bias, window_left, window_right, alibi_slopes,
-              need_dbias, deterministic):
+              need_dbias, deterministic, q_offset=None, k_offset=None):
     if need_dbias and bias is not None:
         dbias = torch.empty_like(bias)
     else:
@@ -204,18 +215,18 @@ _Q, _K, _V, _BIAS = 0, 1, 2, 11  # positions of the differentiable inputs of fla
 
 def _setup_context(ctx, inputs, output):
     (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-     bias_mode, bias_value, bias, window_left, window_right, alibi_slopes) = inputs
+     bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, q_offset, k_offset) = inputs
     ctx.save_for_backward(q, k, v, cu_seqlens_q, cu_seqlens_k, bias, alibi_slopes)
     ctx.args = (max_seqlen_q, max_seqlen_k, causal, scale, bias_mode, bias_value,
-                window_left, window_right)
+                window_left, window_right, q_offset, k_offset)
 
 
 def _backward(ctx, dout):
     q, k, v, cu_seqlens_q, cu_seqlens_k, bias, alibi_slopes = ctx.saved_tensors
     (max_seqlen_q, max_seqlen_k, causal, scale, bias_mode, bias_value,
-     window_left, window_right) = ctx.args
+     window_left, window_right, q_offset, k_offset) = ctx.args
     needs = ctx.needs_input_grad
-    grads: List[Optional[Tensor]] = [None] * 15
+    grads: List[Optional[Tensor]] = [None] * len(needs)
     if not (needs[_Q] or needs[_K] or needs[_V] or needs[_BIAS]):
         return tuple(grads)
     if dout.stride(-1) != 1:  # e.g. the expanded gradient of out.sum()
@@ -224,7 +235,7 @@ def _backward(ctx, dout):
     dq, dk, dv, dbias = _bwd(
         dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
         bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, need_dbias,
-        torch.are_deterministic_algorithms_enabled())
+        torch.are_deterministic_algorithms_enabled(), q_offset, k_offset)
     grads[_Q] = dq if needs[_Q] else None
     grads[_K] = dk if needs[_K] else None
     grads[_V] = dv if needs[_V] else None
@@ -263,6 +274,19 @@ def _window_args(window):
     return int(window[0]), int(window[1])
 
 
+def _positions_args(positions):
+    """None -> (None, None) (bottom-right); (q, k) -> the global positions of the first query / key row."""
+    if positions is None:
+        return None, None
+    if (not isinstance(positions, (tuple, list)) or len(positions) != 2
+            or any(isinstance(p, bool) or not isinstance(p, int) for p in positions)):
+        raise TypeError(
+            "flashsigmoid: positions must be None or a pair of ints (q_offset, k_offset) >= 0; "
+            f"got {positions!r}"
+        )
+    return int(positions[0]), int(positions[1])
+
+
 def _scale_arg(scale):
     if scale is None:
         return None
@@ -281,6 +305,7 @@ def sigmoid_attn(
     bias=None,
     window: Tuple[int, int] = (-1, -1),
     alibi_slopes: Optional[Tensor] = None,
+    positions: Optional[Tuple[int, int]] = None,
 ) -> Tensor:
     """Sigmoid self-attention: ``out = sigmoid(scale * q k^T + b + alibi) v``.
 
@@ -294,14 +319,19 @@ def sigmoid_attn(
             a float32 tensor ``[Hq]`` -> a per-head (learnable) bias, whose gradient is returned.
         window: sliding window ``(left, right)``; ``-1`` = unbounded. Combines with ``causal``.
         alibi_slopes: optional float32 ``[Hq]`` or ``[B, Hq]``: adds ``-slope * |i + Nk - Nq - j|``.
+        positions: ``(q_offset, k_offset)``: global positions of the first query and key row (q
+            and k are one block of a longer sequence). Query ``i`` is then at ``q_offset + i`` and key
+            ``j`` at ``k_offset + j``, and causal, window and ALiBi compare these positions instead of
+            aligning bottom-right. The default bias stays ``-log(Nk)`` of this call.
 
     Returns:
         ``[B, Nq, Hq, D]`` in q's dtype.
     """
     bias_mode, bias_value, bias_t = _bias_args(bias)
     wl, wr = _window_args(window)
+    qo, ko = _positions_args(positions)
     return _fwd(q, k, v, None, None, 0, 0, bool(causal), _scale_arg(scale), bias_mode, bias_value,
-                bias_t, wl, wr, alibi_slopes)
+                bias_t, wl, wr, alibi_slopes, qo, ko)
 
 
 def sigmoid_attn_varlen(
@@ -318,15 +348,19 @@ def sigmoid_attn_varlen(
     bias=None,
     window: Tuple[int, int] = (-1, -1),
     alibi_slopes: Optional[Tensor] = None,
+    positions: Optional[Tuple[int, int]] = None,
 ) -> Tensor:
     """Sigmoid self-attention over packed variable-length sequences.
 
     q: ``[total_q, Hq, D]``; k, v: ``[total_k, Hkv, D]``; ``cu_seqlens_q/k``: int32 ``[B + 1]``
     prefix sums of the sequence lengths, on the tensors' device; ``max_seqlen_q/k`` bound every
     length. The default bias is ``-log(Nk)`` with each sequence's own ``Nk``. Other keywords as
-    in :func:`sigmoid_attn` (``alibi_slopes`` ``[B, Hq]`` indexes the sequence).
+    in :func:`sigmoid_attn` (``alibi_slopes`` ``[B, Hq]`` indexes the sequence; ``positions``
+    apply to every sequence, counted from its own first row).
     """
     bias_mode, bias_value, bias_t = _bias_args(bias)
     wl, wr = _window_args(window)
+    qo, ko = _positions_args(positions)
     return _fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
-                bool(causal), _scale_arg(scale), bias_mode, bias_value, bias_t, wl, wr, alibi_slopes)
+                bool(causal), _scale_arg(scale), bias_mode, bias_value, bias_t, wl, wr, alibi_slopes,
+                qo, ko)
