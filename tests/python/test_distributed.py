@@ -5,10 +5,13 @@ machine) makes groups of 1, 2, 3 and 4 ranks (the 4: the default world group) an
 every case (ring and all-to-all, causal and not, both layouts, GQA, ALiBi, windows, the three
 bias kinds, fp32 and bf16), then the error cases, then one more good call (the group still works
 after the errors). Each case compares the gathered output and gradients with the single-process
-flashsigmoid result and with the float64 reference. The parent kills the processes when they run
-past the time limit, so a hang fails the tests instead of blocking.
+flashsigmoid result and with the float64 reference. The 2-rank group also runs bench/cp_bench.py's
+measurement in its tiny CPU configuration. The parent kills the processes when they run past the
+time limit, so a hang fails the tests instead of blocking.
 """
 
+import importlib.util
+import json
 import math
 import os
 import queue
@@ -23,7 +26,18 @@ import torch.multiprocessing as mp
 from helpers import BOUNDS
 from sigmoid_ref import attn_dense, rel_l2
 
-TIME_LIMIT_S = 150
+TIME_LIMIT_S = 200
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH_ARGS = ["unused-out-dir", "--device", "cpu", "--world", "2", "--n", "128", "--heads", "2", "--dim", "32",
+              "--dtype", "fp32", "--reps", "1", "--warmup", "0"]
+
+
+def _cp_bench():
+    """bench/cp_bench.py as a module (bench/ is no package)."""
+    spec = importlib.util.spec_from_file_location("cp_bench", os.path.join(ROOT, "bench", "cp_bench.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 ROWS_PER_CHUNK = 20  # rows per zigzag chunk: 40 per rank
 
 
@@ -180,6 +194,9 @@ def _worker(rank, port, seed, out_q):
                     results = [_run_case(case, seed + i, g) for i, case in enumerate(CASES)]
                     errors = _error_cases(g)
                     after = _run_case(CASES[1], seed + 100, g)  # the group still works after the errors
+                    if world == 2:  # bench/cp_bench.py's tiny CPU configuration, in this group
+                        bench = _cp_bench()
+                        after = (after, bench.measure(bench.parse_args(BENCH_ARGS), g))
                     out_q.put((world, rank, "ok", results, errors, after))
                 except BaseException:  # noqa: BLE001 - the parent reports it
                     out_q.put((world, rank, "exception", traceback.format_exc(), None, None))
@@ -225,6 +242,8 @@ def test_context_parallel_matches_single_process(world, reports):
     assert not crashed, f"world {world}: a rank raised:\n" + "\n".join(f"rank {r}:\n{t}" for r, t in crashed.items())
 
     status, results, errors, after = reports[0]
+    if world == 2:
+        after = after[0]
     checked = 0
     for cid, errs, bad in results + [after]:
         assert not bad, (f"world {world} {cid} (seed {seed}): over the bound (vs single process, vs float64, single process vs "
@@ -269,3 +288,21 @@ def test_plan_skips_future_blocks_and_merges_visible_ones():
     calls = _plan(_segments("zigzag", 1, W, n), _segments("zigzag", 0, W, n), True, (-1, -1), True)
     assert all(c.q_pos is not None for c in calls) and len(calls) == 2
     assert math.isclose(sum((c.q1 - c.q0) * (c.k1 - c.k0) for c in calls), n * n / 2)
+
+
+def test_cp_bench_tiny_cpu_configuration(reports, tmp_path):
+    """bench/cp_bench.py's measurement (run in the 2-rank group above) and its report."""
+    got, _ = reports
+    assert 0 in got[2] and got[2][0][0] == "ok", "the 2-rank group did not finish"
+    rows, checks = got[2][0][3][1]
+    bench = _cp_bench()
+    a = bench.parse_args([str(tmp_path)] + BENCH_ARGS[1:])
+    assert bench.report(a, rows, checks, BENCH_ARGS), checks
+    data = json.loads((tmp_path / "cp_bench.json").read_text())
+    assert {(r["method"], r["causal"]) for r in data["rows"]} == {
+        ("ring", False), ("ring", True), ("ulysses", False), ("ulysses", True)}
+    for r in data["rows"]:
+        assert r["full_s"] > 0 and r["one_total_s"] > 0 and r["compute_s"] > 0 and r["comm_s"] > 0, r
+    assert len(data["checks"]) == 4 and all(c["max_rel_l2"] <= 1e-5 for c in data["checks"]), data["checks"]
+    md = (tmp_path / "cp_bench.md").read_text()
+    assert md.count("| ring |") == 4 and md.count("| ulysses |") == 4, md  # timing rows and check rows
