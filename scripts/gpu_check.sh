@@ -13,6 +13,9 @@
 #        PY_HEAD_DIMS (head dims of the pip-installed package, default $FLASHSIGMOID_HEAD_DIMS),
 #        SKIP_PORTABLE_PASS=1 (Hopper builds: one ctest pass with automatic dispatch instead of two),
 #        PY_REUSE=1 (keep a Python package already installed), SKIP_PYTEST=1,
+#        cp (a stage, not in the default list; needs 2 GPUs and the Python package, so STAGES="python cp"):
+#        bench/cp_bench.py, context parallelism on 2 GPUs over NCCL, tables into $LOG/cp
+#        (CP_ARGS: extra flags, e.g. "--n 65536,131072 --reps 2"; CP_TIMEOUT: seconds, default 480),
 #        PACK_LOGS=1 (at the end, the .log / .txt files of $OUT into one logs.tgz: the device tool returns
 #        at most 8 files, and a full run with the harness writes more; harness/ stays as it is).
 # Wheels under .whl (git-ignored; e.g. triton-sigmoid for the harness) are installed into /tmp/site first:
@@ -36,8 +39,8 @@ STAGES=" ${STAGES:-tests sanitizer bench python harness cli} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 for stage in $STAGES; do
   case "$stage" in
-    tests|sanitizer|bench|python|harness|cli) ;;
-    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness cli" >&2; exit 2 ;;
+    tests|sanitizer|bench|python|harness|cli|cp) ;;
+    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness cli cp" >&2; exit 2 ;;
   esac
 done
 HOPPER=0
@@ -119,7 +122,7 @@ if want tests; then
 fi
 SAN_D="${SANITIZER_HEAD_DIM:-64}"
 # Backward names end in _det / _atomic (Options::deterministic): both modes run.
-SMALL='Cases/GpuForward.MatchesReference/basic_bf16_d*:Cases/GpuForward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuForward.MatchesReference/window_bf16_d*:Cases/GpuForward.MatchesReference/nq_gt_nk_bf16_d*:Cases/GpuForward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuForward.MatchesReference/varlen_window_alibi_fp16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_gqa_window_fp16_d*:Cases/HopperForward.MatchesReference/hopper_long_varlen_fp16_d*:Cases/HopperForward.MatchesReference/hopper_many_tiles_per_cta_causal_bf16_d*:HopperForwardSchedule.*:Cases/GpuBackward.MatchesReference/basic_bf16_d*_*:Cases/GpuBackward.MatchesReference/varlen_causal_fp16_d*_*:Cases/GpuBackward.MatchesReference/window_bf16_d*_*:Cases/GpuBackward.MatchesReference/gqa_bf16_d*_*:Cases/GpuBackward.MatchesReference/alibi_per_batch_causal_bf16_d*_*:Cases/GpuBackward.MatchesReference/varlen_window_bias_fp16_d*_*:Cases/HopperBackward.MatchesReference/basic_bf16_d*:Cases/HopperBackward.MatchesReference/hbwd_unseen_keys_bias_fp16_d*:Cases/HopperBackward.DeterministicMatchesReference/hbwd_long_bf16_d*'
+SMALL='Cases/GpuForward.MatchesReference/basic_bf16_d*:Cases/GpuForward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuForward.MatchesReference/window_bf16_d*:Cases/GpuForward.MatchesReference/nq_gt_nk_bf16_d*:Cases/GpuForward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuForward.MatchesReference/varlen_window_alibi_fp16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_gqa_window_fp16_d*:Cases/HopperForward.MatchesReference/hopper_long_varlen_fp16_d*:Cases/HopperForward.MatchesReference/hopper_many_tiles_per_cta_causal_bf16_d*:HopperForwardSchedule.*:Cases/GpuBackward.MatchesReference/basic_bf16_d*_*:Cases/GpuBackward.MatchesReference/varlen_causal_fp16_d*_*:Cases/GpuBackward.MatchesReference/window_bf16_d*_*:Cases/GpuBackward.MatchesReference/gqa_bf16_d*_*:Cases/GpuBackward.MatchesReference/alibi_per_batch_causal_bf16_d*_*:Cases/GpuBackward.MatchesReference/varlen_window_bias_fp16_d*_*:Cases/HopperBackward.MatchesReference/basic_bf16_d*:Cases/HopperBackward.MatchesReference/hbwd_unseen_keys_bias_fp16_d*:Cases/HopperBackward.DeterministicMatchesReference/hbwd_long_bf16_d*:Cases/GpuForward.MatchesReference/pos_diagonal_causal_bf16_d*:Cases/GpuForward.MatchesReference/pos_varlen_causal_fp16_d*:Cases/GpuBackward.MatchesReference/pos_window_alibi_bf16_d*_*:Cases/GpuBackward.MatchesReference/pos_future_keys_causal_fp16_d*_*:Cases/HopperForward.MatchesReference/pos_diagonal_causal_bf16_d*:Cases/HopperBackward.MatchesReference/hbwd_pos_partly_future_window_alibi_bf16_d*:Cases/HopperBackward.DeterministicMatchesReference/hbwd_pos_long_causal_gqa_bias_bf16_d*'
 if want sanitizer && [[ -z "${SKIP_SANITIZER:-}" ]]; then
   SMALL="${SMALL//_d\*/_d$SAN_D}"
   for tool in memcheck racecheck; do
@@ -157,6 +160,17 @@ if want harness && [[ -z "${SKIP_BENCH:-}" ]]; then
   echo "== benchmark harness (bench/harness.py ${HARNESS_ARGS:-})"
   timeout 400 python3 bench/harness.py --out "$LOG/harness" ${COMMIT:+--commit "$COMMIT"} ${HARNESS_ARGS:-} 2>&1 |
     tee "$LOG/bench_harness.txt" || status=1
+fi
+if want cp; then
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+  if (( gpus < 2 )); then
+    echo "== context-parallel benchmark skipped: it needs 2 GPUs, this machine has $gpus" | tee "$LOG/bench_cp.txt"
+    status=1
+  else
+    echo "== context-parallel benchmark (bench/cp_bench.py ${CP_ARGS:-})"
+    timeout "${CP_TIMEOUT:-480}" python3 bench/cp_bench.py "$LOG/cp" ${COMMIT:+--commit "$COMMIT"} ${CP_ARGS:-} 2>&1 |
+      tee "$LOG/bench_cp.txt" || status=1
+  fi
 fi
 if want cli; then
   echo "== CLI main job"
