@@ -6,8 +6,9 @@ every case (ring and all-to-all, causal and not, both layouts, GQA, ALiBi, windo
 bias kinds, fp32 and bf16), then the error cases, then one more good call (the group still works
 after the errors). Each case compares the gathered output and gradients with the single-process
 flashsigmoid result and with the float64 reference. The 2-rank group also runs bench/cp_bench.py's
-measurement in its tiny CPU configuration. The parent kills the processes when they run past the
-time limit, so a hang fails the tests instead of blocking.
+measurement in its tiny CPU configuration. On a machine with 2 GPUs the same cases run once more
+over NCCL (groups of 1 and 2, bf16). The parent kills the processes when they run past the time
+limit, so a hang fails the tests instead of blocking.
 """
 
 import importlib.util
@@ -61,30 +62,37 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _full_inputs(seed, world, dtype, Hq, Hkv, causal_layout):
+def _head_dims(device):
+    """(head_dim of the cases, another supported one) per device: the GPU check builds D 64 and 128."""
+    return (32, 64) if device == "cpu" else (64, 128)
+
+
+def _full_inputs(seed, world, dtype, Hq, Hkv, device):
     g = torch.Generator().manual_seed(seed)
-    B, D, N = 2, 32, 2 * ROWS_PER_CHUNK * world
-    q = torch.randn(B, N, Hq, D, generator=g).to(dtype)
-    k = torch.randn(B, N, Hkv, D, generator=g).to(dtype)
-    v = torch.randn(B, N, Hkv, D, generator=g).to(dtype)
-    dout = torch.randn(B, N, Hq, D, generator=g).to(dtype)
-    head_bias = -2.0 - torch.rand(Hq, generator=g)
+    B, D, N = 2, _head_dims(device)[0], 2 * ROWS_PER_CHUNK * world
+    q = torch.randn(B, N, Hq, D, generator=g).to(device, dtype)
+    k = torch.randn(B, N, Hkv, D, generator=g).to(device, dtype)
+    v = torch.randn(B, N, Hkv, D, generator=g).to(device, dtype)
+    dout = torch.randn(B, N, Hq, D, generator=g).to(device, dtype)
+    head_bias = (-2.0 - torch.rand(Hq, generator=g)).to(device)
     slopes = {"head": 0.02 + 0.1 * torch.rand(Hq, generator=g), "batch": 0.02 + 0.1 * torch.rand(B, Hq, generator=g)}
-    return q, k, v, dout, head_bias, slopes
+    return q, k, v, dout, head_bias, {n: t.to(device) for n, t in slopes.items()}
 
 
 def _bias_value(kind, head_bias):
     return {"default": None, "scalar": -3.25, "head": head_bias}[kind]
 
 
-def _run_case(case, seed, group):
+def _run_case(case, seed, group, device="cpu"):
     import flashsigmoid as fs
     import flashsigmoid.distributed as fsd
 
     rank, world = dist.get_rank(group), dist.get_world_size(group)
 
     cid, fn, dtype, causal, layout, bias_kind, alibi_kind, window, Hq, Hkv = case
-    q, k, v, dout, head_bias, slopes = _full_inputs(seed, world, dtype, Hq, Hkv, layout)
+    if device != "cpu" and dtype == torch.float32:
+        dtype = torch.bfloat16  # the CUDA kernels take fp16 / bf16
+    q, k, v, dout, head_bias, slopes = _full_inputs(seed, world, dtype, Hq, Hkv, device)
     alibi = slopes[alibi_kind] if alibi_kind else None
     lay = layout or ("zigzag" if causal and fn == "ring" else "contiguous")
     kw = dict(causal=causal, window=window, alibi_slopes=alibi)
@@ -110,19 +118,20 @@ def _run_case(case, seed, group):
         return None
 
     # the single-process result and the float64 reference of the whole sequence
-    def single(run, cast):
-        leaves = [t.detach().to(cast).clone().requires_grad_() for t in (q, k, v)]
-        b = bias.detach().to(torch.float64 if cast == torch.float64 else torch.float32).clone().requires_grad_() \
+    def single(run, cast, dev):
+        leaves = [t.detach().to(dev, cast).clone().requires_grad_() for t in (q, k, v)]
+        b = bias.detach().to(dev, torch.float64 if cast == torch.float64 else torch.float32).clone().requires_grad_() \
             if isinstance(bias, torch.Tensor) else bias
-        o = run(*leaves, bias=b, **kw)
-        o.backward(dout.to(cast))
+        o = run(*leaves, bias=b, **{**kw, "alibi_slopes": None if alibi is None else alibi.to(dev)})
+        o.backward(dout.to(dev, cast))
         res = {"out": o.detach(), "dq": leaves[0].grad, "dk": leaves[1].grad, "dv": leaves[2].grad}
         if isinstance(b, torch.Tensor):
             res["dbias"] = b.grad
-        return res
+        return {n: t.cpu() for n, t in res.items()}
 
-    one = single(fs.sigmoid_attn, dtype)
-    ref = single(attn_dense, torch.float64)
+    one = single(fs.sigmoid_attn, dtype, device)
+    ref = single(attn_dense, torch.float64, "cpu")
+    got = {n: t.cpu() for n, t in got.items()}
     bound = BOUNDS[dtype]
     errs = {}
     for name, t in got.items():
@@ -131,7 +140,7 @@ def _run_case(case, seed, group):
     return cid, errs, bad
 
 
-def _error_cases(group):
+def _error_cases(group, device="cpu"):
     """Bad input on one rank: every rank must raise FlashSigmoidError (and nothing may hang)."""
     import functools
 
@@ -142,20 +151,21 @@ def _error_cases(group):
     ring_attn = functools.partial(fsd.ring_attn, group=group)
     ulysses_attn = functools.partial(fsd.ulysses_attn, group=group)
 
-    B, n, H, D = 1, 2 * ROWS_PER_CHUNK, 12, 32
-    base = [torch.randn(B, n, H, D) for _ in range(3)]
+    (B, n, H), (D, other_d) = (1, 2 * ROWS_PER_CHUNK, 12), _head_dims(device)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    base = [torch.randn(B, n, H, D, device=device, dtype=dtype) for _ in range(3)]
     last = world - 1
     cases = {
         # rows differ on the last rank (the ring's transfers would not match)
         "rows": lambda: ring_attn(*[t[:, : n - 2] if rank == last else t for t in base], causal=True),
         # k head_dim differs on rank 0
-        "k-head-dim": lambda: ring_attn(base[0], torch.randn(B, n, H, 64) if rank == 0 else base[1],
-                                            torch.randn(B, n, H, 64) if rank == 0 else base[2]),
+        "k-head-dim": lambda: ring_attn(base[0], base[1].new_zeros(B, n, H, other_d) if rank == 0 else base[1],
+                                        base[2].new_zeros(B, n, H, other_d) if rank == 0 else base[2]),
         # only the last rank's ALiBi slopes are float64: the kernel's validation rejects them there
         "alibi-dtype-ring": lambda: ring_attn(*base, causal=True, alibi_slopes=torch.rand(
-            H, dtype=torch.float64 if rank == last else torch.float32)),
+            H, device=device, dtype=torch.float64 if rank == last else torch.float32)),
         "alibi-dtype-ulysses": lambda: ulysses_attn(*base, alibi_slopes=torch.rand(
-            H, dtype=torch.float64 if rank == last else torch.float32)),
+            H, device=device, dtype=torch.float64 if rank == last else torch.float32)),
         # a window every rank gets wrong
         "window": lambda: ring_attn(*base, window=(-5, 0)),
         # odd rows per rank cannot be zigzagged (every rank)
@@ -179,22 +189,27 @@ def _error_cases(group):
 
 
 WORLDS = (1, 2, 3, 4)
+CUDA_WORLDS = (1, 2)
 
 
-def _worker(rank, port, seed, out_q):
+def _worker(rank, port, seed, out_q, device="cpu", worlds=WORLDS):
     try:
         torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=max(WORLDS))
-        groups = {w: dist.new_group(list(range(w))) for w in WORLDS[:-1]}  # every rank creates every group
-        groups[max(WORLDS)] = None  # the default group
-        for world in WORLDS:
+        if device == "cuda":
+            torch.cuda.set_device(rank)
+            device = f"cuda:{rank}"
+        backend = "gloo" if device == "cpu" else "nccl"
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=max(worlds))
+        groups = {w: dist.new_group(list(range(w))) for w in worlds[:-1]}  # every rank creates every group
+        groups[max(worlds)] = None  # the default group
+        for world in worlds:
             if rank < world:
                 try:
                     g = groups[world]
-                    results = [_run_case(case, seed + i, g) for i, case in enumerate(CASES)]
-                    errors = _error_cases(g)
-                    after = _run_case(CASES[1], seed + 100, g)  # the group still works after the errors
-                    if world == 2:  # bench/cp_bench.py's tiny CPU configuration, in this group
+                    results = [_run_case(case, seed + i, g, device) for i, case in enumerate(CASES)]
+                    errors = _error_cases(g, device)
+                    after = _run_case(CASES[1], seed + 100, g, device)  # the group still works after the errors
+                    if world == 2 and device == "cpu":  # bench/cp_bench.py's tiny CPU configuration, in this group
                         bench = _cp_bench()
                         after = (after, bench.measure(bench.parse_args(BENCH_ARGS), g))
                     out_q.put((world, rank, "ok", results, errors, after))
@@ -207,19 +222,19 @@ def _worker(rank, port, seed, out_q):
         pass
 
 
-@pytest.fixture(scope="module")
-def reports():
+def _spawn(device, worlds):
     """{world: {rank: (status, results, errors, after)}} from one spawn; missing ranks hung."""
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
     ctx = mp.get_context("spawn")
     out_q = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, seed, out_q), daemon=True) for r in range(max(WORLDS))]
+    procs = [ctx.Process(target=_worker, args=(r, port, seed, out_q, device, worlds), daemon=True)
+             for r in range(max(worlds))]
     for p in procs:
         p.start()
-    got = {w: {} for w in WORLDS}
+    got = {w: {} for w in worlds}
     try:
-        for _ in range(sum(WORLDS)):
+        for _ in range(sum(worlds)):
             world, rank, status, a, b, c = out_q.get(timeout=TIME_LIMIT_S)
             got[world][rank] = (status, a, b, c)
     except queue.Empty:
@@ -232,8 +247,36 @@ def reports():
     return got, seed
 
 
+@pytest.fixture(scope="module")
+def reports():
+    return _spawn("cpu", WORLDS)
+
+
+def _have_two_gpus():
+    import flashsigmoid as fs
+
+    return torch.cuda.device_count() >= 2 and fs.cuda_available() and 64 in fs.cuda_head_dims()
+
+
+@pytest.fixture(scope="module")
+def cuda_reports():
+    if not _have_two_gpus():
+        pytest.skip("needs 2 CUDA devices and a CUDA build with head dim 64")
+    return _spawn("cuda", CUDA_WORLDS)
+
+
 @pytest.mark.parametrize("world", WORLDS)
 def test_context_parallel_matches_single_process(world, reports):
+    _check(world, reports, "cpu")
+
+
+@pytest.mark.parametrize("world", CUDA_WORLDS)
+def test_context_parallel_nccl_matches_single_gpu(world, cuda_reports):
+    """The same cases on GPUs over NCCL (bf16 instead of fp32)."""
+    _check(world, cuda_reports, "cuda")
+
+
+def _check(world, reports, device):
     reports, seed = reports
     reports = reports[world]
     assert len(reports) == world, (
@@ -242,7 +285,7 @@ def test_context_parallel_matches_single_process(world, reports):
     assert not crashed, f"world {world}: a rank raised:\n" + "\n".join(f"rank {r}:\n{t}" for r, t in crashed.items())
 
     status, results, errors, after = reports[0]
-    if world == 2:
+    if world == 2 and device == "cpu":
         after = after[0]
     checked = 0
     for cid, errs, bad in results + [after]:
@@ -254,7 +297,7 @@ def test_context_parallel_matches_single_process(world, reports):
     # every rank raised FlashSigmoidError for every error case, with a message that names the problem
     expect = {
         "rows": "the ranks' inputs differ (rows: ",
-        "k-head-dim": "k head_dim: 64/32",
+        "k-head-dim": "k head_dim: {1}/{0}".format(*_head_dims(device)),
         "alibi-dtype-ring": f"the local attention failed on rank {world - 1}: flashsigmoid: alibi_slopes must be float32",
         "alibi-dtype-ulysses": f"failed on rank {world - 1}: flashsigmoid: alibi_slopes must be float32",
         "window": "window (-5, 0) is invalid",
