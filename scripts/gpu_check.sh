@@ -16,6 +16,9 @@
 #        PY_REUSE=1 (keep a Python package already installed), SKIP_PYTEST=1,
 #        KV_BENCH_ARGS (extra flags for the C++ KV-cache benchmark, e.g. "--quick"),
 #        PYTEST_ARGS (what pytest runs, default tests/python),
+#        cp (a stage, not in the default list; needs 2 GPUs and the Python package, so STAGES="python cp"):
+#        bench/cp_bench.py, context parallelism on 2 GPUs over NCCL, tables into $LOG/cp
+#        (CP_ARGS: extra flags, e.g. "--n 65536,131072 --reps 2"; CP_TIMEOUT: seconds, default 480),
 #        PACK_LOGS=1 (at the end, the .log / .txt files of OUTDIR into one logs.tgz, for when only a few
 #        files can be copied back from the GPU machine; harness/ stays as it is;
 #        parity-gpu/ goes into parity-gpu.tgz).
@@ -49,8 +52,8 @@ STAGES=" ${STAGES:-tests sanitizer bench python harness decode cli} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 for stage in $STAGES; do
   case "$stage" in
-    tests|sanitizer|bench|python|harness|decode|cli|kvcache|study) ;;
-    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness decode cli kvcache study" >&2; exit 2 ;;
+    tests|sanitizer|bench|python|harness|decode|cli|kvcache|study|cp) ;;
+    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness decode cli kvcache study cp" >&2; exit 2 ;;
   esac
 done
 HOPPER=0
@@ -136,7 +139,7 @@ if want tests; then
 fi
 SAN_D="${SANITIZER_HEAD_DIM:-64}"
 # Backward names end in _det / _atomic (Options::deterministic): both modes run.
-SMALL='Cases/GpuForward.MatchesReference/basic_bf16_d*:Cases/GpuForward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuForward.MatchesReference/window_bf16_d*:Cases/GpuForward.MatchesReference/nq_gt_nk_bf16_d*:Cases/GpuForward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuForward.MatchesReference/varlen_window_alibi_fp16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_gqa_window_fp16_d*:Cases/HopperForward.MatchesReference/hopper_long_varlen_fp16_d*:Cases/HopperForward.MatchesReference/hopper_many_tiles_per_cta_causal_bf16_d*:HopperForwardSchedule.*:Cases/GpuBackward.MatchesReference/basic_bf16_d*_*:Cases/GpuBackward.MatchesReference/varlen_causal_fp16_d*_*:Cases/GpuBackward.MatchesReference/window_bf16_d*_*:Cases/GpuBackward.MatchesReference/gqa_bf16_d*_*:Cases/GpuBackward.MatchesReference/alibi_per_batch_causal_bf16_d*_*:Cases/GpuBackward.MatchesReference/varlen_window_bias_fp16_d*_*:Cases/HopperBackward.MatchesReference/basic_bf16_d*:Cases/HopperBackward.MatchesReference/hbwd_unseen_keys_bias_fp16_d*:Cases/HopperBackward.DeterministicMatchesReference/hbwd_long_bf16_d*:Forms/GpuNonFinite.VarlenRowsPastTheLastSequenceAreZero/*'
+SMALL='Cases/GpuForward.MatchesReference/basic_bf16_d*:Cases/GpuForward.MatchesReference/varlen_causal_fp16_d*:Cases/GpuForward.MatchesReference/window_bf16_d*:Cases/GpuForward.MatchesReference/nq_gt_nk_bf16_d*:Cases/GpuForward.MatchesReference/alibi_per_batch_causal_bf16_d*:Cases/GpuForward.MatchesReference/varlen_window_alibi_fp16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_gqa_window_fp16_d*:Cases/HopperForward.MatchesReference/hopper_long_varlen_fp16_d*:Cases/HopperForward.MatchesReference/hopper_many_tiles_per_cta_causal_bf16_d*:HopperForwardSchedule.*:Cases/GpuBackward.MatchesReference/basic_bf16_d*_*:Cases/GpuBackward.MatchesReference/varlen_causal_fp16_d*_*:Cases/GpuBackward.MatchesReference/window_bf16_d*_*:Cases/GpuBackward.MatchesReference/gqa_bf16_d*_*:Cases/GpuBackward.MatchesReference/alibi_per_batch_causal_bf16_d*_*:Cases/GpuBackward.MatchesReference/varlen_window_bias_fp16_d*_*:Cases/HopperBackward.MatchesReference/basic_bf16_d*:Cases/HopperBackward.MatchesReference/hbwd_unseen_keys_bias_fp16_d*:Cases/HopperBackward.DeterministicMatchesReference/hbwd_long_bf16_d*:Forms/GpuNonFinite.VarlenRowsPastTheLastSequenceAreZero/*:Cases/GpuForward.MatchesReference/pos_diagonal_causal_bf16_d*:Cases/GpuForward.MatchesReference/pos_varlen_causal_fp16_d*:Cases/GpuBackward.MatchesReference/pos_window_alibi_bf16_d*_*:Cases/GpuBackward.MatchesReference/pos_future_keys_causal_fp16_d*_*:Cases/HopperForward.MatchesReference/pos_diagonal_causal_bf16_d*:Cases/HopperBackward.MatchesReference/hbwd_pos_partly_future_window_alibi_bf16_d*:Cases/HopperBackward.DeterministicMatchesReference/hbwd_pos_long_causal_gqa_bias_bf16_d*'
 if want sanitizer && [[ -z "${SKIP_SANITIZER:-}" ]]; then
   SMALL="${SMALL//_d\*/_d$SAN_D}"
   for tool in memcheck racecheck; do
@@ -199,6 +202,17 @@ if want decode && [[ -z "${SKIP_BENCH:-}" ]]; then
   echo "== decode benchmark (bench/decode_bench.py ${DECODE_ARGS:-})"
   timeout 500 python3 bench/decode_bench.py --device cuda --out "$LOG/decode" ${COMMIT:+--commit "$COMMIT"} \
     ${DECODE_ARGS:-} 2>&1 | tee "$LOG/bench_decode.txt" || status=1
+fi
+if want cp; then
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+  if (( gpus < 2 )); then
+    echo "== context-parallel benchmark skipped: it needs 2 GPUs, this machine has $gpus" | tee "$LOG/bench_cp.txt"
+    status=1
+  else
+    echo "== context-parallel benchmark (bench/cp_bench.py ${CP_ARGS:-})"
+    timeout "${CP_TIMEOUT:-480}" python3 bench/cp_bench.py "$LOG/cp" ${COMMIT:+--commit "$COMMIT"} ${CP_ARGS:-} 2>&1 |
+      tee "$LOG/bench_cp.txt" || status=1
+  fi
 fi
 if want cli; then
   echo "== CLI main job"

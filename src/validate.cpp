@@ -348,6 +348,19 @@ void resolve_options(AttnParams& p, const Options& o) {
     fail("window (" + std::to_string(o.window_left) + ", " + std::to_string(o.window_right) +
          ") is invalid; each side must be >= 0, or -1 for unbounded");
   }
+  if (o.positions) {
+    // Positions below 2^29 keep every distance exact in the kernels' 32-bit tile coordinates.
+    constexpr std::int64_t kMaxPosition = std::int64_t(1) << 29;
+    const std::int64_t qo = o.positions->q, ko = o.positions->k;
+    if (qo < 0 || ko < 0 || qo > kMaxPosition - p.seqlen_q || ko > kMaxPosition - p.seqlen_k) {
+      fail("positions (q " + std::to_string(qo) + ", k " + std::to_string(ko) +
+           ") are invalid; accepted: offsets >= 0 with q + Nq and k + Nk at most 2^29 = " +
+           std::to_string(kMaxPosition) + " (Nq " + std::to_string(p.seqlen_q) + ", Nk " +
+           std::to_string(p.seqlen_k) + (varlen ? ", the max_seqlen values)" : ")"));
+    }
+    p.global_positions = true;
+    p.position_diag = qo - ko;
+  }
   p.causal = o.causal;
   p.window_left = o.window_left;
   p.window_right = o.window_right;

@@ -71,6 +71,20 @@ struct Options {
   std::int64_t window_right = -1;
   TensorView alibi_slopes;  // optional fp32 [Hq] or [B, Hq]: adds -slope * |i + Nk - Nq - j|
 
+  // Global positions, for a call that sees one block of a longer sequence (context parallelism).
+  // When set, query row i is at position q + i and key j at position k + j (varlen: i and j count
+  // from each sequence's start; every sequence gets the same offsets), and causal, the window and
+  // ALiBi compare these positions: causal keeps key j iff k + j <= q + i, the window keeps
+  // q + i - left <= k + j <= q + i + right, ALiBi adds -slope * |(q + i) - (k + j)|. Unset is the
+  // bottom-right rule, i.e. q = Nk - Nq and k = 0 per sequence. Offsets are >= 0 and every position
+  // stays below 2^29. The default bias is still -log of this call's Nk: a caller that splits a
+  // sequence passes the global -log(N) as bias_mode scalar.
+  struct PositionOffsets {
+    std::int64_t q = 0;
+    std::int64_t k = 0;
+  };
+  std::optional<PositionOffsets> positions;
+
   // Varlen: q/k/v packed as [total, H, D]; cu_seqlens_* int32 [B + 1] on the
   // tensors' device; max_seqlen_* bound every sequence's length.
   TensorView cu_seqlens_q;

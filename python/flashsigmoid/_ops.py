@@ -86,8 +86,12 @@ def _options(
     window_right: int,
     alibi_slopes: Optional[Tensor],
     scale_tensor: Optional[Tensor] = None,
+    q_offset: Optional[int] = None,
+    k_offset: Optional[int] = None,
 ) -> "_C.Options":
     o = _C.Options()
+    if q_offset is not None or k_offset is not None:  # None: bottom-right alignment
+        o.positions = (0 if q_offset is None else q_offset, 0 if k_offset is None else k_offset)
     o.scale = scale if scale_tensor is None else _args.scale_from_tensor(scale_tensor, scale)
     o.bias_mode = bias_mode
     o.bias_value = bias_value
@@ -130,10 +134,13 @@ def _fwd(
     window_right: int,
     alibi_slopes: Optional[Tensor],
     scale_tensor: Optional[Tensor] = None,
+    q_offset: Optional[int] = None,
+    k_offset: Optional[int] = None,
 ) -> Tensor:
     out = _new_like(q)
     opts = _options(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-                    bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, scale_tensor)
+                    bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, scale_tensor,
+                    q_offset, k_offset)
     with _device_guard(q):
         _C.forward(_describe(q, "q"), _describe(k, "k"), _describe(v, "v"), _describe(out, "out"), opts)
     return out
@@ -141,7 +148,8 @@ def _fwd(
 
 @_fwd.register_fake
 def _fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-              bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, scale_tensor=None):
+              bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, scale_tensor=None,
+              q_offset=None, k_offset=None):
     # The dispatcher also lands here when real tensors are mixed with meta ones.
     check_same_device(q, k=k, v=v, bias=bias, alibi_slopes=alibi_slopes, cu_seqlens_q=cu_seqlens_q,
                       cu_seqlens_k=cu_seqlens_k)
@@ -174,6 +182,8 @@ def _bwd(
     need_dbias: bool,
     deterministic: bool,
     scale_tensor: Optional[Tensor] = None,
+    q_offset: Optional[int] = None,
+    k_offset: Optional[int] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (dq, dk, dv, dbias); dbias is an empty fp32 tensor unless need_dbias."""
     dq, dk, dv = _new_like(q), _new_like(k), _new_like(v)
@@ -184,7 +194,8 @@ def _bwd(
         dbias = q.new_empty((0,), dtype=torch.float32)
         dbias_view = _C.Tensor()
     opts = _options(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-                    bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, scale_tensor)
+                    bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, scale_tensor,
+                    q_offset, k_offset)
     opts.deterministic = deterministic
     with _device_guard(q):
         _C.backward(_describe(q, "q"), _describe(k, "k"), _describe(v, "v"), _describe(dout, "dout"),
@@ -195,7 +206,7 @@ def _bwd(
 @_bwd.register_fake
 def _bwd_fake(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
               scale, bias_mode, bias_value, bias, window_left, window_right, alibi_slopes,
-              need_dbias, deterministic, scale_tensor=None):
+              need_dbias, deterministic, scale_tensor=None, q_offset=None, k_offset=None):
     check_same_device(q, dout=dout, k=k, v=v, bias=bias, alibi_slopes=alibi_slopes,
                       cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
     if need_dbias and bias is not None:
@@ -211,21 +222,22 @@ def _bwd_fake(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqle
 
 # positions of the differentiable inputs of flashsigmoid::fwd (see _args.OP_ARGS for all of them)
 _Q, _K, _V, _BIAS, _ALIBI = 0, 1, 2, 11, 14
-_NUM_ARGS = 16
+_NUM_ARGS = 18
 
 
 def _setup_context(ctx, inputs, output):
     (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
-     bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, scale_tensor) = inputs
+     bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, scale_tensor,
+     q_offset, k_offset) = inputs
     ctx.save_for_backward(q, k, v, cu_seqlens_q, cu_seqlens_k, bias, alibi_slopes, scale_tensor)
     ctx.args = (max_seqlen_q, max_seqlen_k, causal, scale, bias_mode, bias_value,
-                window_left, window_right)
+                window_left, window_right, q_offset, k_offset)
 
 
 def _backward(ctx, dout):
     q, k, v, cu_seqlens_q, cu_seqlens_k, bias, alibi_slopes, scale_tensor = ctx.saved_tensors
     (max_seqlen_q, max_seqlen_k, causal, scale, bias_mode, bias_value,
-     window_left, window_right) = ctx.args
+     window_left, window_right, q_offset, k_offset) = ctx.args
     needs = ctx.needs_input_grad
     grads: List[Optional[Tensor]] = [None] * _NUM_ARGS
     if dout.stride(-1) != 1:  # e.g. the expanded gradient of out.sum()
@@ -235,7 +247,7 @@ def _backward(ctx, dout):
         dq, dk, dv, dbias = _bwd(
             dout, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale,
             bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, need_dbias,
-            torch.are_deterministic_algorithms_enabled(), scale_tensor)
+            torch.are_deterministic_algorithms_enabled(), scale_tensor, q_offset, k_offset)
         grads[_Q] = dq if needs[_Q] else None
         grads[_K] = dk if needs[_K] else None
         grads[_V] = dv if needs[_V] else None
@@ -244,7 +256,7 @@ def _backward(ctx, dout):
         # The kernels do not compute it; this recomputes P block by block in PyTorch.
         grads[_ALIBI] = alibi_slopes_grad(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale,
                                           bias_mode, bias_value, bias, window_left, window_right,
-                                          alibi_slopes, scale_tensor)
+                                          alibi_slopes, scale_tensor, q_offset, k_offset)
     return tuple(grads)
 
 
@@ -287,14 +299,28 @@ def _scale_arg(scale):
     return float(scale)
 
 
+def _positions_args(positions):
+    """None -> (None, None) (bottom-right); (q, k) -> the global positions of the first query / key row."""
+    if positions is None:
+        return None, None
+    if (not isinstance(positions, (tuple, list)) or len(positions) != 2
+            or any(isinstance(p, bool) or not isinstance(p, int) for p in positions)):
+        raise TypeError(
+            "flashsigmoid: positions must be None or a pair of ints (q_offset, k_offset) >= 0; "
+            f"got {positions!r}"
+        )
+    return int(positions[0]), int(positions[1])
+
+
 def _call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, bias, window,
-          alibi_slopes):
+          alibi_slopes, positions=None):
     bias_mode, bias_value, bias_t = _bias_args(bias)
     wl, wr = _window_args(window)
+    qo, ko = _positions_args(positions)
     scale, scale_t, bias_mode, bias_value, bias_t = _args.traced_scalars(
         q, _scale_arg(scale), bias_mode, bias_value, bias_t)
     return _fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, bool(causal), scale,
-                bias_mode, bias_value, bias_t, wl, wr, _args.as_float32(alibi_slopes), scale_t)
+                bias_mode, bias_value, bias_t, wl, wr, _args.as_float32(alibi_slopes), scale_t, qo, ko)
 
 
 def sigmoid_attn(
@@ -309,6 +335,7 @@ def sigmoid_attn(
     alibi_slopes: Optional[Tensor] = None,
     softmax_scale: Optional[float] = None,
     window_size: Optional[Tuple[int, int]] = None,
+    positions: Optional[Tuple[int, int]] = None,
 ) -> Tensor:
     """Sigmoid self-attention: ``out = sigmoid(scale * q k^T + b + alibi) v``.
 
@@ -326,12 +353,16 @@ def sigmoid_attn(
             ``-slope * |i + Nk - Nq - j|``. Slopes that require grad get their gradient (computed
             in PyTorch, block by block: as slow as a plain implementation).
         softmax_scale, window_size: flash-attn's names for ``scale`` and ``window``.
+        positions: ``(q_offset, k_offset)``: global positions of the first query and key row (q
+            and k are one block of a longer sequence). Query ``i`` is then at ``q_offset + i`` and key
+            ``j`` at ``k_offset + j``, and causal, window and ALiBi compare these positions instead of
+            aligning bottom-right. The default bias stays ``-log(Nk)`` of this call.
 
     Returns:
         ``[B, Nq, Hq, D]`` in q's dtype.
     """
     scale, window = _args.flash_attn_aliases(scale, softmax_scale, window, window_size)
-    return _call(q, k, v, None, None, 0, 0, causal, scale, bias, window, alibi_slopes)
+    return _call(q, k, v, None, None, 0, 0, causal, scale, bias, window, alibi_slopes, positions)
 
 
 def sigmoid_attn_varlen(
@@ -350,17 +381,19 @@ def sigmoid_attn_varlen(
     alibi_slopes: Optional[Tensor] = None,
     softmax_scale: Optional[float] = None,
     window_size: Optional[Tuple[int, int]] = None,
+    positions: Optional[Tuple[int, int]] = None,
 ) -> Tensor:
     """Sigmoid self-attention over packed variable-length sequences.
 
     q: ``[total_q, Hq, D]``; k, v: ``[total_k, Hkv, D]``; ``cu_seqlens_q/k``: int32 ``[B + 1]``
     prefix sums of the sequence lengths, on the tensors' device; ``max_seqlen_q/k`` bound every
     length. The default bias is ``-log(Nk)`` with each sequence's own ``Nk``. Other keywords as
-    in :func:`sigmoid_attn` (``alibi_slopes`` ``[B, Hq]`` indexes the sequence).
+    in :func:`sigmoid_attn` (``alibi_slopes`` ``[B, Hq]`` indexes the sequence; ``positions``
+    apply to every sequence, counted from its own first row).
     """
     scale, window = _args.flash_attn_aliases(scale, softmax_scale, window, window_size)
     return _call(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), causal, scale, bias,
-                 window, alibi_slopes)
+                 window, alibi_slopes, positions)
 
 
 # ---------------------------------------------------------------------------

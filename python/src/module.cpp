@@ -7,11 +7,13 @@
 // (flashsigmoid/_ops.py, torch.library custom ops).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "flashsigmoid/flashsigmoid.hpp"
@@ -126,6 +128,17 @@ NB_MODULE(_C, m) {
       .def_rw("cu_seqlens_k", &fs::Options::cu_seqlens_k)
       .def_rw("max_seqlen_q", &fs::Options::max_seqlen_q)
       .def_rw("max_seqlen_k", &fs::Options::max_seqlen_k)
+      .def_prop_rw(
+          "positions",
+          [](const fs::Options& o) -> std::optional<std::pair<std::int64_t, std::int64_t>> {
+            if (!o.positions) return std::nullopt;
+            return std::make_pair(o.positions->q, o.positions->k);
+          },
+          [](fs::Options& o, std::optional<std::pair<std::int64_t, std::int64_t>> p) {
+            o.positions.reset();
+            if (p) o.positions = fs::Options::PositionOffsets{p->first, p->second};
+          },
+          "global positions (q offset, k offset) of the first query / key row, or None (bottom-right)")
       .def_prop_rw(
           "stream", [](const fs::Options& o) { return reinterpret_cast<std::uintptr_t>(o.stream); },
           [](fs::Options& o, std::uintptr_t s) { o.stream = reinterpret_cast<void*>(s); },

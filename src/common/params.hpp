@@ -61,6 +61,10 @@ struct AttnParams {
   bool causal = false;
   std::int64_t window_left = -1;  // -1 = unbounded
   std::int64_t window_right = -1;
+  // Options::positions: query i sits at key position i + position_diag (all sequences); when
+  // false, at i + Nk - Nq of its own sequence (bottom-right).
+  bool global_positions = false;
+  std::int64_t position_diag = 0;  // q offset - k offset
 
   void* stream = nullptr;
   bool deterministic = false;

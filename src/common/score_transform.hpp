@@ -38,7 +38,7 @@ struct ScoreTransform {
   float scale = 1.0f;
   float bias = 0.0f;
   float alibi_slope = 0.0f;  // 0 = no ALiBi
-  std::int64_t diag = 0;     // Nk - Nq: query i is aligned with key i + diag (bottom-right)
+  std::int64_t diag = 0;     // query i is aligned with key i + diag: Nk - Nq (bottom-right) or q - k offsets
   std::int64_t left = -1;    // keys j >= i + diag - left are visible (-1 = unbounded)
   std::int64_t right = -1;   // keys j <= i + diag + right are visible (-1 = unbounded)
   std::int64_t len_k = 0;
@@ -180,7 +180,9 @@ FS_HD ScoreTransform make_score_transform(const AttnParams& p, const SeqInfo& s,
       break;
   }
   if (p.alibi_slopes != nullptr) t.alibi_slope = p.alibi_slopes[b * p.alibi_batch_stride + h];
-  t.diag = s.len_k - s.len_q;
+  // Every mask, ALiBi distance and block range below follows from diag alone, so the global
+  // positions of a context-parallel block need nothing else in any kernel.
+  t.diag = p.global_positions ? p.position_diag : s.len_k - s.len_q;
   t.left = p.window_left;
   // Causal is the window (left, 0); any right bound >= 0 is looser than causal's.
   t.right = p.causal ? 0 : p.window_right;

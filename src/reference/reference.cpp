@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -37,19 +38,27 @@ struct Problem {
   std::vector<double> slope;  // [seqs * Hq]
   bool causal = false;
   std::int64_t left = -1, right = -1;
+  // Options::positions: query row i of every sequence at position q_offset + i, key j at k_offset + j.
+  std::optional<Options::PositionOffsets> positions;
 
-  // SPEC: query i is aligned with key i + Nk - Nq (bottom-right). Causal: j <= i + Nk - Nq.
-  // Window (left, right): i + Nk - Nq - left <= j <= i + Nk - Nq + right, a bound only when >= 0.
+  // SPEC: query i is aligned with key i + Nk - Nq (bottom-right): query position i + Nk - Nq, key
+  // position j. With global positions: query position q_offset + i, key position k_offset + j.
+  std::int64_t query_position(const Seq& s, std::int64_t i) const {
+    return positions ? positions->q + i : i + s.len_k - s.len_q;
+  }
+  std::int64_t key_position(std::int64_t j) const { return positions ? positions->k + j : j; }
+  // Causal: key position <= query position. Window (left, right): query position - left <= key
+  // position <= query position + right, a bound only when >= 0.
   bool visible(const Seq& s, std::int64_t i, std::int64_t j) const {
-    const std::int64_t aligned = i + s.len_k - s.len_q;
-    if (causal && j > aligned) return false;
-    if (left >= 0 && j < aligned - left) return false;
-    if (right >= 0 && j > aligned + right) return false;
+    const std::int64_t qp = query_position(s, i), kp = key_position(j);
+    if (causal && kp > qp) return false;
+    if (left >= 0 && kp < qp - left) return false;
+    if (right >= 0 && kp > qp + right) return false;
     return true;
   }
-  // -slope * |i + Nk - Nq - j|
+  // -slope * |query position - key position|
   std::int64_t alibi_distance(const Seq& s, std::int64_t i, std::int64_t j) const {
-    const std::int64_t d = i + s.len_k - s.len_q - j;
+    const std::int64_t d = query_position(s, i) - key_position(j);
     return d < 0 ? -d : d;
   }
 };
@@ -148,6 +157,7 @@ Problem make_problem(const TensorView& q, const TensorView& k, const TensorView&
   p.causal = o.causal;
   p.left = o.window_left;
   p.right = o.window_right;
+  p.positions = o.positions;
   return p;
 }
 

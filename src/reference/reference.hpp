@@ -3,7 +3,7 @@
 // Written from SPEC.md alone, independently of src/common/score_transform.hpp, so that a
 // bug in the shared score transform shows up as a mismatch. Every option of
 // flashsigmoid::Options is honoured: dense and varlen, GQA/MQA, scale, the three bias
-// modes, bottom-right causal, sliding window, ALiBi [Hq] or [B, Hq]. Masked entries
+// modes, bottom-right causal, sliding window, ALiBi [Hq] or [B, Hq], global positions. Masked entries
 // contribute exactly 0. Inputs are CPU TensorViews of any float dtype, read through
 // their strides. The reference does not re-validate its input beyond what it needs to
 // read it safely; feed it inputs that flashsigmoid::forward accepts. Scores are materialised

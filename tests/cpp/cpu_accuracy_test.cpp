@@ -165,6 +165,29 @@ std::vector<Case> cases() {
   // Non-contiguous layouts (inputs and outputs alike).
   add({.name = "padded_f32", .dtype = f32, .Nq = 30, .Nk = 41, .Hq = 4, .Hkv = 2, .causal = true, .layout = Layout::padded});
   add({.name = "heads_major_bf16", .dtype = bf16, .Nq = 30, .Nk = 30, .Hq = 4, .Hkv = 1, .D = 128, .layout = Layout::heads_major});
+  // Global positions (one block of a longer sequence): keys all in the past, all in the future
+  // (every output row 0), the diagonal crossing the block pair, queries before and after keys,
+  // with windows, ALiBi, GQA, varlen and a learnable bias.
+  using Pos = Options::PositionOffsets;
+  add({.name = "pos_causal_past_keys_f32", .dtype = f32, .B = 1, .Nq = 70, .Nk = 90, .causal = true,
+       .positions = Pos{200, 64}});
+  add({.name = "pos_causal_future_keys_bf16", .dtype = bf16, .B = 2, .Nq = 70, .Nk = 90, .causal = true,
+       .positions = Pos{0, 100}});
+  add({.name = "pos_causal_diagonal_f32", .dtype = f32, .B = 1, .Nq = 150, .Nk = 130, .Hq = 2, .Hkv = 1, .D = 32,
+       .causal = true, .bias_mode = BiasMode::per_head, .positions = Pos{96, 40}});
+  add({.name = "pos_causal_queries_first_f16", .dtype = f16, .B = 1, .Nq = 100, .Nk = 140, .D = 128, .causal = true,
+       .positions = Pos{10, 50}});
+  add({.name = "pos_window_alibi_bf16", .dtype = bf16, .B = 1, .Nq = 200, .Nk = 150, .Hq = 2, .Hkv = 2, .D = 32,
+       .window_left = 100, .window_right = 20, .alibi = Alibi::per_head, .positions = Pos{300, 180}});
+  add({.name = "pos_causal_alibi_gqa_f32", .dtype = f32, .B = 2, .Nq = 66, .Nk = 129, .Hq = 4, .Hkv = 2, .D = 32,
+       .causal = true, .bias_mode = BiasMode::scalar, .bias_value = -4.0f, .alibi = Alibi::per_batch,
+       .positions = Pos{129, 0}});
+  add({.name = "pos_alibi_no_mask_f32", .dtype = f32, .B = 1, .Nq = 40, .Nk = 70, .alibi = Alibi::per_head,
+       .positions = Pos{90, 60}});
+  add({.name = "pos_window_only_f64", .dtype = f64, .B = 1, .Nq = 90, .Nk = 90, .window_left = 30, .window_right = 30,
+       .positions = Pos{0, 70}});
+  add({.name = "pos_varlen_causal_window_bf16", .dtype = bf16, .Hq = 2, .Hkv = 1, .lens_q = lq2, .lens_k = lk2,
+       .causal = true, .window_left = 90, .bias_mode = BiasMode::per_head, .positions = Pos{64, 20}});
   return cs;
 }
 

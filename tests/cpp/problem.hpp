@@ -38,6 +38,7 @@ struct Case {
   Alibi alibi = Alibi::none;
   std::optional<float> scale{};
   Layout layout = Layout::contiguous;
+  std::optional<Options::PositionOffsets> positions{};  // global positions (q, k offsets)
 
   bool varlen() const { return !lens_q.empty(); }
   std::int64_t batch() const { return varlen() ? static_cast<std::int64_t>(lens_q.size()) : B; }
@@ -119,6 +120,7 @@ inline Problem make_problem(const Case& c, std::uint64_t seed) {
   o.causal = c.causal;
   o.window_left = c.window_left;
   o.window_right = c.window_right;
+  o.positions = c.positions;
   return p;
 }
 
@@ -141,6 +143,7 @@ inline std::string describe(const Case& c) {
   os << ", causal " << c.causal << ", window (" << c.window_left << ", " << c.window_right << "), bias_mode "
      << static_cast<int>(c.bias_mode) << ", alibi " << static_cast<int>(c.alibi) << ", layout "
      << flashsigmoid::testing::to_string(c.layout);
+  if (c.positions) os << ", positions (q " << c.positions->q << ", k " << c.positions->k << ")";
   return os.str();
 }
 

@@ -154,6 +154,22 @@ inline std::vector<Case> base_cases() {
   add("varlen_gqa_bias", [](Case& c) {
     c.Hq = 6; c.Hkv = 3; c.lens_q = {70, 129}; c.lens_k = {90, 64}; c.bias_mode = BiasMode::per_head;
   });
+  // Global positions (Options::positions: one block of a longer sequence, as context parallelism
+  // runs it): keys all in the past, all in the future (every output 0), the diagonal inside tiles,
+  // windows and ALiBi far from position 0, varlen, GQA with a learnable bias.
+  using Pos = flashsigmoid::Options::PositionOffsets;
+  add("pos_past_keys_causal", [](Case& c) { c.Nq = 200; c.Nk = 150; c.causal = true; c.positions = Pos{500, 100}; });
+  add("pos_future_keys_causal", [](Case& c) { c.Nq = 130; c.Nk = 140; c.causal = true; c.positions = Pos{0, 200}; });
+  add("pos_diagonal_causal", [](Case& c) { c.Nq = 300; c.Nk = 260; c.causal = true; c.positions = Pos{70, 33}; });
+  add("pos_window_alibi", [](Case& c) {
+    c.Nq = c.Nk = 257; c.window_left = 40; c.window_right = 10; c.alibi = Alibi::per_head; c.positions = Pos{1000, 900};
+  });
+  add("pos_varlen_causal", [](Case& c) {
+    c.lens_q = {130, 0, 64}; c.lens_k = {100, 20, 129}; c.causal = true; c.positions = Pos{64, 0};
+  });
+  add("pos_gqa_bias_causal", [](Case& c) {
+    c.Hq = 4; c.Hkv = 2; c.Nq = 190; c.Nk = 200; c.causal = true; c.bias_mode = BiasMode::per_head; c.positions = Pos{129, 1};
+  });
 
   return base;
 }

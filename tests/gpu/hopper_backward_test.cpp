@@ -51,6 +51,15 @@ std::vector<Case> hopper_backward_cases() {
   // Many query blocks per key block and many key blocks: the 2-stage Q/dO pipeline and the two dS
   // buffers wrap many times.
   add("hbwd_long", [](Case& c) { c.B = 1; c.Hq = c.Hkv = 2; c.Nq = c.Nk = 1100; });
+  // Global positions: a zigzag ring step's diagonal pair, and a pair whose first query blocks see no key.
+  add("hbwd_pos_long_causal_gqa_bias", [](Case& c) {
+    c.B = 1; c.Hq = 4; c.Hkv = 2; c.Nq = c.Nk = 1100; c.causal = true; c.bias_mode = BiasMode::per_head;
+    c.positions = flashsigmoid::Options::PositionOffsets{1100, 300};
+  });
+  add("hbwd_pos_partly_future_window_alibi", [](Case& c) {
+    c.B = 1; c.Hq = c.Hkv = 2; c.Nq = 600; c.Nk = 700; c.causal = true; c.window_left = 350;
+    c.alibi = Alibi::per_head; c.positions = flashsigmoid::Options::PositionOffsets{100, 300};
+  });
   add("hbwd_long_causal_gqa_bias", [](Case& c) {
     c.B = 2; c.Hq = 8; c.Hkv = 2; c.Nq = c.Nk = 777; c.causal = true; c.bias_mode = BiasMode::per_head;
   });

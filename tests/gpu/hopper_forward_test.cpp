@@ -40,6 +40,10 @@ std::vector<Case> hopper_cases() {
   auto add = [&](std::string name, auto&& edit) { fs_gpu::add_case(base, std::move(name), edit); };
   // Many key blocks: the 2-3 stage K/V pipeline wraps several times (barrier phases flip).
   add("hopper_long", [](Case& c) { c.B = 1; c.Hq = c.Hkv = 2; c.Nq = c.Nk = 1100; });
+  add("hopper_pos_long_causal_alibi", [](Case& c) {  // global positions over many tiles
+    c.B = 1; c.Hq = c.Hkv = 2; c.Nq = c.Nk = 1100; c.causal = true; c.alibi = Alibi::per_head;
+    c.positions = flashsigmoid::Options::PositionOffsets{2000, 1500};
+  });
   add("hopper_long_nq_lt_nk", [](Case& c) { c.B = 1; c.Nq = 200; c.Nk = 2049; });
   add("hopper_long_gqa_window", [](Case& c) {
     c.B = 1; c.Hq = 4; c.Hkv = 1; c.Nq = c.Nk = 1500; c.window_left = 300; c.window_right = 40;

@@ -9,8 +9,10 @@ import math
 import torch
 
 
-def attn_dense(q, k, v, *, causal=False, scale=None, bias=None, window=(-1, -1), alibi_slopes=None):
-    """q [B, Nq, Hq, D], k/v [B, Nk, Hkv, D] -> [B, Nq, Hq, D], computed in q's dtype."""
+def attn_dense(q, k, v, *, causal=False, scale=None, bias=None, window=(-1, -1), alibi_slopes=None,
+               positions=None):
+    """q [B, Nq, Hq, D], k/v [B, Nk, Hkv, D] -> [B, Nq, Hq, D], computed in q's dtype. positions:
+    (q_offset, k_offset) global positions of the first query / key row (default: bottom-right)."""
     B, Nq, Hq, D = q.shape
     Nk, Hkv = k.shape[1], k.shape[2]
     dt = q.dtype
@@ -26,8 +28,9 @@ def attn_dense(q, k, v, *, causal=False, scale=None, bias=None, window=(-1, -1),
         s = s + bias.to(dt).view(1, Hq, 1, 1)
     else:
         s = s + bias
-    i = torch.arange(Nq).view(Nq, 1) + (Nk - Nq)  # query row on the key axis (bottom-right)
-    j = torch.arange(Nk).view(1, Nk)
+    q_pos, k_pos = (Nk - Nq, 0) if positions is None else positions
+    i = torch.arange(Nq).view(Nq, 1) + q_pos  # query positions (bottom-right: on the key axis)
+    j = torch.arange(Nk).view(1, Nk) + k_pos  # key positions
     if alibi_slopes is not None:
         slopes = alibi_slopes.to(dt)
         slopes = slopes.view(1, Hq, 1, 1) if slopes.dim() == 1 else slopes.view(B, Hq, 1, 1)
