@@ -356,7 +356,7 @@ void resolve_options(AttnParams& p, const Options& o) {
       fail("positions (q " + std::to_string(qo) + ", k " + std::to_string(ko) +
            ") are invalid; accepted: offsets >= 0 with q + Nq and k + Nk at most 2^29 = " +
            std::to_string(kMaxPosition) + " (Nq " + std::to_string(p.seqlen_q) + ", Nk " +
-           std::to_string(p.seqlen_k) + (varlen ? ", the max_seqlen values)" : ")"));
+           std::to_string(p.seqlen_k) + (p.is_varlen() ? ", the max_seqlen values)" : ")"));
     }
     p.global_positions = true;
     p.position_diag = qo - ko;
@@ -598,7 +598,28 @@ KVCacheParams make_kvcache_params(const TensorView& q, const KVCache& c, const T
          std::to_string(kMaxKVCacheSplits));
   }
   p.num_splits = num_splits;
+  if (options.positions) {
+    fail("forward_with_kvcache takes no positions: each sequence's query rows sit at its last keys "
+         "(cache_seqlens), aligned bottom-right");
+  }
   resolve_options(p, options);
+  // out is written; with an append the caches are too, so neither may share memory with what is read.
+  const std::vector<NamedTensor> meta = {{"q", &q},
+                                         {"k (new keys)", &c.k_new},
+                                         {"v (new values)", &c.v_new},
+                                         {"cache_seqlens", &c.cache_seqlens},
+                                         {"block_table", &c.block_table},
+                                         {"cache_batch_idx", &c.cache_batch_idx},
+                                         {"bias", &options.bias},
+                                         {"alibi_slopes", &options.alibi_slopes}};
+  std::vector<NamedTensor> read = meta;
+  if (!c.k_new.defined()) {
+    read.push_back({"k_cache", &c.k_cache});
+    read.push_back({"v_cache", &c.v_cache});
+    check_no_overlap({{"out", &out}}, read);
+  } else {
+    check_no_overlap({{"out", &out}, {"k_cache", &c.k_cache}, {"v_cache", &c.v_cache}}, read);
+  }
   if (p.device.type == DeviceType::cpu) check_kvcache_values(p);
   return p;
 }

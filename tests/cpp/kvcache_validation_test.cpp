@@ -213,6 +213,21 @@ TEST_F(BadInput, OptionsSharedWithForward) {
   expect_rejected(paged, paged.cache(), "takes no cu_seqlens", 0, &o);
 }
 
+TEST_F(BadInput, PositionsAreRejected) {
+  Options o = paged.o;
+  o.positions = Options::PositionOffsets{4, 0};
+  expect_rejected(paged, paged.cache(), "takes no positions", 0, &o);
+}
+
+TEST_F(BadInput, OutSharingMemoryWithQ) {
+  const auto k_before = paged.k_cache.bytes(), q_before = paged.q.bytes();
+  const std::string text =
+      error_text([&] { flashsigmoid::forward_with_kvcache(paged.q, paged.cache(), paged.q, paged.o); });
+  EXPECT_NE(text.find("out and q overlap in memory"), std::string::npos) << text;
+  EXPECT_TRUE(paged.k_cache.bytes() == k_before) << "k_cache was written by a rejected call";
+  EXPECT_TRUE(paged.q.bytes() == q_before) << "q was written by a rejected call";
+}
+
 TEST_F(BadInput, OutShape) {
   HostTensor out(DType::float32, {3, 3, 4, 32});
   const std::string text =
