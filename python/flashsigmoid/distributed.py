@@ -9,6 +9,10 @@ A sequence of ``N`` tokens is split over the ``W`` ranks of a process group; eac
   dK/dV accumulators around the ring with no LSE anywhere.
 - :func:`ulysses_attn`: all-to-all from sequence-split to head-split, local attention over the
   whole sequence, all-to-all back (DeepSpeed-Ulysses). Needs ``Hq % W == 0``.
+- :func:`ulysses_attn_varlen`: the same for packed variable-length input (``[total, H, D]`` with
+  the global ``cu_seqlens``): rank ``r`` holds packed rows ``[r t, (r + 1) t)``, ``t = total / W``.
+  The ring takes no varlen input (a sequence boundary inside a block would need one kernel call
+  per sequence segment and step).
 
 Layouts (:func:`shard_sequence` / :func:`gather_sequence` convert): ``"contiguous"``: rank ``r``
 holds rows ``[r n, (r + 1) n)``; ``"zigzag"``: the sequence is cut into ``2 W`` chunks and rank ``r``
@@ -34,7 +38,7 @@ from torch import Tensor
 from . import _C, _ops
 from ._C import FlashSigmoidError
 
-__all__ = ["gather_sequence", "ring_attn", "shard_sequence", "ulysses_attn"]
+__all__ = ["gather_sequence", "ring_attn", "shard_sequence", "ulysses_attn", "ulysses_attn_varlen"]
 
 _LAYOUTS = ("contiguous", "zigzag")
 
@@ -152,7 +156,9 @@ def _describe_inputs(q, k, v, bias, alibi, layout, world) -> Tuple[List[int], Op
         for name, t in (("q", q), ("k", k), ("v", v)):
             if not isinstance(t, Tensor) or t.dim() != 4:
                 shape = list(t.shape) if isinstance(t, Tensor) else type(t).__name__
-                return meta, f"{name} must be a [batch, seqlen, heads, head_dim] tensor, got {shape}"
+                hint = ("; packed variable-length input takes the all-to-all path, ulysses_attn_varlen "
+                        "(the ring does not take varlen)") if isinstance(t, Tensor) and t.dim() == 3 else ""
+                return meta, f"{name} must be a [batch, seqlen, heads, head_dim] tensor, got {shape}{hint}"
         if k.shape != v.shape:
             return meta, f"k {list(k.shape)} and v {list(v.shape)} must have one shape"
         if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1]:
@@ -177,7 +183,11 @@ _META_NAMES = ["batch", "rows", "query heads", "kv heads", "head_dim", "k head_d
                "bias size", "alibi rank", "alibi size", "layout"]
 
 
-def _agree(group, world: int, meta: List[int], error: Optional[str]) -> None:
+_SAME_INPUTS = "every rank must hold the same batch, heads, head_dim, dtype, rows per rank and options"
+
+
+def _agree(group, world: int, meta: List[int], error: Optional[str], names: List[str] = _META_NAMES,
+           rule: str = _SAME_INPUTS) -> None:
     """Collective: every rank's inputs are well-formed and match; else every rank raises."""
     device = _comm_device(group)
     t = torch.tensor(meta + [0 if error is None else 1], dtype=torch.int64, device=device)
@@ -192,10 +202,11 @@ def _agree(group, world: int, meta: List[int], error: Optional[str]) -> None:
     if errors:
         raise FlashSigmoidError("flashsigmoid.distributed: bad input on " + "; ".join(errors))
     diff = [i for i in range(len(meta)) if hi[i] != lo[i]]
-    detail = ", ".join(f"{_META_NAMES[i]}: " + "/".join(str(m[i]) for m, _ in infos) for i in diff)
+    detail = ", ".join(f"{names[i]}: " + "/".join(str(m[i]) for m, _ in infos) for i in diff[:4])
+    more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
     raise FlashSigmoidError(
-        "flashsigmoid.distributed: the ranks' inputs differ (" + detail + " on ranks 0.." + str(world - 1) +
-        "); every rank must hold the same batch, heads, head_dim, dtype, rows per rank and options")
+        "flashsigmoid.distributed: the ranks' inputs differ (" + detail + more + " on ranks 0.." + str(world - 1) +
+        "); " + rule)
 
 
 def _bias_args(bias, n_global: int):
@@ -498,9 +509,17 @@ def _head_slice(cfg: _Cfg, t: Optional[Tensor], heads: int) -> Optional[Tensor]:
     return t[..., cfg.rank * per:(cfg.rank + 1) * per]
 
 
+def _local(xs: List[Tensor], cu: Optional[Tensor], max_seqlen: int):
+    """The local kernel's tensors and sequence arguments: dense [B, N, h, D] as is; varlen
+    ([1, total, h, D] here) as packed [total, h, D] with the global cu_seqlens."""
+    if cu is None:
+        return xs, (None, None, 0, 0)
+    return [x[0] for x in xs], (cu, cu, max_seqlen, max_seqlen)
+
+
 class _UlyssesAttn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, bias_t, alibi, cfg: _Cfg, rep: int):
+    def forward(ctx, q, k, v, bias_t, alibi, cfg: _Cfg, rep: int, cu: Optional[Tensor] = None, max_seqlen: int = 0):
         order = inverse = None
         if cfg.layout != "contiguous":
             order = _global_order(cfg.layout, cfg.world, q.shape[1], q.device)
@@ -512,29 +531,31 @@ class _UlyssesAttn(torch.autograd.Function):
         bl, al = _head_slice(cfg, bias_t, hq), _head_slice(cfg, alibi, hq)
         wl, wr = cfg.window
         error, out = None, None
+        (lq, lk, lv), seqs = _local([ql, kl, vl], cu, max_seqlen)
         try:
-            out = _ops._fwd(ql, kl, vl, None, None, 0, 0, cfg.causal, cfg.scale, cfg.bias_mode, cfg.bias_value,
+            out = _ops._fwd(lq, lk, lv, *seqs, cfg.causal, cfg.scale, cfg.bias_mode, cfg.bias_value,
                             bl, wl, wr, al)
         except Exception as e:  # noqa: BLE001 - reported on every rank
             error = e
         _fail(cfg.group, cfg.world, error, "the local attention")
-        ctx.save_for_backward(ql, kl, vl, bias_t, alibi, order, inverse)
-        ctx.cfg, ctx.rep, ctx.hkv = cfg, rep, k.shape[2] // rep
-        return _heads_to_seq(cfg, [out], inverse)[0]
+        ctx.save_for_backward(ql, kl, vl, bias_t, alibi, order, inverse, cu)
+        ctx.cfg, ctx.rep, ctx.hkv, ctx.max_seqlen = cfg, rep, k.shape[2] // rep, max_seqlen
+        return _heads_to_seq(cfg, [out.view(ql.shape)], inverse)[0]
 
     @staticmethod
     def backward(ctx, dout):
-        ql, kl, vl, bias_t, alibi, order, inverse = ctx.saved_tensors
+        ql, kl, vl, bias_t, alibi, order, inverse, cu = ctx.saved_tensors
         cfg = ctx.cfg
         need_dbias = bias_t is not None and ctx.needs_input_grad[3]
         (dol,) = _seq_to_heads(cfg, [dout.contiguous()], order)
         hq = ql.shape[2] * cfg.world
         bl, al = _head_slice(cfg, bias_t, hq), _head_slice(cfg, alibi, hq)
         wl, wr = cfg.window
-        dq, dk, dv, db = _ops._bwd(dol, ql, kl, vl, None, None, 0, 0, cfg.causal, cfg.scale, cfg.bias_mode,
+        (ldo, lq, lk, lv), seqs = _local([dol, ql, kl, vl], cu, ctx.max_seqlen)
+        dq, dk, dv, db = _ops._bwd(ldo, lq, lk, lv, *seqs, cfg.causal, cfg.scale, cfg.bias_mode,
                                    cfg.bias_value, bl, wl, wr, al, need_dbias,
                                    torch.are_deterministic_algorithms_enabled())
-        dq, dk, dv = _heads_to_seq(cfg, [dq, dk, dv], inverse)
+        dq, dk, dv = _heads_to_seq(cfg, [dq.view(ql.shape), dk.view(kl.shape), dv.view(vl.shape)], inverse)
         if ctx.rep > 1:  # the repeated kv heads' gradients add up
             B, n, _, D = dk.shape
             dk = dk.reshape(B, n, ctx.hkv, ctx.rep, D).sum(3)
@@ -545,7 +566,7 @@ class _UlyssesAttn(torch.autograd.Function):
             per = hq // cfg.world
             dbias[cfg.rank * per:(cfg.rank + 1) * per] = db
             dist.all_reduce(dbias, group=cfg.group)
-        return dq, dk, dv, dbias, None, None, None
+        return dq, dk, dv, dbias, None, None, None, None, None
 
 
 def ulysses_attn(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale: Optional[float] = None,
@@ -564,3 +585,94 @@ def ulysses_attn(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, scale
     bias_t = bias if isinstance(bias, Tensor) else None
     rep = _kv_repeat(q.shape[2], k.shape[2], cfg.world)
     return _UlyssesAttn.apply(q, k, v, bias_t, alibi_slopes, cfg, rep)
+
+
+_VARLEN_META_NAMES = ["rows", "query heads", "kv heads", "head_dim", "k head_dim", "dtype", "on cuda", "bias kind",
+                      "bias size", "alibi rank", "alibi size", "max_seqlen", "cu_seqlens size"]
+
+
+def _describe_varlen(q, k, v, cu_seqlens, max_seqlen, bias, alibi) -> Tuple[List[int], Optional[str]]:
+    """_describe_inputs for packed input: what every rank must agree on, and this rank's own error."""
+    meta = [-1] * len(_VARLEN_META_NAMES)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor) or t.dim() != 3:
+            shape = list(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            return meta, f"{name} must be a packed [rows, heads, head_dim] tensor, got {shape}"
+    if k.shape != v.shape:
+        return meta, f"k {list(k.shape)} and v {list(v.shape)} must have one shape"
+    if q.shape[0] != k.shape[0]:
+        return meta, (f"q {list(q.shape)} and k {list(k.shape)} must hold the same packed rows "
+                      "(context parallelism is self-attention)")
+    if q.dtype != k.dtype or q.dtype != v.dtype or q.device != k.device or q.device != v.device:
+        return meta, "q, k and v must share one dtype and one device"
+    if q.dtype not in _DTYPE_IDS:
+        return meta, f"q has dtype {q.dtype}; accepted: float32, float16, bfloat16, float64"
+    if (not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.dtype != torch.int32
+            or cu_seqlens.numel() < 2):
+        got = f"{cu_seqlens.dtype} {list(cu_seqlens.shape)}" if isinstance(cu_seqlens, Tensor) \
+            else type(cu_seqlens).__name__
+        return meta, f"cu_seqlens must be an int32 [batch + 1] tensor of the global packed rows, got {got}"
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int):
+        return meta, f"max_seqlen must be an int, got {type(max_seqlen).__name__}"
+    bias_kind = 0 if bias is None else (2 if isinstance(bias, Tensor) else 1)
+    meta = [q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], _DTYPE_IDS[q.dtype], q.device.type == "cuda",
+            bias_kind, bias.numel() if isinstance(bias, Tensor) else 0, 0 if alibi is None else alibi.dim(),
+            alibi.numel() if alibi is not None else 0, max_seqlen, cu_seqlens.numel()]
+    return meta, None
+
+
+def _prepare_varlen(q, k, v, cu_seqlens, max_seqlen, bias, alibi_slopes, group, causal, scale, window) -> _Cfg:
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    meta, error = _describe_varlen(q, k, v, cu_seqlens, max_seqlen, bias, alibi_slopes)
+    _agree(group, world, meta, error, _VARLEN_META_NAMES)
+    cu = cu_seqlens.tolist()
+    _agree(group, world, cu, None, [f"cu_seqlens[{i}]" for i in range(len(cu))],
+           "every rank must pass the same global cu_seqlens")
+    # Every rank holds the same cu_seqlens and rows here, so every rank raises the same errors below.
+    rows, total = q.shape[0], cu[-1]
+    if total != rows * world:
+        why = f"; {total} is not a multiple of {world}" if total % world else ""
+        raise FlashSigmoidError(
+            f"flashsigmoid.distributed: cu_seqlens[-1] = {total} packed rows must equal the group size times the "
+            f"rows per rank ({world} x {rows}): rank r holds packed rows [r * total / W, (r + 1) * total / W){why}")
+    lens = [b - a for a, b in zip(cu, cu[1:])]
+    if cu[0] != 0 or min(lens) < 0 or max(lens) > max_seqlen:
+        raise FlashSigmoidError(
+            f"flashsigmoid.distributed: cu_seqlens must start at 0 and not decrease, and max_seqlen ({max_seqlen}) "
+            f"must bound every length; got cu_seqlens starting {cu[:8]} and a longest sequence of {max(lens)}")
+    if q.shape[1] % world:
+        raise FlashSigmoidError(
+            f"flashsigmoid.distributed: ulysses_attn_varlen needs the query heads ({q.shape[1]}) to be a multiple "
+            f"of the group size ({world})")
+    bias_mode, bias_value, _ = _ops._bias_args(bias)  # None: -log of each sequence's own length
+    wl, wr = _ops._window_args(window)
+    return _Cfg(group, world, rank, "contiguous", bool(causal), _ops._scale_arg(scale), bias_mode, bias_value,
+                (wl, wr), total)
+
+
+def ulysses_attn_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, *,
+                        causal: bool = False, scale: Optional[float] = None, bias=None,
+                        window: Tuple[int, int] = (-1, -1), alibi_slopes: Optional[Tensor] = None,
+                        group=None) -> Tensor:
+    """All-to-all (Ulysses) attention over packed variable-length sequences split across the group.
+
+    Args:
+        q: ``[t, Hq, D]``; k, v: ``[t, Hkv, D]``: this rank's slice of the packed rows, rank ``r``
+            holding rows ``[r t, (r + 1) t)`` of ``total = t W`` (pad with a dummy sequence when
+            ``total`` is not a multiple of ``W``). Sequences may cross rank boundaries.
+        cu_seqlens: int32 ``[B + 1]`` prefix sums of the global sequence lengths, on q's device,
+            identical on every rank; ``max_seqlen`` bounds every length.
+        causal, scale, bias, window, alibi_slopes: as in :func:`flashsigmoid.sigmoid_attn_varlen`
+            (``bias=None``: ``-log`` of each sequence's own length; ALiBi ``[Hq]`` or ``[B, Hq]``);
+            a ``[Hq]`` bias tensor is learnable, its gradient complete and the same on every rank.
+        group: the process group (default: the world); ``Hq`` a multiple of its size.
+
+    Returns:
+        This rank's ``[t, Hq, D]`` rows of the output.
+    """
+    cfg = _prepare_varlen(q, k, v, cu_seqlens, max_seqlen, bias, alibi_slopes, group, causal, scale, window)
+    bias_t = bias if isinstance(bias, Tensor) else None
+    rep = _kv_repeat(q.shape[1], k.shape[1], cfg.world)
+    out = _UlyssesAttn.apply(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), bias_t, alibi_slopes, cfg, rep,
+                             cu_seqlens, max_seqlen)
+    return out[0]

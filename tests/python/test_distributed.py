@@ -3,7 +3,7 @@
 One spawn of 4 processes (starting processes and importing torch is most of the time on a small
 machine) makes groups of 1, 2, 3 and 4 ranks (the 4: the default world group) and in each runs
 every case (ring and all-to-all, causal and not, both layouts, GQA, ALiBi, windows, the three
-bias kinds, fp32 and bf16), then the error cases, then one more good call (the group still works
+bias kinds, fp32 and bf16; packed varlen input through the all-to-all), then the error cases, then one more good call (the group still works
 after the errors). Each case compares the gathered output and gradients with the single-process
 flashsigmoid result and with the float64 reference. The 2-rank group also runs bench/cp_bench.py's
 measurement in its tiny CPU configuration. On a machine with 2 GPUs the same cases run once more
@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from helpers import BOUNDS
-from sigmoid_ref import attn_dense, rel_l2
+from sigmoid_ref import attn_dense, attn_varlen, rel_l2
 
 TIME_LIMIT_S = 200
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,6 +53,13 @@ CASES = [
     ("ulysses-causal-gqa-headbias", "ulysses", torch.float32, True, "contiguous", "head", None, (-1, -1), 12, 4),
     ("ulysses-zigzag-alibi", "ulysses", torch.float32, False, "zigzag", "default", "head", (-1, -1), 12, 12),
     ("ulysses-mqa-bf16", "ulysses", torch.bfloat16, True, "contiguous", "scalar", None, (-1, -1), 12, 1),
+]
+
+# packed varlen through the all-to-all: (id, dtype, causal, bias kind, per-sequence ALiBi, window, Hq, Hkv)
+VARLEN_CASES = [
+    ("ulysses-varlen-causal-gqa-headbias", torch.float32, True, "head", False, (-1, -1), 12, 4),
+    ("ulysses-varlen-alibi-window", torch.float32, False, "default", True, (9, 5), 12, 12),
+    ("ulysses-varlen-mqa-bf16", torch.bfloat16, True, "scalar", False, (-1, -1), 12, 1),
 ]
 
 
@@ -140,6 +147,68 @@ def _run_case(case, seed, group, device="cpu"):
     return cid, errs, bad
 
 
+def _varlen_lens(g, world):
+    """Odd random lengths and a 1, their sum a multiple of the world size (sequences cross ranks)."""
+    lens = [2 * int(x) + 1 for x in torch.randint(0, 20, (4,), generator=g)] + [1]
+    lens[2] += (-sum(lens)) % world
+    return lens
+
+
+def _run_varlen_case(case, seed, group, device="cpu"):
+    import flashsigmoid as fs
+    import flashsigmoid.distributed as fsd
+
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    cid, dtype, causal, bias_kind, with_alibi, window, Hq, Hkv = case
+    if device != "cpu" and dtype == torch.float32:
+        dtype = torch.bfloat16
+    g = torch.Generator().manual_seed(seed)
+    lens = _varlen_lens(g, world)
+    total, D = sum(lens), _head_dims(device)[0]
+    cu = torch.tensor([0] + lens, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    q, dout = (torch.randn(total, Hq, D, generator=g).to(device, dtype) for _ in range(2))
+    k, v = (torch.randn(total, Hkv, D, generator=g).to(device, dtype) for _ in range(2))
+    bias = _bias_value(bias_kind, (-2.0 - torch.rand(Hq, generator=g)).to(device))
+    alibi = (0.02 + 0.1 * torch.rand(len(lens), Hq, generator=g)).to(device) if with_alibi else None
+    kw = dict(causal=causal, window=window)
+
+    t = total // world
+    parts = [x[rank * t:(rank + 1) * t].detach().clone().requires_grad_() for x in (q, k, v)]
+    if isinstance(bias, torch.Tensor):
+        bias = bias.clone().requires_grad_()
+    out = fsd.ulysses_attn_varlen(*parts, cu.to(device), max(lens), bias=bias, alibi_slopes=alibi, group=group,
+                                  **kw)
+    out.backward(dout[rank * t:(rank + 1) * t])
+    got = {"out": out.detach(), "dq": parts[0].grad, "dk": parts[1].grad, "dv": parts[2].grad}
+    got = {n: fsd.gather_sequence(x, group, dim=0) for n, x in got.items()}
+    if isinstance(bias, torch.Tensor):
+        every = [torch.empty_like(bias.grad) for _ in range(world)]
+        dist.all_gather(every, bias.grad, group=group)
+        got["dbias"] = bias.grad
+        spread = max((e - bias.grad).abs().max().item() for e in every)
+        assert spread == 0.0, f"{cid}: the bias gradient differs between ranks by {spread}"
+    if rank != 0:
+        return None
+
+    def single(run, cast, dev, *seq):
+        leaves = [x.detach().to(dev, cast).clone().requires_grad_() for x in (q, k, v)]
+        b = bias.detach().to(dev, torch.float64 if cast == torch.float64 else torch.float32).clone().requires_grad_() \
+            if isinstance(bias, torch.Tensor) else bias
+        o = run(*leaves, *seq, bias=b, alibi_slopes=None if alibi is None else alibi.to(dev), **kw)
+        o.backward(dout.to(dev, cast))
+        res = {"out": o.detach(), "dq": leaves[0].grad, "dk": leaves[1].grad, "dv": leaves[2].grad}
+        if isinstance(b, torch.Tensor):
+            res["dbias"] = b.grad
+        return {n: x.cpu() for n, x in res.items()}
+
+    one = single(fs.sigmoid_attn_varlen, dtype, device, cu.to(device), cu.to(device), max(lens), max(lens))
+    ref = single(attn_varlen, torch.float64, "cpu", cu, cu)
+    bound = BOUNDS[dtype]
+    errs = {n: (rel_l2(x.cpu(), one[n]), rel_l2(x.cpu(), ref[n]), rel_l2(one[n], ref[n])) for n, x in got.items()}
+    bad = {n: e for n, e in errs.items() if not (e[0] <= bound and e[1] <= max(bound, 2 * e[2]))}
+    return f"{cid} {lens}", errs, bad
+
+
 def _error_cases(group, device="cpu"):
     """Bad input on one rank: every rank must raise FlashSigmoidError (and nothing may hang)."""
     import functools
@@ -155,6 +224,11 @@ def _error_cases(group, device="cpu"):
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     base = [torch.randn(B, n, H, D, device=device, dtype=dtype) for _ in range(3)]
     last = world - 1
+    ulysses_attn_varlen = functools.partial(fsd.ulysses_attn_varlen, group=group, max_seqlen=n * world)
+
+    def cu(mid, end=n * world):
+        return torch.tensor([0, mid, end], dtype=torch.int32, device=device)
+
     cases = {
         # rows differ on the last rank (the ring's transfers would not match)
         "rows": lambda: ring_attn(*[t[:, : n - 2] if rank == last else t for t in base], causal=True),
@@ -171,10 +245,17 @@ def _error_cases(group, device="cpu"):
         # odd rows per rank cannot be zigzagged (every rank)
         "zigzag-odd": lambda: ring_attn(*[t[:, :-1] for t in base], causal=True),
         "ulysses-heads": lambda: ulysses_attn(*[t[:, :, :5] for t in base]),
+        # varlen: the ring takes none; cu_seqlens differ on the last rank; a total that is not W x rows;
+        # max_seqlen below a length
+        "ring-varlen": lambda: ring_attn(*[t[0] for t in base]),
+        "varlen-cu-differs": lambda: ulysses_attn_varlen(*[t[0] for t in base], cu(n * world // 2 + (rank == last))),
+        "varlen-total": lambda: ulysses_attn_varlen(*[t[0] for t in base], cu(3, n * world - 1)),
+        "varlen-max-seqlen": lambda: ulysses_attn_varlen(*[t[0] for t in base], cu(1), max_seqlen=n * world - 2),
     }
     results = {}
     for name, f in cases.items():
-        if world == 1 and name in ("rows", "k-head-dim", "alibi-dtype-ring", "alibi-dtype-ulysses"):
+        if world == 1 and name in ("rows", "k-head-dim", "alibi-dtype-ring", "alibi-dtype-ulysses",
+                                   "varlen-cu-differs"):
             continue  # these need a second rank to differ from
         if name == "ulysses-heads" and world == 1:
             continue
@@ -207,6 +288,7 @@ def _worker(rank, port, seed, out_q, device="cpu", worlds=WORLDS):
                 try:
                     g = groups[world]
                     results = [_run_case(case, seed + i, g, device) for i, case in enumerate(CASES)]
+                    results += [_run_varlen_case(case, seed + 50 + i, g, device) for i, case in enumerate(VARLEN_CASES)]
                     errors = _error_cases(g, device)
                     after = _run_case(CASES[1], seed + 100, g, device)  # the group still works after the errors
                     if world == 2 and device == "cpu":  # bench/cp_bench.py's tiny CPU configuration, in this group
@@ -292,7 +374,7 @@ def _check(world, reports, device):
         assert not bad, (f"world {world} {cid} (seed {seed}): over the bound (vs single process, vs float64, single process vs "
                          f"float64): {bad}; all: {errs}")
         checked += len(errs)
-    assert checked >= 4 * len(CASES)
+    assert checked >= 4 * (len(CASES) + len(VARLEN_CASES))
 
     # every rank raised FlashSigmoidError for every error case, with a message that names the problem
     expect = {
@@ -303,12 +385,17 @@ def _check(world, reports, device):
         "window": "window (-5, 0) is invalid",
         "zigzag-odd": "the zigzag layout needs an even number of rows per rank",
         "ulysses-heads": "to be a multiple of the group size",
+        "ring-varlen": "takes the all-to-all path, ulysses_attn_varlen (the ring does not take varlen)",
+        "varlen-cu-differs": "the ranks' inputs differ (cu_seqlens[1]: {0}/".format(ROWS_PER_CHUNK * world),
+        "varlen-total": "packed rows must equal the group size times the rows per rank ({0} x {1})".format(
+            world, 2 * ROWS_PER_CHUNK),
+        "varlen-max-seqlen": "max_seqlen ({0}) must bound every length".format(2 * ROWS_PER_CHUNK * world - 2),
     }
     for rank, (_, _, errs, _) in reports.items():
         for name, text in errs.items():
             assert text.startswith("FlashSigmoidError") and expect[name] in text, (
                 f"world {world} rank {rank} case {name}: {text}")
-        assert len(errs) == (2 if world == 1 else len(expect)), errs
+        assert len(errs) == (5 if world == 1 else len(expect)), errs
 
 
 def test_plan_skips_future_blocks_and_merges_visible_ones():
