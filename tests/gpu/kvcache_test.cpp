@@ -47,14 +47,7 @@ struct DeviceKV {
       v_new = DeviceTensor(p.v_new);
     }
     o = p.o;
-    if (p.o.bias.defined()) {
-      bias = DeviceTensor(p.bias);
-      o.bias = bias;
-    }
-    if (p.o.alibi_slopes.defined()) {
-      alibi = DeviceTensor(p.alibi);
-      o.alibi_slopes = alibi;
-    }
+    fs_gpu::upload_head_params(p.bias, p.alibi, o, bias, alibi);
   }
   KVCache cache() const {
     KVCache c;
