@@ -327,6 +327,15 @@ def _step_calls(cfg: _Cfg, n: int, src: int, has_alibi: bool) -> List[_Call]:
                  cfg.causal, cfg.window, has_alibi)
 
 
+def _post_kv(cfg: _Cfg, s: int, comm: bool, k_cur: Tensor, v_cur: Tensor):
+    """Posts ring step s's K/V transfer (none on the last step or without comm): (requests or None,
+    the [k, v] buffers that receive the previous rank's block)."""
+    if s + 1 < cfg.world and comm:
+        kv_next = [torch.empty_like(k_cur), torch.empty_like(v_cur)]
+        return _ring_exchange(cfg, [k_cur, v_cur], kv_next), kv_next
+    return None, None
+
+
 def _ring_forward(cfg: _Cfg, q, k, v, bias_t, alibi, comm: bool = True, compute: bool = True) -> Tensor:
     """The ring forward. comm / compute: the benchmark's breakdown switches (either part alone)."""
     n = q.shape[1]
@@ -334,10 +343,7 @@ def _ring_forward(cfg: _Cfg, q, k, v, bias_t, alibi, comm: bool = True, compute:
     k_cur, v_cur = k, v
     for s in range(cfg.world):
         src = (cfg.rank - s) % cfg.world
-        reqs = None
-        if s + 1 < cfg.world and comm:
-            k_next, v_next = torch.empty_like(k), torch.empty_like(v)
-            reqs = _ring_exchange(cfg, [k_cur, v_cur], [k_next, v_next])
+        reqs, kv_next = _post_kv(cfg, s, comm, k_cur, v_cur)
         error = None
         if compute:
             try:
@@ -355,7 +361,7 @@ def _ring_forward(cfg: _Cfg, q, k, v, bias_t, alibi, comm: bool = True, compute:
                 raise
         _wait(reqs)
         if reqs is not None:
-            k_cur, v_cur = k_next, v_next
+            k_cur, v_cur = kv_next
     return out.to(q.dtype)
 
 
@@ -370,10 +376,7 @@ def _ring_backward(cfg: _Cfg, dout, q, k, v, bias_t, alibi, need_dbias: bool, co
     acc_reqs, acc_next = None, None
     for s in range(cfg.world):
         src = (cfg.rank - s) % cfg.world
-        kv_reqs = None
-        if s + 1 < cfg.world and comm:
-            k_next, v_next = torch.empty_like(k), torch.empty_like(v)
-            kv_reqs = _ring_exchange(cfg, [k_cur, v_cur], [k_next, v_next])
+        kv_reqs, kv_next = _post_kv(cfg, s, comm, k_cur, v_cur)
         parts = []
         if compute:
             for c in _step_calls(cfg, n, src, alibi is not None):
@@ -397,7 +400,7 @@ def _ring_backward(cfg: _Cfg, dout, q, k, v, bias_t, alibi, need_dbias: bool, co
             acc_reqs = _ring_exchange(cfg, [dk_acc, dv_acc], list(acc_next))
         _wait(kv_reqs)
         if kv_reqs is not None:
-            k_cur, v_cur = k_next, v_next
+            k_cur, v_cur = kv_next
     if comm and cfg.world > 1:
         _wait(acc_reqs)
         dk_acc, dv_acc = acc_next  # after a full turn: this rank's own block, from every rank

@@ -11,21 +11,20 @@
 
 namespace flashsigmoid::detail {
 
+[[noreturn]] inline void throw_overflow(std::int64_t a, const char* op, std::int64_t b, const std::string& what) {
+  throw Error("flashsigmoid: " + what + " overflows a 64-bit integer (" + std::to_string(a) + op +
+              std::to_string(b) + ")");
+}
+
 inline std::int64_t checked_mul(std::int64_t a, std::int64_t b, const std::string& what) {
   std::int64_t r = 0;
-  if (__builtin_mul_overflow(a, b, &r)) {
-    throw Error("flashsigmoid: " + what + " overflows a 64-bit integer (" + std::to_string(a) + " x " +
-                std::to_string(b) + ")");
-  }
+  if (__builtin_mul_overflow(a, b, &r)) throw_overflow(a, " x ", b, what);
   return r;
 }
 
 inline std::int64_t checked_add(std::int64_t a, std::int64_t b, const std::string& what) {
   std::int64_t r = 0;
-  if (__builtin_add_overflow(a, b, &r)) {
-    throw Error("flashsigmoid: " + what + " overflows a 64-bit integer (" + std::to_string(a) + " + " +
-                std::to_string(b) + ")");
-  }
+  if (__builtin_add_overflow(a, b, &r)) throw_overflow(a, " + ", b, what);
   return r;
 }
 

@@ -13,6 +13,7 @@
 
 #include "cpu/tile_ops.hpp"
 #include "problem.hpp"
+#include "row_checks.hpp"
 
 namespace fs_test {
 namespace {
@@ -34,35 +35,6 @@ Outputs run(const Problem& p) {
   Outputs r{out.to_vector(), dq.to_vector(), dk.to_vector(), dv.to_vector(), {}};
   if (p.c.bias_mode == BiasMode::per_head) r.dbias = dbias.to_vector();
   return r;
-}
-
-// Element (b, i, h, d) of a contiguous dense [B, N, H, D] tensor.
-std::int64_t at(std::int64_t N, std::int64_t H, std::int64_t D, std::int64_t b, std::int64_t i, std::int64_t h,
-                std::int64_t d) {
-  return ((b * N + i) * H + h) * D + d;
-}
-
-// How the D values of row (i, h) look: all NaN, all finite, or a mix.
-enum class Row { nan, finite, mixed };
-Row row_kind(const std::vector<double>& x, std::int64_t N, std::int64_t H, std::int64_t D, std::int64_t i,
-             std::int64_t h) {
-  int nan = 0, finite = 0;
-  for (std::int64_t d = 0; d < D; ++d) {
-    const double e = x[at(N, H, D, 0, i, h, d)];
-    nan += std::isnan(e);
-    finite += std::isfinite(e);
-  }
-  return nan == D ? Row::nan : finite == D ? Row::finite : Row::mixed;
-}
-
-// True when rows (i, h) of a and b hold the same bits (NaN == NaN).
-bool row_equal(const std::vector<double>& a, const std::vector<double>& b, std::int64_t N, std::int64_t H,
-               std::int64_t D, std::int64_t i, std::int64_t h) {
-  for (std::int64_t d = 0; d < D; ++d) {
-    const double x = a[at(N, H, D, 0, i, h, d)], y = b[at(N, H, D, 0, i, h, d)];
-    if (!(x == y || (std::isnan(x) && std::isnan(y)))) return false;
-  }
-  return true;
 }
 
 }  // namespace
@@ -96,7 +68,7 @@ TEST_P(NonFinite, NanInQueryGivesNanOut) {
   const std::uint64_t seed = test_seed();
   SCOPED_TRACE(describe(c) + "; FLASHSIGMOID_TEST_SEED=" + std::to_string(seed));
   Problem p = make_problem(c, seed);
-  p.q.set(at(c.Nq, c.Hq, c.D, 0, 50, 1, 3), kNaN);  // one element of query row 50, head 1
+  p.q.set(at(c.Nq, c.Hq, c.D, 50, 1, 3), kNaN);  // one element of query row 50, head 1
   const Outputs r = run(p);
   for (std::int64_t i = 0; i < c.Nq; ++i) {
     for (std::int64_t h = 0; h < c.Hq; ++h) {
@@ -161,16 +133,15 @@ TEST_P(NonFinite, MaskedKeyAndValueRowsContributeNothing) {
   SCOPED_TRACE(describe(c) + "; FLASHSIGMOID_TEST_SEED=" + std::to_string(seed));
   const Outputs clean = run(make_problem(c, seed));
   Problem p = make_problem(c, seed);
-  for (std::int64_t d = 0; d < c.D; ++d) {
-    p.v.set(at(c.Nk, c.Hkv, c.D, 0, 40, 0, d), kNaN);
-    p.k.set(at(c.Nk, c.Hkv, c.D, 0, 41, 0, d), kInf);
-  }
+  set_row(p.v, c.Nk, c.Hkv, c.D, 40, 0, kNaN);
+  set_row(p.k, c.Nk, c.Hkv, c.D, 41, 0, kInf);
   const Outputs r = run(p);
   for (std::int64_t i = 0; i < c.Nq; ++i) {
     for (std::int64_t h = 0; h < c.Hq; ++h) {
       if (i < 40) {
-        EXPECT_TRUE(row_equal(r.out, clean.out, c.Nq, c.Hq, c.D, i, h)) << "out row " << i << " head " << h;
-        EXPECT_TRUE(row_equal(r.dq, clean.dq, c.Nq, c.Hq, c.D, i, h)) << "dq row " << i << " head " << h;
+        EXPECT_TRUE(row_equal(r.out, clean.out, c.Nq, c.Hq, c.D, i, h, NanEqual::yes))
+            << "out row " << i << " head " << h;
+        EXPECT_TRUE(row_equal(r.dq, clean.dq, c.Nq, c.Hq, c.D, i, h, NanEqual::yes)) << "dq row " << i << " head " << h;
       } else {
         // Rows that see the non-finite key: NaN in, NaN out.
         EXPECT_EQ(row_kind(r.out, c.Nq, c.Hq, c.D, i, h), Row::nan) << "out row " << i << " head " << h;
@@ -190,26 +161,25 @@ TEST_P(NonFinite, MaskedQueryAndGradientRowsContributeNothing) {
   SCOPED_TRACE(describe(c) + "; FLASHSIGMOID_TEST_SEED=" + std::to_string(seed));
   const Outputs clean = run(make_problem(c, seed));
   Problem p = make_problem(c, seed);
-  for (std::int64_t d = 0; d < c.D; ++d) {
-    p.q.set(at(c.Nq, c.Hq, c.D, 0, 50, 0, d), kNaN);
-    p.dout.set(at(c.Nq, c.Hq, c.D, 0, 60, 1, d), kInf);
-  }
+  set_row(p.q, c.Nq, c.Hq, c.D, 50, 0, kNaN);
+  set_row(p.dout, c.Nq, c.Hq, c.D, 60, 1, kInf);
   const Outputs r = run(p);
   for (std::int64_t j = 0; j < c.Nk; ++j) {
     const bool sees_bad_row = (j >= 45 && j <= 50) || (j >= 55 && j <= 60);
     if (sees_bad_row) {
       EXPECT_EQ(row_kind(r.dk, c.Nk, c.Hkv, c.D, j, 0), Row::nan) << "dk row " << j;
     } else {
-      EXPECT_TRUE(row_equal(r.dk, clean.dk, c.Nk, c.Hkv, c.D, j, 0)) << "dk row " << j;
-      EXPECT_TRUE(row_equal(r.dv, clean.dv, c.Nk, c.Hkv, c.D, j, 0)) << "dv row " << j;
+      EXPECT_TRUE(row_equal(r.dk, clean.dk, c.Nk, c.Hkv, c.D, j, 0, NanEqual::yes)) << "dk row " << j;
+      EXPECT_TRUE(row_equal(r.dv, clean.dv, c.Nk, c.Hkv, c.D, j, 0, NanEqual::yes)) << "dv row " << j;
     }
   }
   for (std::int64_t i = 0; i < c.Nq; ++i) {
     for (std::int64_t h = 0; h < c.Hq; ++h) {
       const bool bad = (i == 50 && h == 0) || (i == 60 && h == 1);
       if (!bad) {
-        EXPECT_TRUE(row_equal(r.out, clean.out, c.Nq, c.Hq, c.D, i, h)) << "out row " << i << " head " << h;
-        EXPECT_TRUE(row_equal(r.dq, clean.dq, c.Nq, c.Hq, c.D, i, h)) << "dq row " << i << " head " << h;
+        EXPECT_TRUE(row_equal(r.out, clean.out, c.Nq, c.Hq, c.D, i, h, NanEqual::yes))
+            << "out row " << i << " head " << h;
+        EXPECT_TRUE(row_equal(r.dq, clean.dq, c.Nq, c.Hq, c.D, i, h, NanEqual::yes)) << "dq row " << i << " head " << h;
       }
     }
   }
@@ -244,20 +214,10 @@ TEST_P(NonFinite, VarlenRowsPastTheLastSequenceAreZero) {
   HostTensor dk(t, {rows_k + extra_k, Hkv, D}), dv(t, {rows_k + extra_k, Hkv, D});
   flashsigmoid::forward(q, k, v, out, o);
   flashsigmoid::backward(q, k, v, dout, {dq, dk, dv, {}}, o);
-  auto check = [](const char* name, const HostTensor& x, std::int64_t valid_elems) {
-    const std::vector<double> got = x.to_vector();
-    for (std::size_t n = 0; n < got.size(); ++n) {
-      if (static_cast<std::int64_t>(n) < valid_elems) {
-        ASSERT_TRUE(std::isfinite(got[n])) << name << " element " << n;
-      } else {
-        ASSERT_EQ(got[n], 0.0) << name << " element " << n << " (past the last sequence)";
-      }
-    }
-  };
-  check("out", out, rows_q * H * D);
-  check("dq", dq, rows_q * H * D);
-  check("dk", dk, rows_k * Hkv * D);
-  check("dv", dv, rows_k * Hkv * D);
+  expect_zero_past("out", out.to_vector(), rows_q * H * D);
+  expect_zero_past("dq", dq.to_vector(), rows_q * H * D);
+  expect_zero_past("dk", dk.to_vector(), rows_k * Hkv * D);
+  expect_zero_past("dv", dv.to_vector(), rows_k * Hkv * D);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, NonFinite,

@@ -45,6 +45,21 @@ void expect_error(F&& f, const std::string& needle) {
 // SPEC.md's relative-L2 bounds per input dtype.
 inline double tolerance(DType t) { return t == DType::bfloat16 ? 1e-2 : 2e-3; }
 
+// Uploads the per-head bias and ALiBi slopes that `o` uses (host copies host_bias, host_alibi)
+// into bias / alibi and points `o` at them.
+inline void upload_head_params(const flashsigmoid::testing::HostTensor& host_bias,
+                               const flashsigmoid::testing::HostTensor& host_alibi, flashsigmoid::Options& o,
+                               DeviceTensor& bias, DeviceTensor& alibi) {
+  if (o.bias.defined()) {
+    bias = DeviceTensor(host_bias);
+    o.bias = bias;
+  }
+  if (o.alibi_slopes.defined()) {
+    alibi = DeviceTensor(host_alibi);
+    o.alibi_slopes = alibi;
+  }
+}
+
 // The problem's tensors mirrored on the GPU, and the options pointing at them.
 struct DeviceProblem {
   DeviceTensor q, k, v, dout, cu_q, cu_k, bias, alibi;
@@ -57,14 +72,7 @@ struct DeviceProblem {
       o.cu_seqlens_q = cu_q;
       o.cu_seqlens_k = cu_k;
     }
-    if (p.o.bias.defined()) {
-      bias = DeviceTensor(p.bias);
-      o.bias = bias;
-    }
-    if (p.o.alibi_slopes.defined()) {
-      alibi = DeviceTensor(p.alibi);
-      o.alibi_slopes = alibi;
-    }
+    upload_head_params(p.bias, p.alibi, o, bias, alibi);
   }
 };
 

@@ -47,14 +47,7 @@ struct DeviceKV {
       v_new = DeviceTensor(p.v_new);
     }
     o = p.o;
-    if (p.o.bias.defined()) {
-      bias = DeviceTensor(p.bias);
-      o.bias = bias;
-    }
-    if (p.o.alibi_slopes.defined()) {
-      alibi = DeviceTensor(p.alibi);
-      o.alibi_slopes = alibi;
-    }
+    fs_gpu::upload_head_params(p.bias, p.alibi, o, bias, alibi);
   }
   KVCache cache() const {
     KVCache c;
@@ -205,17 +198,23 @@ KVCase misc_case(const std::string& name) {
   return c;
 }
 
+// A misc case with 8 query heads on 2 kv heads, paged by 16 keys.
+KVCase paged_gqa_case(const std::string& name) {
+  KVCase c = misc_case(name);
+  c.Hq = 8;
+  c.Hkv = 2;
+  c.page_size = 16;
+  return c;
+}
+
 #define FS_SKIP_WITHOUT_DECODE_DIM(c) \
   if ((c).D == 0) GTEST_SKIP() << "no KV-cache head dim (64, 128, 256) built"
 
 // Every split count matches the reference; a split count run twice gives the same bits.
 TEST(GpuKVCacheMisc, SplitCountsAndRepeatability) {
   FS_SKIP_WITHOUT_GPU();
-  KVCase c = misc_case("splits");
+  KVCase c = paged_gqa_case("splits");
   FS_SKIP_WITHOUT_DECODE_DIM(c);
-  c.Hq = 8;
-  c.Hkv = 2;
-  c.page_size = 16;
   c.cached = {1500, 77};
   const std::uint64_t seed = fs_kv::test_seed();
   SCOPED_TRACE(fs_kv::describe(c) + ", seed " + std::to_string(seed));
@@ -363,11 +362,8 @@ TEST(GpuKVCacheMisc, NaNPropagation) {
 // that depends on data) and replayed.
 TEST(GpuKVCacheMisc, CudaGraphCaptureReplay) {
   FS_SKIP_WITHOUT_GPU();
-  KVCase c = misc_case("graph");
+  KVCase c = paged_gqa_case("graph");
   FS_SKIP_WITHOUT_DECODE_DIM(c);
-  c.Hq = 8;
-  c.Hkv = 2;
-  c.page_size = 16;
   c.cached = {300, 41};
   c.num_splits = 4;
   const std::uint64_t seed = fs_kv::test_seed();

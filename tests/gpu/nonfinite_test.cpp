@@ -21,6 +21,7 @@
 #include "device_problem.hpp"
 #include "flashsigmoid/flashsigmoid.hpp"
 #include "problem.hpp"
+#include "row_checks.hpp"
 
 namespace {
 
@@ -30,7 +31,12 @@ using flashsigmoid::testing::HostTensor;
 using fs_gpu::DeviceProblem;
 using fs_gpu::DeviceTensor;
 using fs_test::Alibi;
+using fs_test::at;
 using fs_test::Case;
+using fs_test::NanEqual;
+using fs_test::Row;
+using fs_test::row_equal;
+using fs_test::row_kind;
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
@@ -92,27 +98,17 @@ constexpr bool kBackward =
     false;
 #endif
 
-std::int64_t at(std::int64_t N, std::int64_t H, std::int64_t D, std::int64_t i, std::int64_t h, std::int64_t d) {
-  return (i * H + h) * D + d;  // batch 0 of a contiguous [B, N, H, D] tensor
-}
-
-enum class Row { nan, finite, mixed };
-Row row_kind(const std::vector<double>& x, std::int64_t N, std::int64_t H, std::int64_t D, std::int64_t i,
-             std::int64_t h) {
-  int nan = 0, finite = 0;
-  for (std::int64_t d = 0; d < D; ++d) {
-    nan += std::isnan(x[at(N, H, D, i, h, d)]);
-    finite += std::isfinite(x[at(N, H, D, i, h, d)]);
+// Queries 0..n-1 of out (and dq when the backward is built) hold the same bits in r as in clean
+// (a NaN counts as a difference).
+void expect_rows_unchanged(const Case& c, const Outputs& r, const Outputs& clean, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    for (std::int64_t h = 0; h < c.Hq; ++h) {
+      EXPECT_TRUE(row_equal(r.out, clean.out, c.Nq, c.Hq, c.D, i, h, NanEqual::no)) << "out row " << i << " head " << h;
+      if (kBackward) {
+        EXPECT_TRUE(row_equal(r.dq, clean.dq, c.Nq, c.Hq, c.D, i, h, NanEqual::no)) << "dq row " << i << " head " << h;
+      }
+    }
   }
-  return nan == D ? Row::nan : finite == D ? Row::finite : Row::mixed;
-}
-
-bool row_equal(const std::vector<double>& a, const std::vector<double>& b, std::int64_t N, std::int64_t H,
-               std::int64_t D, std::int64_t i, std::int64_t h) {
-  for (std::int64_t d = 0; d < D; ++d) {
-    if (a[at(N, H, D, i, h, d)] != b[at(N, H, D, i, h, d)]) return false;  // false for NaN too
-  }
-  return true;
 }
 
 class GpuNonFinite : public ::testing::TestWithParam<Variant> {
@@ -218,12 +214,7 @@ TEST_P(GpuNonFinite, FiniteValuesInMaskedRowsContributeExactlyZero) {
     p.k.set(at(c.Nk, c.Hkv, c.D, 41, 0, d), d % 3 ? 3e4 : -3e4);
   }
   const Outputs r = run(p);
-  for (std::int64_t i = 0; i < 40; ++i) {
-    for (std::int64_t h = 0; h < c.Hq; ++h) {
-      EXPECT_TRUE(row_equal(r.out, clean.out, c.Nq, c.Hq, c.D, i, h)) << "out row " << i << " head " << h;
-      if (kBackward) EXPECT_TRUE(row_equal(r.dq, clean.dq, c.Nq, c.Hq, c.D, i, h)) << "dq row " << i << " head " << h;
-    }
-  }
+  expect_rows_unchanged(c, r, clean, 40);
 }
 
 // Causal, 512 keys: NaN in value row 400 and key row 401, and (sliding-window problem below) in
@@ -237,17 +228,10 @@ TEST_P(GpuNonFinite, NanInUnreadBlocksNeverArrives) {
   SCOPED_TRACE(fs_test::describe(c) + "; FLASHSIGMOID_TEST_SEED=" + std::to_string(seed));
   const Outputs clean = run(problem(c, seed));
   fs_test::Problem p = problem(c, seed);
-  for (std::int64_t d = 0; d < c.D; ++d) {
-    p.v.set(at(c.Nk, c.Hkv, c.D, 400, 0, d), kNaN);
-    p.k.set(at(c.Nk, c.Hkv, c.D, 401, 0, d), kNaN);
-  }
+  fs_test::set_row(p.v, c.Nk, c.Hkv, c.D, 400, 0, kNaN);
+  fs_test::set_row(p.k, c.Nk, c.Hkv, c.D, 401, 0, kNaN);
   const Outputs r = run(p);
-  for (std::int64_t i = 0; i < 256; ++i) {
-    for (std::int64_t h = 0; h < c.Hq; ++h) {
-      EXPECT_TRUE(row_equal(r.out, clean.out, c.Nq, c.Hq, c.D, i, h)) << "out row " << i << " head " << h;
-      if (kBackward) EXPECT_TRUE(row_equal(r.dq, clean.dq, c.Nq, c.Hq, c.D, i, h)) << "dq row " << i << " head " << h;
-    }
-  }
+  expect_rows_unchanged(c, r, clean, 256);
   int leaked = 0;
   for (std::int64_t i = 384; i < 400; ++i) leaked += row_kind(r.out, c.Nq, c.Hq, c.D, i, 0) != Row::finite;
   std::printf("[%s] masked NaN value row inside the diagonal tile reached %d of the 16 query rows 384..399\n",
@@ -263,14 +247,12 @@ TEST_P(GpuNonFinite, NanQueryInUnreadBlocksNeverArrives) {
   SCOPED_TRACE(fs_test::describe(c) + "; FLASHSIGMOID_TEST_SEED=" + std::to_string(seed));
   const Outputs clean = run(problem(c, seed));
   fs_test::Problem p = problem(c, seed);
-  for (std::int64_t d = 0; d < c.D; ++d) {
-    p.q.set(at(c.Nq, c.Hq, c.D, 400, 0, d), kNaN);
-    p.dout.set(at(c.Nq, c.Hq, c.D, 400, 1, d), kNaN);
-  }
+  fs_test::set_row(p.q, c.Nq, c.Hq, c.D, 400, 0, kNaN);
+  fs_test::set_row(p.dout, c.Nq, c.Hq, c.D, 400, 1, kNaN);
   const Outputs r = run(p);
   for (std::int64_t j = 0; j < 256; ++j) {
-    EXPECT_TRUE(row_equal(r.dk, clean.dk, c.Nk, c.Hkv, c.D, j, 0)) << "dk row " << j;
-    EXPECT_TRUE(row_equal(r.dv, clean.dv, c.Nk, c.Hkv, c.D, j, 0)) << "dv row " << j;
+    EXPECT_TRUE(row_equal(r.dk, clean.dk, c.Nk, c.Hkv, c.D, j, 0, NanEqual::no)) << "dk row " << j;
+    EXPECT_TRUE(row_equal(r.dv, clean.dv, c.Nk, c.Hkv, c.D, j, 0, NanEqual::no)) << "dv row " << j;
   }
 }
 
@@ -304,21 +286,11 @@ TEST_P(GpuNonFinite, VarlenRowsPastTheLastSequenceAreZero) {
   flashsigmoid::backward(dq_in, dk_in, dv_in, ddo, {dq, dk, dv, {}}, o);
 #endif
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  auto check = [](const char* name, const DeviceTensor& x, std::int64_t valid_elems) {
-    const std::vector<double> got = read(x);
-    for (std::size_t n = 0; n < got.size(); ++n) {
-      if (static_cast<std::int64_t>(n) < valid_elems) {
-        ASSERT_TRUE(std::isfinite(got[n])) << name << " element " << n;
-      } else {
-        ASSERT_EQ(got[n], 0.0) << name << " element " << n << " (past the last sequence)";
-      }
-    }
-  };
-  check("out", out, rows_q * H * D);
+  fs_test::expect_zero_past("out", read(out), rows_q * H * D);
   if (kBackward) {
-    check("dq", dq, rows_q * H * D);
-    check("dk", dk, rows_k * Hkv * D);
-    check("dv", dv, rows_k * Hkv * D);
+    fs_test::expect_zero_past("dq", read(dq), rows_q * H * D);
+    fs_test::expect_zero_past("dk", read(dk), rows_k * Hkv * D);
+    fs_test::expect_zero_past("dv", read(dv), rows_k * Hkv * D);
   }
 }
 
