@@ -90,6 +90,15 @@ def _bias_value(kind, head_bias):
     return {"default": None, "scalar": -3.25, "head": head_bias}[kind]
 
 
+
+def _same_on_every_rank(grad, world, group, cid):
+    """The learnable bias's gradient is all-reduced: every rank must hold the same bits."""
+    every = [torch.empty_like(grad) for _ in range(world)]
+    dist.all_gather(every, grad, group=group)
+    spread = max((e - grad).abs().max().item() for e in every)
+    assert spread == 0.0, f"{cid}: the bias gradient differs between ranks by {spread}"
+    return grad
+
 def _run_case(case, seed, group, device="cpu"):
     import flashsigmoid as fs
     import flashsigmoid.distributed as fsd
@@ -116,11 +125,7 @@ def _run_case(case, seed, group, device="cpu"):
     got.update({n: t.grad for n, t in zip(("dq", "dk", "dv"), parts)})
     got = {n: fsd.gather_sequence(t, group, lay) for n, t in got.items()}
     if isinstance(bias, torch.Tensor):
-        every = [torch.empty_like(bias.grad) for _ in range(world)]
-        dist.all_gather(every, bias.grad, group=group)
-        got["dbias"] = bias.grad
-        spread = max((e - bias.grad).abs().max().item() for e in every)
-        assert spread == 0.0, f"{cid}: the bias gradient differs between ranks by {spread}"
+        got["dbias"] = _same_on_every_rank(bias.grad, world, group, cid)
     if rank != 0:
         return None
 
@@ -182,11 +187,7 @@ def _run_varlen_case(case, seed, group, device="cpu"):
     got = {"out": out.detach(), "dq": parts[0].grad, "dk": parts[1].grad, "dv": parts[2].grad}
     got = {n: fsd.gather_sequence(x, group, dim=0) for n, x in got.items()}
     if isinstance(bias, torch.Tensor):
-        every = [torch.empty_like(bias.grad) for _ in range(world)]
-        dist.all_gather(every, bias.grad, group=group)
-        got["dbias"] = bias.grad
-        spread = max((e - bias.grad).abs().max().item() for e in every)
-        assert spread == 0.0, f"{cid}: the bias gradient differs between ranks by {spread}"
+        got["dbias"] = _same_on_every_rank(bias.grad, world, group, cid)
     if rank != 0:
         return None
 
