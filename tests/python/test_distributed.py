@@ -90,7 +90,6 @@ def _bias_value(kind, head_bias):
     return {"default": None, "scalar": -3.25, "head": head_bias}[kind]
 
 
-
 def _same_on_every_rank(grad, world, group, cid):
     """The learnable bias's gradient is all-reduced: every rank must hold the same bits."""
     every = [torch.empty_like(grad) for _ in range(world)]
@@ -98,6 +97,7 @@ def _same_on_every_rank(grad, world, group, cid):
     spread = max((e - grad).abs().max().item() for e in every)
     assert spread == 0.0, f"{cid}: the bias gradient differs between ranks by {spread}"
     return grad
+
 
 def _run_case(case, seed, group, device="cpu"):
     import flashsigmoid as fs
