@@ -54,13 +54,6 @@ endforeach()
 list(JOIN _fs_built ", " _fs_built_str)
 target_compile_definitions(flashsigmoid PRIVATE "FLASHSIGMOID_CUDA_BUILT_HEAD_DIMS=\"${_fs_built_str}\"")
 
-# CUDA paths compiled in every build but dispatched only when ON, until a GPU run has validated them:
-# the KV-cache kernels, Options::positions, and the zeroing of varlen rows past the last sequence.
-option(FLASHSIGMOID_CUDA_UNVALIDATED "Dispatch the CUDA paths not yet validated on a GPU (KV cache, positions, varlen tail zeroing)" OFF)
-if(FLASHSIGMOID_CUDA_UNVALIDATED)
-  target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_CUDA_UNVALIDATED=1)
-endif()
-
 option(FLASHSIGMOID_SIGMOID_EXP "CUDA kernels: bf16 too computes the sigmoid as 1/(1+exp(-s)) (2 MUFU ops, as fp16 always does) instead of tanh.approx (1)" OFF)
 if(FLASHSIGMOID_SIGMOID_EXP)
   target_compile_definitions(flashsigmoid PRIVATE FLASHSIGMOID_SIGMOID_EXP=1)

@@ -109,26 +109,10 @@ void dispatch_dtype(DType dtype, const char* what, F&& f) {
   }
 }
 
-#if defined(FLASHSIGMOID_CUDA_UNVALIDATED)
-constexpr bool kUnvalidatedPaths = true;
-#else
-constexpr bool kUnvalidatedPaths = false;
-#endif
-
-// Paths written but not yet run on a GPU are refused unless the build asks for them.
-void require_unvalidated(const char* what) {
-  if (!kUnvalidatedPaths) {
-    throw Error(std::string("flashsigmoid: ") + what + " on CUDA has not yet been validated on a GPU and is " +
-                "off in this build; configure with -DFLASHSIGMOID_CUDA_UNVALIDATED=ON to use it, or use cpu tensors");
-  }
-}
-
-// Varlen: an output's rows past the last sequence (cu_seqlens[batch] .. total) get zeros (only with
-// FLASHSIGMOID_CUDA_UNVALIDATED until the zeroing kernel has run on a GPU; else they are left as they were).
+// Varlen: an output's rows past the last sequence (cu_seqlens[batch] .. total) get zeros.
 template <class Element>
 void zero_varlen_tail(const char* name, void* out, const OperandStrides& s, std::int64_t heads, std::int64_t dim,
                       const std::int32_t* cu_seqlens, std::int64_t batch, std::int64_t total, void* stream) {
-  if (!kUnvalidatedPaths) return;
   const cudaError_t err = cuda::zero_rows_from<Element>(out, s, heads, dim, cu_seqlens + batch, total,
                                                         static_cast<cudaStream_t>(stream));
   if (err != cudaSuccess) {
@@ -240,7 +224,6 @@ bool cuda_device_present() {
 }
 
 void cuda_forward(const AttnParams& p) {
-  if (p.global_positions) require_unvalidated("Options::positions");
   check_alignment("q", p.q, p.q_stride);
   check_alignment("k", p.k, p.k_stride);
   check_alignment("v", p.v, p.v_stride);
@@ -287,7 +270,6 @@ void cuda_backward(const BwdParams& p) {
   check_alignment("k", p.k, p.k_stride);
   check_alignment("v", p.v, p.v_stride);
   check_alignment("dout", p.dout, p.do_stride);
-  if (p.global_positions) require_unvalidated("Options::positions");
   check_alignment("dq", p.dq, p.dq_stride);
   check_alignment("dk", p.dk, p.dk_stride);
   check_alignment("dv", p.dv, p.dv_stride);
@@ -324,7 +306,6 @@ void cuda_backward(const BwdParams& p) {
 // Validation checked shapes, dtypes and devices only (reading cache_seqlens / block_table would
 // need a host sync); the kernels check those values per sequence (src/cuda/decode/sequence.cuh).
 void cuda_forward_kvcache(const KVCacheParams& p) {
-  require_unvalidated("KV-cache attention");
   check_alignment("q", p.q, p.q_stride);
   check_alignment("out", p.o, p.o_stride);
   check_alignment("k_cache", p.k, p.k_stride);

@@ -8,7 +8,6 @@
 #include <cute/tensor.hpp>
 
 #include "common/score_transform.hpp"
-#include "common/sigmoid_fma.hpp"
 #include "cuda/common/sigmoid.cuh"
 
 namespace flashsigmoid::cuda {
@@ -40,15 +39,6 @@ __device__ __forceinline__ void scores_to_probs(AccS& acc_s, const CoordS& tScS,
     plain.alibi_slope = 0.0f;  // a compile-time-visible zero: logit() is one FMA here
     CUTE_UNROLL
     for (int i = 0; i < cute::size(acc_s); ++i) {
-#if defined(FLASHSIGMOID_SIGMOID_FMA_EVERY)
-      // Tuning option: every kEvery-th sigmoid on the FMA pipes instead of the MUFU (i is a
-      // compile-time index, so this is no run-time branch).
-      constexpr int kEvery = FLASHSIGMOID_SIGMOID_FMA_EVERY;
-      if (i % kEvery == kEvery - 1) {
-        acc_s(i) = (kTwice ? 2.0f : 1.0f) * detail::sigmoid_of_half_logit_fma(plain.logit(acc_s(i), 0, 0));
-        continue;
-      }
-#endif
       acc_s(i) = sigmoid(plain.logit(acc_s(i), 0, 0));
     }
   } else {
