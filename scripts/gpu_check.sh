@@ -14,7 +14,8 @@
 #        PY_HEAD_DIMS (head dims of the pip-installed package, default $FLASHSIGMOID_HEAD_DIMS),
 #        SKIP_PORTABLE_PASS=1 (Hopper builds: one ctest pass with automatic dispatch instead of two),
 #        PY_REUSE=1 (keep a Python package already installed), SKIP_PYTEST=1,
-#        KV_BENCH_ARGS (extra flags for the C++ KV-cache benchmark, e.g. "--quick"),
+#        KV_BENCH_ARGS (extra flags for the C++ KV-cache benchmark, e.g. "--quick"), KV_NCU_SHAPE (an ncu
+#        report of the KV-cache attention kernel on one shape B:CACHE:HQ:HKV:NQ:PAGE),
 #        PYTEST_ARGS (what pytest runs, default tests/python),
 #        cp (a stage, not in the default list; needs 2 GPUs and the Python package, so STAGES="python cp"):
 #        bench/cp_bench.py, context parallelism on 2 GPUs over NCCL, tables into $LOG/cp
@@ -160,7 +161,7 @@ if want kvcache; then
   (cd "$BUILD" && ctest -L gpu -R KVCache --output-on-failure -j8 --timeout 120) 2>&1 |
     tee "$LOG/ctest_kvcache.log" | tail -20 || status=1
   if [[ -z "${SKIP_SANITIZER:-}" ]]; then
-    KV_SMALL="Cases/GpuKVCache.MatchesReference/paged_ps16_bf16_d$SAN_D:Cases/GpuKVCache.MatchesReference/paged_ps1_fp16_d$SAN_D:Cases/GpuKVCache.MatchesReference/gqa_8_1_nq8_causal_fp16_d$SAN_D:Cases/GpuKVCache.MatchesReference/alibi_per_head_causal_bf16_d$SAN_D:GpuKVCacheMisc.BadSequencesThreeSplits:GpuKVCacheMisc.BadCacheBatchIdx:GpuKVCacheMisc.NaNPropagation"
+    KV_SMALL="Cases/GpuKVCache.MatchesReference/paged_ps16_bf16_d$SAN_D:Cases/GpuKVCache.MatchesReference/paged_ps1_fp16_d$SAN_D:Cases/GpuKVCache.MatchesReference/gqa_8_1_nq8_causal_fp16_d$SAN_D:Cases/GpuKVCache.MatchesReference/alibi_per_head_causal_bf16_d$SAN_D:Cases/GpuKVCache.MatchesReference/gqa_32_8_nq8_paged_bf16_d$SAN_D:GpuKVCacheMisc.BadSequencesThreeSplits:GpuKVCacheMisc.BadCacheBatchIdx:GpuKVCacheMisc.NaNPropagation"
     for tool in memcheck racecheck; do
       echo "== compute-sanitizer $tool (KV cache)"
       timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 3 "$TESTS" --gtest_filter="$KV_SMALL" 2>&1 |
@@ -171,6 +172,14 @@ if want kvcache; then
     echo "== KV-cache benchmark"
     timeout 400 "$BUILD/tests/gpu/flashsigmoid_cuda_decode_bench" ${KV_BENCH_ARGS:-} 2>&1 |
       tee "$LOG/bench_kvcache_cuda.txt" || status=1
+    # KV_NCU_SHAPE=B:CACHE:HQ:HKV:NQ:PAGE: one Nsight Compute report of the attention kernel on that shape.
+    if [[ -n "${KV_NCU_SHAPE:-}" ]] && command -v ncu >/dev/null; then
+      echo "== Nsight Compute, KV-cache attention $KV_NCU_SHAPE"
+      timeout 240 ncu --kernel-name regex:decode_kernel --launch-skip 5 --launch-count 1 --section SpeedOfLight \
+        --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section SchedulerStats \
+        "$BUILD/tests/gpu/flashsigmoid_cuda_decode_bench" --shape "$KV_NCU_SHAPE" --reps 2 > "$LOG/ncu_kvcache.txt" 2>&1 ||
+        echo "ncu failed (see ncu_kvcache.txt)"
+    fi
   fi
 fi
 if want python && [[ -z "${SKIP_PYTHON:-}" ]]; then

@@ -138,6 +138,12 @@ std::vector<KVCase> kvcache_cases() {
   add("gqa_8_1_nq8_causal", [](KVCase& c) {  // 64 rows per CTA: the warps split the rows
     c.Hq = 8; c.Hkv = 1; c.Nq = 8; c.causal = true; c.page_size = 64; c.cached = {200, 0, 65};
   });
+  add("gqa_32_8_nq8_paged", [](KVCase& c) {  // 32 rows per CTA: two pairs of warps, one per key half
+    c.Hq = 32; c.Hkv = 8; c.Nq = 8; c.causal = true; c.page_size = 16; c.cached = {700, 2, 129};
+  });
+  add("rows_24_window", [](KVCase& c) {  // 24 rows: a partly empty 32-row tile
+    c.Hq = 6; c.Hkv = 2; c.Nq = 8; c.window_left = 40; c.page_size = 64; c.cached = {300, 7};
+  });
   add("mqa", [](KVCase& c) { c.Hq = 4; c.Hkv = 1; c.cached = {500}; c.append = false; });
   add("causal_nq8", [](KVCase& c) { c.Hq = c.Hkv = 2; c.Nq = 8; c.causal = true; c.cached = {100, 3}; });
   add("causal_nq8_cached_only", [](KVCase& c) {  // sequence 1: 3 keys for 8 queries, rows with no key

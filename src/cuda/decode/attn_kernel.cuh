@@ -65,13 +65,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   auto head_of = [&](int m) { return std::int64_t(hk) * group + m % group; };
 
   const SeqCache sc = load_seq(p, b);
-  // This split's share of the sequence's page ids is checked even where the masks skip them, so a
-  // bad id anywhere turns the whole sequence to NaN (every row sums every split).
-  const std::int64_t n_pages = pages_of(p, sc.len_k);
-  const bool pages_ok =
-      pages_in_range(p, b, split_begin(n_pages, split, splits), split_begin(n_pages, split + 1, splits));
-  const bool seq_ok = sc.ok && pages_ok;
-
+  const bool seq_ok = sc.ok;
   detail::SeqInfo seq;
   seq.len_q = nq;
   seq.len_k = sc.len_k;
@@ -111,15 +105,41 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       cp_async_zfill(&sQ(r, vec_col), src, valid);
     }
   };
-  auto load_kv = [&](int n, int stage) {
+  // Paged caches: the page ids of this thread's rows of a key block are read one iteration before
+  // the block's cp.async, so the loads never wait on a block_table read (D 256 has 16 rows per
+  // thread and no registers to spare: it reads them just before).
+  constexpr int kRowsPerThread = BN / kRowsPerPass;
+  constexpr bool kPrefetchPages = kRowsPerThread <= 8;
+  const bool paged = p.block_table != nullptr;
+  const cutlass::FastDivmod page_div(paged && kPrefetchPages ? int(p.page_size) : 1);
+  struct BlockPages {
+    std::int32_t id[kRowsPerThread];
+  };
+  auto fetch_pages = [&](int n) {
+    BlockPages pg;
     CUTE_UNROLL
-    for (int r = row0; r < BN; r += kRowsPerPass) {
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      const int t = n * BN + row0 + k * kRowsPerPass;
+      pg.id[k] = paged && t < sc.len_k ? page_id(p, page_div, b, t) : 0;
+    }
+    return pg;
+  };
+  auto load_kv = [&](int n, int stage, const BlockPages& pg) {
+    // Unrolled where the page ids sit in registers; D 256 keeps a loop (registers again).
+#pragma unroll(kPrefetchPages ? kRowsPerThread : 1)
+    for (int k = 0; k < kRowsPerThread; ++k) {
+      const int r = row0 + k * kRowsPerPass;
       const int t = n * BN + r;
       const Element* ks = static_cast<const Element*>(p.k);
       const Element* vs = static_cast<const Element*>(p.v);
       bool valid = t < sc.len_k;
       if (valid) {
-        const KeySlot slot = locate_key(p, b, sc, t);
+        KeySlot slot;
+        if constexpr (kPrefetchPages) {
+          slot = paged ? paged_slot(p, page_div, t, pg.id[k]) : KeySlot{sc.row, t, true};
+        } else {
+          slot = locate_key(p, b, sc, t);
+        }
         if (slot.ok) {
           ks += element_offset(p.k_stride, slot, hk) + vec_col;
           vs += element_offset(p.v_stride, slot, hk) + vec_col;
@@ -148,9 +168,11 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     load_q();
     CUTE_UNROLL
     for (int s = 0; s < kStages - 1; ++s) {
-      if (s < n_blocks) load_kv(n_begin + s, s);
+      if (s < n_blocks) load_kv(n_begin + s, s, kPrefetchPages ? fetch_pages(n_begin + s) : BlockPages{});
       cp_async_fence();
     }
+    BlockPages next_pages{};  // rows past the sequence read nothing
+    if constexpr (kPrefetchPages) next_pages = fetch_pages(n_begin + kStages - 1);
 
     Tensor tSrQ = thr_mma.partition_fragment_A(sQ);
     Tensor tSrK = thr_mma.partition_fragment_B(sK(_, _, 0, 0));
@@ -185,7 +207,15 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       if constexpr (Traits::kQInRegisters) {
         if (it == 0) copy(s2r_q, tSsQ, s2r_q_thr.retile_D(tSrQ));
       }
-      if (it + kStages - 1 < n_blocks) load_kv(n_begin + it + kStages - 1, (it + kStages - 1) % kStages);
+      if (it + kStages - 1 < n_blocks) {
+        const int n = n_begin + it + kStages - 1;
+        if constexpr (kPrefetchPages) {
+          load_kv(n, (it + kStages - 1) % kStages, next_pages);
+          if (it + kStages < n_blocks) next_pages = fetch_pages(n + 1);
+        } else {
+          load_kv(n, (it + kStages - 1) % kStages, BlockPages{});
+        }
+      }
       cp_async_fence();
 
       const int stage = it % kStages;
@@ -240,7 +270,13 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       sacc[(wn * BM + int(get<0>(tOcO(i)))) * kAccStride + int(get<1>(tOcO(i)))] = acc_o(i);
     }
   }
-  const bool bad = __syncthreads_or(page_fault) || !seq_ok;
+  // Every page id of this split's share of the sequence is checked, also those the masks skip, so a
+  // bad id anywhere turns the whole sequence to NaN (every row sums every split). Checked last: the
+  // ids are in cache by now, and no barrier waits for them before the loads start.
+  const std::int64_t n_pages = pages_of(p, sc.len_k);
+  const bool pages_ok =
+      pages_in_range(p, b, split_begin(n_pages, split, splits), split_begin(n_pages, split + 1, splits));
+  const bool bad = __syncthreads_or(page_fault) || !pages_ok || !seq_ok;
   for (int c = tid; c < rows * kVecs; c += kThreads) {
     const int r = c / kVecs;
     const int col = (c % kVecs) * 8;

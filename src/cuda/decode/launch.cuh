@@ -84,10 +84,13 @@ void run_kvcache(const detail::KVCacheParams& p) {
     check_cuda(cudaGetLastError(), "KV-cache append kernel launch");
   }
   if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return;
-  // Decode rows (Nq_new * Hq / Hkv) up to 16: the 4 warps split each key block; more rows: they
-  // split the rows (the same K/V bytes then feed 64 rows per CTA).
-  if (p.seqlen_q * p.group_size() <= 16) {
+  // Rows (Nq_new * Hq / Hkv) up to 16: the 4 warps split each key block; up to 32: two pairs of
+  // warps, each pair a 32-key half; more: the warps split the rows (the same K/V bytes feed 64 rows).
+  const std::int64_t rows = p.seqlen_q * p.group_size();
+  if (rows <= 16) {
     run_attention<D, Element, 1>(p, stream);
+  } else if (rows <= 32) {
+    run_attention<D, Element, 2>(p, stream);
   } else {
     run_attention<D, Element, 4>(p, stream);
   }

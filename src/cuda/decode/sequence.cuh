@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include <cutlass/fast_math.h>
+
 #include "common/params.hpp"
 
 namespace flashsigmoid::cuda::decode {
@@ -50,6 +52,23 @@ __device__ __forceinline__ KeySlot locate_key(const detail::KVCacheParams& p, st
   return {page, t - idx * ps, page >= 0 && page < p.num_pages};
 }
 
+// Key t of a paged sequence whose page id was loaded beforehand (the attention kernel fetches a key
+// block's page ids one iteration before its loads, so no cp.async waits on a block_table read).
+__device__ __forceinline__ KeySlot paged_slot(const detail::KVCacheParams& p, const cutlass::FastDivmod& page_div,
+                                              int t, std::int32_t page) {
+  int idx, slot;
+  page_div(idx, slot, t);
+  return {page, slot, page >= 0 && page < p.num_pages};
+}
+
+// The page id of key t of sequence b (t < the sequence's length, so inside its block_table row).
+__device__ __forceinline__ std::int32_t page_id(const detail::KVCacheParams& p, const cutlass::FastDivmod& page_div,
+                                                std::int64_t b, int t) {
+  int idx, slot;
+  page_div(idx, slot, t);
+  return p.block_table[b * p.block_table_stride + idx];
+}
+
 __device__ __forceinline__ std::int64_t element_offset(const detail::OperandStrides& st, const KeySlot& k,
                                                        std::int64_t head) {
   return k.page * st.batch + k.slot * st.row + head * st.head;
@@ -61,9 +80,11 @@ __device__ __forceinline__ bool pages_in_range(const detail::KVCacheParams& p, s
                                                std::int64_t end) {
   bool bad = false;
   if (p.block_table != nullptr) {
+    // No short-circuit: the loads of one unrolled batch are then independent and in flight together.
+#pragma unroll 8
     for (std::int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
       const std::int64_t page = p.block_table[b * p.block_table_stride + i];
-      bad = bad || page < 0 || page >= p.num_pages;
+      bad |= (page < 0) | (page >= p.num_pages);
     }
   }
   return !__syncthreads_or(bad);

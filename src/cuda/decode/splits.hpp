@@ -17,7 +17,7 @@ FS_HD std::int64_t split_begin(std::int64_t n, std::int64_t part, std::int64_t p
 // kv head) pairs and is memory-bound, so idle SMs are idle bandwidth), at most one split per 4 key
 // blocks of the cache's capacity and at most kMaxAutoSplits. Shapes and the SM count only, never
 // the sequence lengths (they are on the device): the workspace size then depends on shapes alone.
-inline constexpr int kMaxAutoSplits = 64;
+inline constexpr int kMaxAutoSplits = 256;
 
 inline int auto_splits(std::int64_t ctas, std::int64_t capacity, int block_n, int sms, int ctas_per_sm) {
   const std::int64_t slots = std::int64_t(sms) * std::max(ctas_per_sm, 1);
