@@ -7,14 +7,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "cuda/hopper/launch.hpp"  // flashsigmoid::cuda::last_forward_kernel
+#include "cuda/kernel_choice.hpp"
 #include "device_problem.hpp"
 #include "forward_check.hpp"
 #include "hopper_skip.hpp"  // FS_SKIP_WITHOUT_HOPPER
@@ -26,8 +24,7 @@ using fs_test::Case;
 
 // The kernel backend.cu's dispatch must pick for this case.
 const char* expected_kernel(const Case& c) {
-  const char* forced = std::getenv("FLASHSIGMOID_FORWARD_KERNEL");
-  if (forced != nullptr && std::strcmp(forced, "portable") == 0) return "portable";
+  if (flashsigmoid::cuda::kernel_choice().forward == flashsigmoid::cuda::KernelFamily::portable) return "portable";
   const std::int64_t key_rows =
       c.varlen() ? std::accumulate(c.lens_k.begin(), c.lens_k.end(), std::int64_t(0)) : std::int64_t(c.Nk);
   if (key_rows == 0) return "portable";          // no key rows for a TMA descriptor
@@ -88,33 +85,12 @@ TEST_P(HopperForward, MatchesReference) {
   EXPECT_STREQ(flashsigmoid::cuda::last_forward_kernel(), expected_kernel(c));
 }
 
-// A misspelt kernel override is an error, not a silent fallback.
-TEST(HopperForwardErrors, BadForwardKernelOverride) {
-  FS_SKIP_WITHOUT_HOPPER();
-  Case c;
-  c.dtype = flashsigmoid::DType::bfloat16;
-  c.D = fs_gpu::kBuiltHeadDims.front();
-  c.Nq = c.Nk = 16;
-  const fs_test::Problem p = fs_test::make_problem(c, 1);
-  fs_gpu::DeviceProblem d(p);
-  const flashsigmoid::testing::HostTensor out = p.like_q();
-  fs_gpu::DeviceTensor dout(out);
-  const fs_gpu::ScopedEnv override_kernel("FLASHSIGMOID_FORWARD_KERNEL", "portabel");
-  fs_gpu::expect_error([&] { flashsigmoid::forward(d.q, d.k, d.v, dout, d.o); },
-                       "FLASHSIGMOID_FORWARD_KERNEL is 'portabel'; accepted: auto (or unset), portable");
-}
-
 // Every schedule the benchmark can pick gives the same results: one CTA per tile, causal order across
 // every head, and L2 groups of one or five (head, batch) pairs (a tiny L2 size, so a small problem
 // has many groups, the last one short). Causal with more tiles than SMs, so odd rounds run backwards.
 TEST(HopperForwardSchedule, EveryScheduleMatchesReference) {
   FS_SKIP_WITHOUT_HOPPER();
   using flashsigmoid::cuda::hopper::Schedule;
-  Schedule& schedule = flashsigmoid::cuda::hopper::schedule();
-  const Schedule saved = schedule;
-  // The schedules are the Hopper kernel's: automatic dispatch even in the pass that forces the
-  // portable kernel for every other test.
-  const fs_gpu::ScopedEnv auto_kernel("FLASHSIGMOID_FORWARD_KERNEL", "auto");
   std::vector<std::pair<std::string, Schedule>> variants = {
       {"per_tile", {false, true, 0}}, {"no_l2_group", {true, false, 0}}, {"l2_group_1", {true, true, 1}},
       {"l2_group_5", {true, true, 0}}};
@@ -130,12 +106,15 @@ TEST(HopperForwardSchedule, EveryScheduleMatchesReference) {
     for (const auto& [name, variant] : variants) {
       SCOPED_TRACE("schedule " + name + ", D " + std::to_string(D));
       c.name = "schedule_" + name;
-      schedule = variant;
+      // The schedules are the Hopper kernel's: automatic dispatch even in the pass that forces the
+      // portable kernel for every other test.
+      flashsigmoid::cuda::KernelChoice choice;
+      choice.hopper_schedule = variant;
+      const flashsigmoid::cuda::ScopedKernelChoice scoped(choice);
       fs_gpu::check_forward(c);
       EXPECT_STREQ(flashsigmoid::cuda::last_forward_kernel(), "hopper");
     }
   }
-  schedule = saved;
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, HopperForward,

@@ -32,7 +32,7 @@ auto tma_view(const void* ptr, std::int64_t rows, std::int64_t heads, std::int64
 }
 
 template <int D, class Element>
-void run_fwd(const detail::AttnParams& p) {
+void run_fwd(const detail::AttnParams& p, const Schedule& schedule) {
   using Traits = FwdTraits<D, Element>;
   constexpr int kSmem = Traits::kSmemBytes;
   const std::int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
@@ -79,7 +79,7 @@ void run_fwd(const detail::AttnParams& p) {
   problem.kv_bytes_per_key = 2 * D * std::int64_t(sizeof(Element));
   problem.group_size = p.group_size();
   const DeviceInfo device = device_info(p.device.index);
-  const FwdLaunchPlan plan = plan_forward(problem, device.sms, device.l2_bytes, hopper::schedule());
+  const FwdLaunchPlan plan = plan_forward(problem, device.sms, device.l2_bytes, schedule);
   prm.sched = plan.sched;
 
   auto kernel = &fwd_kernel<Traits>;

@@ -1,21 +1,14 @@
 // Declarations shared by the dispatcher (backend.cu), the Hopper kernel units, the GPU tests and the
-// CUDA benchmark.
+// CUDA benchmark. Which family runs a call, and the schedule switches below: cuda/kernel_choice.hpp.
 #pragma once
 
 #include "common/params.hpp"
 
 namespace flashsigmoid::cuda {
 
-// The CUDA forward kernel that the last flashsigmoid::forward() on CUDA tensors ran in this thread:
-// "hopper" or "portable" ("none" before the first). Defined in backend.cu; read by the GPU tests and
-// the benchmark to report which kernel they measured.
-const char* last_forward_kernel();
-// The same for flashsigmoid::backward(): "hopper" or "portable" ("none" before the first).
-const char* last_backward_kernel();
-
 namespace hopper {
 // Schedule switches of the Hopper forward, for the benchmark's same-process A/B runs (not part of the
-// public API; the defaults are what every other caller gets). Per thread, like last_forward_kernel.
+// public API; the defaults are what every other caller gets; set per thread through KernelChoice).
 //   persistent: grid of at most one CTA per SM walking its tiles (else one CTA per tile);
 //   l2_grouping: causal longest-first order within groups of heads whose K/V fits in L2 (else across
 //   every head); l2_bytes: the L2 size the groups are sized for (0: the device's; the tests set a tiny
@@ -25,13 +18,12 @@ struct Schedule {
   bool l2_grouping = true;
   long long l2_bytes = 0;
 };
-Schedule& schedule();
 
 // Defined (explicitly instantiated) in the generated hopper_fwd_hdim<D>_<dtype>.cu units, built only
 // when the CUDA architectures include 90a (or 90). Dense and varlen problems with at least one key
 // row (backend.cu's try_hopper_forward decides).
 template <int D, class Element>
-void run_fwd(const detail::AttnParams& p);
+void run_fwd(const detail::AttnParams& p, const Schedule& schedule);
 
 // Head dims the Hopper backward has (cmake/cuda_kernels.cmake builds its units for these).
 constexpr bool has_hopper_backward(int D) { return D == 64 || D == 128; }
