@@ -20,22 +20,6 @@
 #define FLASHSIGMOID_CUDA_BUILT_HEAD_DIMS "none"
 #endif
 
-#if defined(FLASHSIGMOID_HOPPER_HDIM_64)
-#define FLASHSIGMOID_HOPPER_HDIM_64_BUILT true
-#else
-#define FLASHSIGMOID_HOPPER_HDIM_64_BUILT false
-#endif
-#if defined(FLASHSIGMOID_HOPPER_HDIM_128)
-#define FLASHSIGMOID_HOPPER_HDIM_128_BUILT true
-#else
-#define FLASHSIGMOID_HOPPER_HDIM_128_BUILT false
-#endif
-#if defined(FLASHSIGMOID_HOPPER_HDIM_256)
-#define FLASHSIGMOID_HOPPER_HDIM_256_BUILT true
-#else
-#define FLASHSIGMOID_HOPPER_HDIM_256_BUILT false
-#endif
-
 namespace flashsigmoid::detail {
 namespace {
 
@@ -130,17 +114,14 @@ thread_local cuda::KernelChoice g_kernel_choice;
 bool is_sm90(int index) { return index >= 0 && cuda::device_info(index).is_sm90(); }
 #endif
 
-// Runs the Hopper forward when this build dispatches to it and it covers the problem (head dims
-// 64 / 128 / 256, dense or varlen, at least one key row (a TMA descriptor needs a non-empty tensor), an
-// sm_90 device);
-// returns false to leave the problem to the portable kernel.
+// Runs the Hopper forward when this build dispatches to it and it covers the problem (a head dim it
+// was built for, dense or varlen, at least one key row (a TMA descriptor needs a non-empty tensor), an
+// sm_90 device), unless the thread's kernel choice forces the portable kernel; returns false to leave
+// the problem to the portable kernel.
 template <int D, class Element>
 bool try_hopper_forward([[maybe_unused]] const AttnParams& p, [[maybe_unused]] const cuda::KernelChoice& choice) {
 #if defined(FLASHSIGMOID_HOPPER_ENABLED)
-  constexpr bool kBuilt =
-      (D == 64 && FLASHSIGMOID_HOPPER_HDIM_64_BUILT) || (D == 128 && FLASHSIGMOID_HOPPER_HDIM_128_BUILT) ||
-      (D == 256 && FLASHSIGMOID_HOPPER_HDIM_256_BUILT);
-  if constexpr (kBuilt) {
+  if constexpr (cuda::hopper::has_hopper_forward(D)) {
     const std::int64_t key_rows = p.is_varlen() ? p.total_k : p.seqlen_k;
     if (choice.forward == cuda::KernelFamily::automatic && key_rows > 0 && is_sm90(p.device.index)) {
       cuda::hopper::run_fwd<D, Element>(p, choice.hopper_schedule);

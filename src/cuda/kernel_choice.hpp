@@ -3,7 +3,7 @@
 // public API; every other caller gets the defaults. Host code only (device code never includes it).
 #pragma once
 
-#include "cuda/hopper/launch.hpp"  // hopper::Schedule
+#include "cuda/hopper/schedule.hpp"
 
 namespace flashsigmoid::cuda {
 

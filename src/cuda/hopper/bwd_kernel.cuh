@@ -49,13 +49,15 @@
 #include <cutlass/barrier.h>  // GenericBarrier: the deterministic mode's ordered dQ adds
 
 #include "common/score_transform.hpp"
+#include "cuda/common/block_sum.cuh"
+#include "cuda/common/dscores.cuh"
+#include "cuda/common/scores_to_probs.cuh"
 #include "cuda/common/sigmoid.cuh"
+#include "cuda/common/wgmma.cuh"
 #include "cuda/hopper/bwd_traits.cuh"
 #include "cuda/hopper/fwd_epilogue.cuh"  // store_output (the dK / dV tiles have the O tile's shape)
-#include "cuda/common/scores_to_probs.cuh"
-#include "cuda/hopper/fwd_mainloop.cuh"  // wgmma_gemm, acc_layout_as_a_operand
+#include "cuda/hopper/named_barriers.hpp"
 #include "cuda/hopper/shared_storage.cuh"
-#include "cuda/portable/bwd_kernel.cuh"  // probs_to_dscores, scale_fragment
 
 namespace flashsigmoid::cuda::hopper {
 
@@ -251,9 +253,9 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
   typename Traits::TiledMmaDKV mma_dkv;
   typename Traits::TiledMmaDQ mma_dq;
   auto thr_sdp = mma_sdp.get_thread_slice(ctid);
-  auto desc_sdp = descriptor_slice(mma_sdp, ctid);
-  auto desc_dkv = descriptor_slice(mma_dkv, ctid);
-  auto desc_dq = descriptor_slice(mma_dq, ctid);
+  auto desc_sdp = sm90::descriptor_slice(mma_sdp, ctid);
+  auto desc_dkv = sm90::descriptor_slice(mma_dkv, ctid);
+  auto desc_dq = sm90::descriptor_slice(mma_dq, ctid);
   // wgmma descriptors. S^T, dP^T: this warpgroup's 64 keys of K / V against Q / dO (per stage).
   Tensor tSrK = desc_sdp.partition_fragment_A(sK);
   Tensor tSrV = desc_sdp.partition_fragment_A(sV);
@@ -305,8 +307,8 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<BN>, Int<BM>>{});
     Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<BN>, Int<BM>>{});
     pipe.consumer_wait(state);
-    wgmma_gemm<true>(mma_sdp, tSrK, tSrQ(_, _, _, stage), acc_s);     // S^T = K Q^T
-    wgmma_gemm<true>(mma_sdp, tSrV, tSrDo(_, _, _, stage), acc_dp);  // dP^T = V dO^T
+    sm90::wgmma_gemm<true>(mma_sdp, tSrK, tSrQ(_, _, _, stage), acc_s);     // S^T = K Q^T
+    sm90::wgmma_gemm<true>(mma_sdp, tSrV, tSrDo(_, _, _, stage), acc_dp);  // dP^T = V dO^T
     if constexpr (kOrderedDq) {
       if (dq_issuer && t > 0) order.done();  // the previous step's add, while the GEMMs run
     }
@@ -316,7 +318,7 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     if (i0 + BM > seq.len_q) drop_queries_from(acc_s, tScS, int(seq.len_q - i0));
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc_dp);
-    db += portable::probs_to_dscores<true>(acc_dp, acc_s);  // acc_dp := dS^T
+    db += probs_to_dscores<true>(acc_dp, acc_s);  // acc_dp := dS^T
 
     // P^T and dS^T in the input dtype, viewed as the RS GEMMs' register A operand. Per step (not
     // kept across the loop, where they would cost 32 registers during the S^T / dP^T GEMMs); the
@@ -324,8 +326,8 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     // wgmmas that read them asynchronously are done.
     Tensor rP = convert_fragment<Element>(acc_s);
     Tensor rdS = convert_fragment<Element>(acc_dp);
-    Tensor tPrP = make_tensor(rP.data(), hopper::acc_layout_as_a_operand(rP.layout()));
-    Tensor tdSrdS = make_tensor(rdS.data(), hopper::acc_layout_as_a_operand(rdS.layout()));
+    Tensor tPrP = make_tensor(rP.data(), sm90::acc_layout_as_a_operand(rP.layout()));
+    Tensor tdSrdS = make_tensor(rdS.data(), sm90::acc_layout_as_a_operand(rdS.layout()));
     static_assert(std::is_same_v<decltype(shape(tPrP)), decltype(partition_shape_A(mma_dkv, Shape<Int<BN>, Int<BM>>{}))>,
                   "P^T is not laid out as the dV wgmma's A operand");
 
@@ -336,15 +338,15 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     // dV, dK first: they need only this warpgroup's registers, so they run while the other warpgroup
     // finishes its dS^T rows. dQ is issued once P^T's registers are free (at D 128, acc_dQ next to
     // P^T, dS^T, acc_dK and acc_dV made the consumers spill).
-    wgmma_gemm<false>(mma_dkv, tPrP, tKVrDo(_, _, _, stage), acc_dv);   // dV += P^T dO
-    wgmma_gemm<false>(mma_dkv, tdSrdS, tKVrQ(_, _, _, stage), acc_dk);  // dK += dS^T Q
+    sm90::wgmma_gemm<false>(mma_dkv, tPrP, tKVrDo(_, _, _, stage), acc_dv);   // dV += P^T dO
+    sm90::wgmma_gemm<false>(mma_dkv, tdSrdS, tKVrQ(_, _, _, stage), acc_dk);  // dK += dS^T Q
     if (dq_issuer) tma_store_wait<0>();  // the previous step's dQ reduce-add has read the staging tile
-    cutlass::arch::NamedBarrier::sync(kThreads, Traits::kBarDsReady);  // both warpgroups' dS^T rows are in
+    cutlass::arch::NamedBarrier::sync(kThreads, kBarDsReady);  // both warpgroups' dS^T rows are in
     warpgroup_wait<1>();  // dV is done: P^T's registers are free
     warpgroup_fence_operand(acc_dv);
     warpgroup_fence_operand(rP);
     Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<BM>, Int<D>>{});
-    wgmma_gemm<true>(mma_dq, tQrDs(_, _, _, buf), tQrK, acc_dq);  // dQ part = dS K
+    sm90::wgmma_gemm<true>(mma_dq, tQrDs(_, _, _, buf), tQrK, acc_dq);  // dQ part = dS K
     warpgroup_wait<1>();  // dK is done: Q and dO of this stage are no longer read
     warpgroup_fence_operand(acc_dk);
     warpgroup_fence_operand(rdS);
@@ -355,7 +357,7 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     static_assert(decltype(size(acc_dq))::value == decltype(size(tDqcDq))::value, "dQ staging partition");
     store_pairs_shared(acc_dq, tDqcDq, typename Traits::SmemOffsetsDq{}, sdq_base);
     cutlass::arch::fence_view_async_shared();  // visible to the TMA (async proxy)
-    cutlass::arch::NamedBarrier::sync(128, Traits::kBarDqStaged + wg);
+    cutlass::arch::NamedBarrier::sync(128, kBarDqStaged + wg);
     if (dq_issuer) {
       // (kBlockM, D / 2) tile (i0 / kBlockM, wg) of head h, from the sequence's first row; rows past
       // the tensor's end are clipped, rows of the next sequence (varlen) get exact zeros added.
@@ -371,16 +373,8 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
     }
 
     if (part != nullptr && t % steps.m_count == steps.m_count - 1) {  // the head's last step: fixed order
-      CUTE_UNROLL
-      for (int off = 16; off > 0; off >>= 1) db += __shfl_xor_sync(0xffffffffu, db, off);
-      if ((ctid & 31) == 0) ss.warp_sums[ctid >> 5] = db;
-      cutlass::arch::NamedBarrier::sync(kThreads, Traits::kBarDbias);
-      if (ctid == 0) {
-        float sum = 0.0f;
-        CUTE_UNROLL
-        for (int w = 0; w < kThreads / 32; ++w) sum += ss.warp_sums[w];
-        part[std::int64_t(t / steps.m_count) * gridDim.x] = sum;
-      }
+      store_block_sum<kThreads / 32>(db, ss.warp_sums, ctid, part + std::int64_t(t / steps.m_count) * gridDim.x,
+                                     [] { cutlass::arch::NamedBarrier::sync(kThreads, kBarDbias); });
       db = 0.0f;
     }
   }
@@ -455,14 +449,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) bwd_kernel(const __grid_
     // Epilogue: dV through V's space (each warpgroup reads only its own rows of V), dK through K's
     // space once both warpgroups' dQ GEMMs, which read every row of K, are done. Key rows past the
     // sequence end are not written; rows that no query sees are zeros.
-    cutlass::arch::NamedBarrier::sync(Traits::kNConsumerThreads, Traits::kBarEpilogue);
+    cutlass::arch::NamedBarrier::sync(Traits::kNConsumerThreads, kBarEpilogue);
     using Store = KeyTileStore<Traits>;
     Element* dv_tile = static_cast<Element*>(p.dv) + p.dv_stride.offset(b, seq.k_begin + j0, hk);
     Element* dk_tile = static_cast<Element*>(p.dk) + p.dk_stride.offset(b, seq.k_begin + j0, hk);
     typename Store::SharedStorage v_space{ss.v.data()};
     typename Store::SharedStorage k_space{ss.k.data()};
     store_output<Store>(acc_dv, v_space, dv_tile, p.dv_stride.row, keys, ctid);
-    portable::scale_fragment(acc_dk, p.scale);
+    scale_fragment(acc_dk, p.scale);
     store_output<Store>(acc_dk, k_space, dk_tile, p.dk_stride.row, keys, ctid);
   }
 #endif

@@ -5,54 +5,27 @@
 //   dV = P^T dO,  dK = scale * dS^T Q,  dQ = scale * dS K,  d(bias)_h = sum of dS.
 // Deterministic mode (no atomics): dkdv_kernel owns dK, dV of one key block; dq_kernel owns dQ of
 // one query block and writes that block's partial sum of dS; dbias_reduce_kernel adds the partials
-// per head in a fixed order.
+// per head in a fixed order (common/bwd_workspace.cu).
 // Default mode (kPass 3): dkdv_kernel also adds dS K of each query step to an fp32 dQ workspace
 // with atomics (so dQ's bits depend on their order) and writes per-key-block partials of d(bias);
 // dq_convert_kernel scales and converts the workspace into dQ. dK, dV and d(bias) stay bitwise
-// reproducible in both modes.
+// reproducible in both modes. The workspaces and their finishing kernels: common/bwd_workspace.hpp.
 // Tiles and the shared-memory plan: bwd_traits.cuh.
 #pragma once
 
 #include <cstdint>
 
 #include "common/score_transform.hpp"
+#include "cuda/common/block_sum.cuh"
+#include "cuda/common/bwd_workspace.hpp"     // dq_accum_strides
+#include "cuda/common/dscores.cuh"
+#include "cuda/common/scores_to_probs.cuh"  // the forward's P, element for element
 #include "cuda/common/sigmoid.cuh"
 #include "cuda/portable/bwd_traits.cuh"
 #include "cuda/portable/fwd_epilogue.cuh"
-#include "cuda/common/scores_to_probs.cuh"  // the forward's P, element for element
 #include "cuda/portable/fwd_kernel.cuh"
 
 namespace flashsigmoid::cuda::portable {
-
-// dS = dP * P * (1 - P), in place in acc_dp. Returns the sum of this thread's dS (0 when unused).
-template <bool kSum, class AccDP, class AccP>
-__device__ __forceinline__ float probs_to_dscores(AccDP& acc_dp, const AccP& acc_p) {
-  float sum = 0.0f;
-  CUTE_UNROLL
-  for (int i = 0; i < size(acc_dp); ++i) {
-    const float pr = acc_p(i);
-    acc_dp(i) = acc_dp(i) * pr * (1.0f - pr);
-    if constexpr (kSum) sum += acc_dp(i);
-  }
-  return sum;
-}
-
-template <class Acc>
-__device__ __forceinline__ void scale_fragment(Acc& acc, float s) {
-  CUTE_UNROLL
-  for (int i = 0; i < size(acc); ++i) acc(i) *= s;
-}
-
-// The fused mode's fp32 dQ workspace: contiguous [rows_q, Hq, D] (dense: [B, Nq, Hq, D]), rows
-// addressed like q's (varlen: packed rows, batch stride 0).
-template <int D>
-__host__ __device__ __forceinline__ detail::OperandStrides dq_accum_strides(const detail::BwdParams& p) {
-  detail::OperandStrides s;
-  s.head = D;
-  s.row = p.heads_q * D;
-  s.batch = p.cu_seqlens_q != nullptr ? 0 : p.seqlen_q * s.row;
-  return s;
-}
 
 // dst[r * row_stride + c] += acc at the fragment's (r, c) (tCc: its coordinates), rows r <
 // rows_left only (the rest lie past the sequence end: other sequences' rows or out of bounds).
@@ -128,10 +101,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
 
   // The visible query range depends only on the masks, not on the head (bias / ALiBi do not mask).
   const detail::ScoreTransform st_range = detail::make_score_transform(p, seq, b, std::int64_t(hk) * group);
-  const std::int64_t q_lo = st_range.query_begin(j0);
-  const std::int64_t q_hi = st_range.query_end(j0 + keys, seq.len_q);
-  const int m_begin = int(q_lo / BQ);
-  const int m_count = q_hi > q_lo ? int((q_hi + BQ - 1) / BQ) - m_begin : 0;
+  std::int64_t m_first = 0, m_blocks = 0;
+  st_range.query_blocks(j0, j0 + keys, seq.len_q, BQ, m_first, m_blocks);
+  const int m_begin = int(m_first);
+  const int m_count = int(m_blocks);
   const int n_steps = group * m_count;
 
   const Element* k_ptr = static_cast<const Element*>(p.k) + b * p.k_stride.batch +
@@ -299,17 +272,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
       }
       __syncthreads();  // every warp is done with this stage (and sDsT) before step t+1 refills it
       if constexpr (kDoDQ) {
-        if (part != nullptr && t % m_count == m_count - 1) {  // the head's last step: its partial, fixed order
-          CUTE_UNROLL
-          for (int off = 16; off > 0; off >>= 1) db += __shfl_xor_sync(0xffffffffu, db, off);
-          if ((tid & 31) == 0) warp_sums[tid >> 5] = db;  // tid 0's last read was before this step's syncs
-          __syncthreads();
-          if (tid == 0) {
-            float sum = 0.0f;
-            CUTE_UNROLL
-            for (int w = 0; w < kNWarps; ++w) sum += warp_sums[w];
-            part[std::int64_t(t / m_count) * gridDim.x] = sum;
-          }
+        if (part != nullptr && t % m_count == m_count - 1) {  // the head's last step: its partial
+          // warp_sums: tid 0's last read was before this step's syncs.
+          store_block_sum<kNWarps>(db, warp_sums, tid, part + std::int64_t(t / m_count) * gridDim.x,
+                                   [] { __syncthreads(); });
           db = 0.0f;
         }
       }
@@ -360,10 +326,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const std::int64_t rows = seq.len_q - m0 < BM ? seq.len_q - m0 : BM;
 
   const detail::ScoreTransform st = detail::make_score_transform(p, seq, b, h).scaled_by(0.5f);
-  const std::int64_t key_lo = st.key_begin(m0);
-  const std::int64_t key_hi = st.key_end(m0 + rows);
-  const int n_begin = int(key_lo / BN);
-  const int n_blocks = key_hi > key_lo ? int((key_hi + BN - 1) / BN) - n_begin : 0;
+  std::int64_t n_first = 0, n_count = 0;
+  st.key_blocks(m0, m0 + rows, BN, n_first, n_count);
+  const int n_begin = int(n_first);
+  const int n_blocks = int(n_count);
 
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   const Element* q_ptr = static_cast<const Element*>(p.q) + b * p.q_stride.batch +
@@ -464,75 +430,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     cp_async_wait<0>();
   }
 
-  if (part != nullptr) {  // fixed-order block sum: shuffle tree per warp, then warps in order
-    CUTE_UNROLL
-    for (int off = 16; off > 0; off >>= 1) db += __shfl_xor_sync(0xffffffffu, db, off);
-    if ((tid & 31) == 0) warp_sums[tid >> 5] = db;
-    __syncthreads();
-    if (tid == 0) {
-      float s = 0.0f;
-      CUTE_UNROLL
-      for (int w = 0; w < kNWarps; ++w) s += warp_sums[w];
-      *part = s;
-    }
-  }
+  if (part != nullptr) store_block_sum<kNWarps>(db, warp_sums, tid, part, [] { __syncthreads(); });
 
   scale_fragment(acc_dq, p.scale);
   Tensor gdQ = make_tensor(make_gmem_ptr(dq_ptr), TileQ{}, make_stride(p.dq_stride.row, _1{}));
   store_output<typename Traits::StoreQ>(acc_dq, smem_q, gdQ, rows, tid);
-}
-
-// dbias[h] = sum over b, then over blocks, of the partials part[(b * heads + h) * blocks + block]
-// (the dQ kernel's per query block, or the fused dK/dV kernel's per key block), in that fixed order
-// (float64 accumulation; one thread per head). A template only so that every generated unit may
-// carry it without clashing at link time.
-template <int kUnused = 0>
-__global__ void dbias_reduce_kernel(const float* __restrict__ part, float* __restrict__ dbias, int batch, int heads,
-                                    int blocks) {
-  const int h = blockIdx.x * blockDim.x + threadIdx.x;
-  if (h >= heads) return;
-  double s = 0.0;
-  for (int b = 0; b < batch; ++b) {
-    const float* row = part + (std::int64_t(b) * heads + h) * blocks;
-    for (int m = 0; m < blocks; ++m) s += double(row[m]);
-  }
-  dbias[h] = float(s);
-}
-
-// Fused mode: dQ = scale * dq_accum (see dq_accum_strides), in dQ's dtype and strides, for the
-// kRows rows blockIdx.x of sequence blockIdx.z, head blockIdx.y; 8 columns (16 bytes of dQ) per
-// thread and step. Rows past the sequence end are not written, as in the dQ kernel.
-template <class Traits>
-__global__ void __launch_bounds__(128)
-    dq_convert_kernel(const __grid_constant__ detail::BwdParams p, const float* __restrict__ dq_accum) {
-  using Element = typename Traits::Element;
-  constexpr int D = Traits::kHeadDim;
-  constexpr int kRows = 64;
-  constexpr int kVec = 8;
-  constexpr int kVecsPerRow = D / kVec;
-  const int h = blockIdx.y;
-  const int b = blockIdx.z;
-  const detail::SeqInfo seq = detail::seq_info(p, b);
-  const std::int64_t r0 = std::int64_t(blockIdx.x) * kRows;
-  if (r0 >= seq.len_q) return;
-  const int rows = seq.len_q - r0 < kRows ? int(seq.len_q - r0) : kRows;
-  const detail::OperandStrides acc_stride = dq_accum_strides<D>(p);
-  cutlass::NumericArrayConverter<Element, float, kVec> conv;
-  for (int idx = threadIdx.x; idx < rows * kVecsPerRow; idx += blockDim.x) {
-    const std::int64_t row = seq.q_begin + r0 + idx / kVecsPerRow;
-    const int col = (idx % kVecsPerRow) * kVec;
-    const float4* src = reinterpret_cast<const float4*>(dq_accum + acc_stride.offset(b, row, h) + col);
-    const float4 lo = src[0];
-    const float4 hi = src[1];
-    cutlass::Array<float, kVec> v;
-    v[0] = lo.x; v[1] = lo.y; v[2] = lo.z; v[3] = lo.w;
-    v[4] = hi.x; v[5] = hi.y; v[6] = hi.z; v[7] = hi.w;
-    CUTE_UNROLL
-    for (int i = 0; i < kVec; ++i) v[i] *= p.scale;
-    const cutlass::Array<Element, kVec> out = conv(v);
-    *reinterpret_cast<uint4*>(static_cast<Element*>(p.dq) + p.dq_stride.offset(b, row, h) + col) =
-        *reinterpret_cast<const uint4*>(&out);
-  }
 }
 
 }  // namespace flashsigmoid::cuda::portable
