@@ -162,13 +162,13 @@ struct ScoreTransform {
   }
   FS_HD std::int64_t last_key_block(std::int64_t i1, int bn) const { return (key_end(i1) - 1) / bn; }
   // The key blocks [n_begin, n_begin + n_count) of bn keys that query rows [i0, i1) see some key of,
-  // as the forward and the backward's dQ loop walk them.
-  FS_HD void key_blocks(std::int64_t i0, std::int64_t i1, int bn, std::int64_t& n_begin,
-                        std::int64_t& n_count) const {
+  // as the forward and the backward's dQ loop walk them (block indices fit an int: the launchers
+  // check the grid limits).
+  FS_HD void key_blocks(std::int64_t i0, std::int64_t i1, int bn, int& n_begin, int& n_count) const {
     const std::int64_t k_lo = key_begin(i0);
     const std::int64_t k_hi = key_end(i1);
-    n_begin = k_lo / bn;
-    n_count = k_hi > k_lo ? (k_hi + bn - 1) / bn - n_begin : 0;
+    n_begin = static_cast<int>(k_lo / bn);
+    n_count = k_hi > k_lo ? static_cast<int>((k_hi + bn - 1) / bn) - n_begin : 0;
   }
 };
 

@@ -117,7 +117,7 @@ TEST(ScoreTransform, BlockRangesMatchElementVisibility) {
         ASSERT_EQ(st.last_key_block(std::min(len_q, (m + 1) * bm), bn), last)
             << "trial " << trial << " query block " << m;
       }
-      std::int64_t n_begin = 0, n_count = 0;
+      int n_begin = 0, n_count = 0;
       st.key_blocks(m * bm, std::min(len_q, (m + 1) * bm), bn, n_begin, n_count);
       ASSERT_EQ(n_count, first < 0 ? 0 : last - first + 1) << "trial " << trial << " query block " << m;
       if (first >= 0) ASSERT_EQ(n_begin, first) << "trial " << trial << " query block " << m;

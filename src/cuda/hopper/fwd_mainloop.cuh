@@ -70,10 +70,7 @@ __device__ __forceinline__ WorkTile make_work_tile(const detail::AttnParams& p, 
   w.rows = w.seq.len_q - w.m0 < BM ? w.seq.len_q - w.m0 : BM;
   if (w.rows <= 0) return w;
   w.st = detail::make_score_transform(p, w.seq, w.b, w.h).scaled_by(0.5f);
-  std::int64_t n_first = 0, n_count = 0;
-  w.st.key_blocks(w.m0, w.m0 + w.rows, BN, n_first, n_count);
-  w.n_begin = int(n_first);
-  w.n_blocks = int(n_count);
+  w.st.key_blocks(w.m0, w.m0 + w.rows, BN, w.n_begin, w.n_blocks);
   return w;
 }
 
