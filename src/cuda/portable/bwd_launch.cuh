@@ -55,12 +55,12 @@ void run_bwd(const detail::BwdParams& p) {
       check_cuda(cudaGetLastError(), "backward dK/dV kernel launch");
     };
     if constexpr (Traits::kSplitDkDv) {
-      launch(&dkdv_kernel<Traits, 1>, Traits::kSmemDkDv);
-      launch(&dkdv_kernel<Traits, 2>, Traits::kSmemDkDv);
+      launch(&dkdv_kernel<Traits, DkDvMode::dv_only>, Traits::kSmemDkDv);
+      launch(&dkdv_kernel<Traits, DkDvMode::dk_only>, Traits::kSmemDkDv);
     } else if (fused) {
-      launch(&dkdv_kernel<Traits, 3>, Traits::kSmemDkDv + Traits::kSmemDs);
+      launch(&dkdv_kernel<Traits, DkDvMode::fused_dq>, Traits::kSmemDkDv + Traits::kSmemDs);
     } else {
-      launch(&dkdv_kernel<Traits, 0>, Traits::kSmemDkDv);
+      launch(&dkdv_kernel<Traits, DkDvMode::dk_dv>, Traits::kSmemDkDv);
     }
   }
 
