@@ -150,6 +150,12 @@ if want sanitizer && [[ -z "${SKIP_SANITIZER:-}" ]]; then
     echo "== compute-sanitizer $tool"
     timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 3 "$TESTS" "${kernel_args[@]}" --gtest_filter="$SMALL" 2>&1 |
       tee "$LOG/sanitizer_$tool.log" || status=1
+    if (( HOPPER )); then
+      # The automatic choice ran the Hopper kernels above: the portable ones on the same cases too.
+      echo "== compute-sanitizer $tool, portable kernels forced"
+      timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 3 "$TESTS" --forward-kernel=portable \
+        --backward-kernel=portable --gtest_filter="$SMALL" 2>&1 | tee "$LOG/sanitizer_${tool}_portable.log" || status=1
+    fi
   done
 fi
 
