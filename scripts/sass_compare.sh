@@ -29,6 +29,7 @@ build_of() {
   rev="$(git -C "$root" rev-parse --verify "$1^{commit}")" || { echo "'$1' is neither a build directory nor a revision" >&2; exit 2; }
   dir="$out/tree-${rev:0:12}"
   [[ -d "$dir" ]] || git -C "$root" worktree add --detach "$dir" "$rev" >&2
+  echo "$dir" >> "$out/.worktrees"  # removed at exit (the SASS dumps stay)
   [[ -e "$dir/.deps" || ! -e "$root/.deps" ]] || ln -s "$(cd "$root/.deps" && pwd -P)" "$dir/.deps"
   cmake -S "$dir" -B "$dir/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHSIGMOID_CUDA=ON \
     -DFLASHSIGMOID_CUDA_ARCHS="${SASS_ARCHS:-80;90a}" -DFLASHSIGMOID_HEAD_DIMS="${SASS_HEAD_DIMS:-64;128}" \
@@ -37,6 +38,12 @@ build_of() {
   echo "$dir/build"
 }
 
+cleanup() {
+  [[ -f "$out/.worktrees" ]] || return 0
+  sort -u "$out/.worktrees" | while read -r tree; do git -C "$root" worktree remove --force "$tree" >&2 || true; done
+  rm -f "$out/.worktrees"
+}
+trap cleanup EXIT
 before="$(build_of "$1")"
 after="$(build_of "$2")"
 for side in before after; do
