@@ -5,9 +5,8 @@
 // that (SPEC.md).
 // The "kernel" column names the forward (with --backward: the backward) kernel that ran ("hopper" or
 // "portable": the dispatch picks the Hopper kernels on sm_90 devices in builds with FLASHSIGMOID_HOPPER=ON;
-// the Hopper backward only in the default, non-deterministic mode). --kernel portable forces the portable
-// forward (through FLASHSIGMOID_FORWARD_KERNEL=portable; with --backward, the portable backward through
-// FLASHSIGMOID_BACKWARD_KERNEL=portable); --kernel both times each shape
+// the Hopper backward at head dims 64 / 128). --kernel portable forces the portable forward (with
+// --backward, the portable backward) through flashsigmoid::cuda::kernel_choice(); --kernel both times each shape
 // with the automatic choice and then with the portable kernel, in the same process. --kernel also
 // takes a comma-separated list of modes, timed back to back per shape: auto, portable, and two Hopper
 // schedule variants for A/B runs, per-tile (one CTA per tile, not persistent) and no-l2-group (causal
@@ -30,7 +29,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda/hopper/launch.hpp"  // flashsigmoid::cuda::last_forward_kernel, last_backward_kernel
+#include "cuda/kernel_choice.hpp"  // kernel_choice, last_forward_kernel, last_backward_kernel
 #include "flashsigmoid/flashsigmoid.hpp"
 
 namespace {
@@ -191,17 +190,14 @@ int main(int argc, char** argv) {
               "kernel");
   for (const Run& job : runs) {
     const Shape& sh = job.shape;
-    // With --backward the mode picks the backward kernel (FLASHSIGMOID_BACKWARD_KERNEL) the same way.
-    const char* kernel_env = backward ? "FLASHSIGMOID_BACKWARD_KERNEL" : "FLASHSIGMOID_FORWARD_KERNEL";
+    // With --backward the mode picks the backward kernel the same way.
+    flashsigmoid::cuda::KernelChoice& choice = flashsigmoid::cuda::kernel_choice();
+    choice = {};
     if (job.mode == "portable") {
-      setenv(kernel_env, "portable", 1);
-    } else {
-      unsetenv(kernel_env);
+      (backward ? choice.backward : choice.forward) = flashsigmoid::cuda::KernelFamily::portable;
     }
-    flashsigmoid::cuda::hopper::Schedule& schedule = flashsigmoid::cuda::hopper::schedule();
-    schedule = {};
-    if (job.mode == "per-tile") schedule.persistent = false;
-    if (job.mode == "no-l2-group") schedule.l2_grouping = false;
+    if (job.mode == "per-tile") choice.hopper_schedule.persistent = false;
+    if (job.mode == "no-l2-group") choice.hopper_schedule.l2_grouping = false;
     const std::int64_t B = kTokens / sh.N;
     const flashsigmoid::Device device{flashsigmoid::DeviceType::cuda, dev};
     auto view = [&](void* data, int H) {

@@ -29,7 +29,8 @@
 # Wheels under .whl (git-ignored; e.g. triton-sigmoid for the harness) are installed into /tmp/site first:
 #   copy .whl to the GPU machine too.
 # The Hopper forward and backward are dispatched by default when 90a is built (FLASHSIGMOID_HOPPER=AUTO);
-#   then the GPU tests run once with the portable kernels forced and once more (forward and backward
+#   then the GPU tests run once with the portable kernels forced (ctest -L portable_kernels: the test
+#   binary with --forward-kernel=portable --backward-kernel=portable) and once more (forward and backward
 #   tests) with the automatic choice.
 #   EXTRA_CMAKE_ARGS="-DFLASHSIGMOID_HOPPER=OFF" leaves it out.
 # Needs .deps: run scripts/prepare_device.sh here first (CUTLASS headers and, as the machine has no GoogleTest,
@@ -46,6 +47,7 @@ ARCHS="${FLASHSIGMOID_CUDA_ARCHS:-90a}"
 DIMS="${FLASHSIGMOID_HEAD_DIMS:-64;128}"
 BUILD=build-gpu
 status=0
+kernel_args=() bench_fwd_args=() bench_bwd_args=()  # a failed Hopper smoke test forces the portable kernels
 # kvcache (not in the default list): the CUDA KV-cache kernels alone (their GPU tests, memcheck +
 # racecheck on small cases, bench/cuda_decode_bench.cu), e.g. STAGES=kvcache with
 # EXTRA_CMAKE_ARGS="-DFLASHSIGMOID_CUDA_BACKWARD=OFF -DFLASHSIGMOID_HOPPER=OFF" (a shorter build).
@@ -96,30 +98,32 @@ fi
 TESTS="$BUILD/tests/gpu/flashsigmoid_gpu_tests"
 if want tests; then
   if (( HOPPER )); then
-    # A hang in a Hopper pipeline must cost one minute, not the call. smoke WHAT FILTER VAR LOGNAME:
-    # on failure, the remaining steps force the portable kernel through VAR. The backward has its own
-    # line, so that a failure there leaves the Hopper forward's checks running.
+    # A hang in a Hopper pipeline must cost one minute, not the call. smoke WHAT FILTER LOGNAME: on
+    # failure, the remaining C++ steps force the portable kernel (kernel_args: the test binary's
+    # --WHAT-kernel=portable; the forward benchmark's --kernel portable). The backward has its own line,
+    # so that a failure there leaves the Hopper forward's checks running.
     smoke() {
       echo "== Hopper $1 smoke test (60 s limit)"
-      timeout 60 "$TESTS" --gtest_filter="$2" 2>&1 | tail -30 | tee "$LOG/$4"
+      timeout 60 "$TESTS" --gtest_filter="$2" 2>&1 | tail -30 | tee "$LOG/$3"
       local rc=${PIPESTATUS[0]}
       if (( rc != 0 )); then
-        echo "Hopper $1 smoke test failed (exit $rc): the remaining steps force the portable $1"
-        export "$3=portable"
+        echo "Hopper $1 smoke test failed (exit $rc): the remaining C++ steps force the portable $1"
+        kernel_args+=("--$1-kernel=portable")
+        [[ "$1" == forward ]] && bench_fwd_args+=(--kernel portable)
+        [[ "$1" == backward ]] && bench_bwd_args+=(--kernel portable)
         status=1
       fi
       return $rc
     }
     smoke forward 'Cases/HopperForward.MatchesReference/basic_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_bf16_d*:Cases/HopperForward.MatchesReference/hopper_long_varlen_bf16_d*:Cases/HopperForward.MatchesReference/hopper_persistent_bf16_d*' \
-      FLASHSIGMOID_FORWARD_KERNEL hopper_smoke.log
+      hopper_smoke.log
     smoke=$?
     smoke backward 'Cases/HopperBackward.MatchesReference/basic_bf16_d*:Cases/HopperBackward.MatchesReference/causal_fp16_d*:Cases/HopperBackward.MatchesReference/hbwd_long_bf16_d*:Cases/HopperBackward.MatchesReference/hbwd_long_causal_gqa_bias_bf16_d*' \
-      FLASHSIGMOID_BACKWARD_KERNEL hopper_bwd_smoke.log
+      hopper_bwd_smoke.log
     bwd_smoke=$?
     if [[ -z "${SKIP_PORTABLE_PASS:-}" ]]; then
       echo "== GPU tests, portable forward and backward forced"
-      (cd "$BUILD" && FLASHSIGMOID_FORWARD_KERNEL=portable FLASHSIGMOID_BACKWARD_KERNEL=portable \
-        ctest -L gpu --output-on-failure -j8 --timeout 120) 2>&1 |
+      (cd "$BUILD" && ctest -L portable_kernels --output-on-failure -j8 --timeout 120) 2>&1 |
         tee "$LOG/ctest_gpu_portable.log" | tail -40 || status=1
     fi
     if (( smoke == 0 || bwd_smoke == 0 )); then
@@ -145,16 +149,22 @@ if want sanitizer && [[ -z "${SKIP_SANITIZER:-}" ]]; then
   SMALL="${SMALL//_d\*/_d$SAN_D}"
   for tool in memcheck racecheck; do
     echo "== compute-sanitizer $tool"
-    timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 3 "$TESTS" --gtest_filter="$SMALL" 2>&1 |
+    timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 3 "$TESTS" "${kernel_args[@]}" --gtest_filter="$SMALL" 2>&1 |
       tee "$LOG/sanitizer_$tool.log" || status=1
+    if (( HOPPER )); then
+      # The automatic choice ran the Hopper kernels above: the portable ones on the same cases too.
+      echo "== compute-sanitizer $tool, portable kernels forced"
+      timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 3 "$TESTS" --forward-kernel=portable \
+        --backward-kernel=portable --gtest_filter="$SMALL" 2>&1 | tee "$LOG/sanitizer_${tool}_portable.log" || status=1
+    fi
   done
 fi
 
 if want bench && [[ -z "${SKIP_BENCH:-}" ]]; then
   echo "== forward benchmark"
-  timeout 300 "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" ${FWD_BENCH_ARGS:-} 2>&1 | tee "$LOG/bench_fwd.txt" || status=1
+  timeout 300 "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" "${bench_fwd_args[@]}" ${FWD_BENCH_ARGS:-} 2>&1 | tee "$LOG/bench_fwd.txt" || status=1
   echo "== backward benchmark"
-  timeout 300 "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" --backward 2>&1 | tee "$LOG/bench_bwd.txt" || status=1
+  timeout 300 "$BUILD/tests/gpu/flashsigmoid_cuda_fwd_bench" --backward "${bench_bwd_args[@]}" 2>&1 | tee "$LOG/bench_bwd.txt" || status=1
 fi
 if want kvcache; then
   echo "== KV-cache GPU tests"

@@ -19,7 +19,7 @@ LOG="$(mkdir -p "$1" && cd "$1" && pwd)" || exit 2
 cd "$(dirname "$0")/.."
 DIMS="${FLASHSIGMOID_HEAD_DIMS:-64;128}"
 export CUTLASS_INCLUDE_DIR="${CUTLASS_INCLUDE_DIR:-$PWD/.deps/cutlass/include}"  # also for @dir trees
-VARIANTS="${VARIANTS:-base: w4:-DFLASHSIGMOID_FWD_WARPS=4 mb2:-DFLASHSIGMOID_FWD_MINBLOCKS=2 exp:-DFLASHSIGMOID_SIGMOID_EXP=1}"
+VARIANTS="${VARIANTS:-base: exp:-DFLASHSIGMOID_SIGMOID_EXP=1}"
 prefix=()
 if ! cmake --find-package -DNAME=GTest -DCOMPILER_ID=GNU -DLANGUAGE=CXX -DMODE=EXIST >/dev/null 2>&1; then
   cmake -S .deps/googletest -B /tmp/gtest-build -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_GMOCK=OFF \

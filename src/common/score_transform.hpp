@@ -161,6 +161,15 @@ struct ScoreTransform {
     m_count = q_hi > q_lo ? (q_hi + bm - 1) / bm - m_begin : 0;
   }
   FS_HD std::int64_t last_key_block(std::int64_t i1, int bn) const { return (key_end(i1) - 1) / bn; }
+  // The key blocks [n_begin, n_begin + n_count) of bn keys that query rows [i0, i1) see some key of,
+  // as the forward and the backward's dQ loop walk them (block indices fit an int: the launchers
+  // check the grid limits).
+  FS_HD void key_blocks(std::int64_t i0, std::int64_t i1, int bn, int& n_begin, int& n_count) const {
+    const std::int64_t k_lo = key_begin(i0);
+    const std::int64_t k_hi = key_end(i1);
+    n_begin = static_cast<int>(k_lo / bn);
+    n_count = k_hi > k_lo ? static_cast<int>((k_hi + bn - 1) / bn) - n_begin : 0;
+  }
 };
 
 FS_HD ScoreTransform make_score_transform(const AttnParams& p, const SeqInfo& s, std::int64_t b,

@@ -2,8 +2,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -14,27 +12,12 @@
 #include "cuda/common/zero_rows.cuh"
 #include "cuda/decode/launch.hpp"
 #include "cuda/hopper/launch.hpp"
+#include "cuda/kernel_choice.hpp"
 #include "cuda/portable/launch.hpp"
 
 // FLASHSIGMOID_CUDA_HDIM_<D> and FLASHSIGMOID_CUDA_BUILT_HEAD_DIMS come from cmake/cuda_kernels.cmake.
 #ifndef FLASHSIGMOID_CUDA_BUILT_HEAD_DIMS
 #define FLASHSIGMOID_CUDA_BUILT_HEAD_DIMS "none"
-#endif
-
-#if defined(FLASHSIGMOID_HOPPER_HDIM_64)
-#define FLASHSIGMOID_HOPPER_HDIM_64_BUILT true
-#else
-#define FLASHSIGMOID_HOPPER_HDIM_64_BUILT false
-#endif
-#if defined(FLASHSIGMOID_HOPPER_HDIM_128)
-#define FLASHSIGMOID_HOPPER_HDIM_128_BUILT true
-#else
-#define FLASHSIGMOID_HOPPER_HDIM_128_BUILT false
-#endif
-#if defined(FLASHSIGMOID_HOPPER_HDIM_256)
-#define FLASHSIGMOID_HOPPER_HDIM_256_BUILT true
-#else
-#define FLASHSIGMOID_HOPPER_HDIM_256_BUILT false
 #endif
 
 namespace flashsigmoid::detail {
@@ -123,38 +106,25 @@ void zero_varlen_tail(const char* name, void* out, const OperandStrides& s, std:
 
 thread_local const char* g_last_forward_kernel = "none";
 thread_local const char* g_last_backward_kernel = "none";
+thread_local cuda::KernelChoice g_kernel_choice;
 
 #if defined(FLASHSIGMOID_HOPPER_ENABLED)
 // True when device `index` has compute capability 9.0 (H100/H200: the sm_90a kernels run there).
 // Cached per device (device_info).
 bool is_sm90(int index) { return index >= 0 && cuda::device_info(index).is_sm90(); }
-
-// FLASHSIGMOID_FORWARD_KERNEL / FLASHSIGMOID_BACKWARD_KERNEL=portable (read at every call) force
-// the portable kernels, so the benchmark can time both in one process; unset or "auto" lets
-// dispatch choose. False when `variable` forces the portable kernel.
-bool hopper_allowed_by(const char* variable) {
-  const char* env = std::getenv(variable);
-  if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0) return true;
-  if (std::strcmp(env, "portable") == 0) return false;
-  throw Error(std::string("flashsigmoid: environment variable ") + variable + " is '" + env +
-              "'; accepted: auto (or unset), portable");
-}
 #endif
 
-// Runs the Hopper forward when this build dispatches to it and it covers the problem (head dims
-// 64 / 128 / 256, dense or varlen, at least one key row (a TMA descriptor needs a non-empty tensor), an
-// sm_90 device);
-// returns false to leave the problem to the portable kernel.
+// Runs the Hopper forward when this build dispatches to it and it covers the problem (a head dim it
+// was built for, dense or varlen, at least one key row (a TMA descriptor needs a non-empty tensor), an
+// sm_90 device), unless the thread's kernel choice forces the portable kernel; returns false to leave
+// the problem to the portable kernel.
 template <int D, class Element>
-bool try_hopper_forward([[maybe_unused]] const AttnParams& p, [[maybe_unused]] bool allowed) {
+bool try_hopper_forward([[maybe_unused]] const AttnParams& p, [[maybe_unused]] const cuda::KernelChoice& choice) {
 #if defined(FLASHSIGMOID_HOPPER_ENABLED)
-  constexpr bool kBuilt =
-      (D == 64 && FLASHSIGMOID_HOPPER_HDIM_64_BUILT) || (D == 128 && FLASHSIGMOID_HOPPER_HDIM_128_BUILT) ||
-      (D == 256 && FLASHSIGMOID_HOPPER_HDIM_256_BUILT);
-  if constexpr (kBuilt) {
+  if constexpr (cuda::hopper::has_hopper_forward(D)) {
     const std::int64_t key_rows = p.is_varlen() ? p.total_k : p.seqlen_k;
-    if (allowed && key_rows > 0 && is_sm90(p.device.index)) {
-      cuda::hopper::run_fwd<D, Element>(p);
+    if (choice.forward == cuda::KernelFamily::automatic && key_rows > 0 && is_sm90(p.device.index)) {
+      cuda::hopper::run_fwd<D, Element>(p, choice.hopper_schedule);
       return true;
     }
   }
@@ -167,12 +137,13 @@ bool try_hopper_forward([[maybe_unused]] const AttnParams& p, [[maybe_unused]] b
 // rows to build TMA descriptors over, an sm_90 device.
 // Returns false to leave the problem to the portable kernels.
 template <int D, class Element>
-bool try_hopper_backward([[maybe_unused]] const BwdParams& p, [[maybe_unused]] bool allowed) {
+bool try_hopper_backward([[maybe_unused]] const BwdParams& p, [[maybe_unused]] cuda::KernelFamily family) {
 #if defined(FLASHSIGMOID_HOPPER_ENABLED)
   if constexpr (cuda::hopper::has_hopper_backward(D)) {
     const std::int64_t query_rows = p.is_varlen() ? p.total_q : p.seqlen_q;
     const std::int64_t key_rows = p.is_varlen() ? p.total_k : p.seqlen_k;
-    if (allowed && query_rows > 0 && key_rows > 0 && p.batch > 0 && is_sm90(p.device.index)) {
+    if (family == cuda::KernelFamily::automatic && query_rows > 0 && key_rows > 0 && p.batch > 0 &&
+        is_sm90(p.device.index)) {
       cuda::hopper::run_bwd<D, Element>(p);
       return true;
     }
@@ -229,17 +200,12 @@ void cuda_forward(const AttnParams& p) {
   check_alignment("v", p.v, p.v_stride);
   check_alignment("out", p.o, p.o_stride);
   DeviceGuard guard(p.device.index);
-  // Read before dispatch, so that a bad override is an error whatever the head dim.
-#if defined(FLASHSIGMOID_HOPPER_ENABLED)
-  const bool hopper_allowed = hopper_allowed_by("FLASHSIGMOID_FORWARD_KERNEL");
-#else
-  const bool hopper_allowed = false;
-#endif
+  const cuda::KernelChoice& choice = g_kernel_choice;
   dispatch_dtype(p.dtype, "forward", [&](auto element) {
     using Element = decltype(element);
     dispatch_head_dim(p.head_dim, [&](auto d) {
       constexpr int D = decltype(d)::value;
-      if (try_hopper_forward<D, Element>(p, hopper_allowed)) {
+      if (try_hopper_forward<D, Element>(p, choice)) {
         g_last_forward_kernel = "hopper";
       } else {
         cuda::portable::run_fwd<D, Element>(p);
@@ -274,17 +240,12 @@ void cuda_backward(const BwdParams& p) {
   check_alignment("dk", p.dk, p.dk_stride);
   check_alignment("dv", p.dv, p.dv_stride);
   DeviceGuard guard(p.device.index);
-  // Read before dispatch, so that a bad override is an error whatever the problem.
-#if defined(FLASHSIGMOID_HOPPER_ENABLED)
-  const bool hopper_allowed = hopper_allowed_by("FLASHSIGMOID_BACKWARD_KERNEL");
-#else
-  const bool hopper_allowed = false;
-#endif
+  const cuda::KernelFamily family = g_kernel_choice.backward;
   dispatch_dtype(p.dtype, "backward", [&](auto element) {
     using Element = decltype(element);
     dispatch_head_dim(p.head_dim, [&](auto d) {
       constexpr int D = decltype(d)::value;
-      if (try_hopper_backward<D, Element>(p, hopper_allowed)) {
+      if (try_hopper_backward<D, Element>(p, family)) {
         g_last_backward_kernel = "hopper";
       } else {
         cuda::portable::run_bwd<D, Element>(p);
@@ -329,8 +290,5 @@ void cuda_forward_kvcache(const KVCacheParams& p) {
 namespace flashsigmoid::cuda {
 const char* last_forward_kernel() { return detail::g_last_forward_kernel; }
 const char* last_backward_kernel() { return detail::g_last_backward_kernel; }
-hopper::Schedule& hopper::schedule() {
-  thread_local Schedule s;
-  return s;
-}
+KernelChoice& kernel_choice() { return detail::g_kernel_choice; }
 }  // namespace flashsigmoid::cuda

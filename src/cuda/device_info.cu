@@ -5,7 +5,7 @@
 #include <mutex>
 #include <vector>
 
-#include "cuda/portable/launch.hpp"  // check_cuda
+#include "cuda/common/check.hpp"
 
 namespace flashsigmoid::cuda {
 

@@ -75,7 +75,7 @@ TEST(ScoreTransform, WindowFarFromDiagonal) {
   }
 }
 
-// The block ranges the backward walks (query_blocks, last_key_block) against element-wise
+// The block ranges the kernels walk (query_blocks, key_blocks, last_key_block) against element-wise
 // visibility: a key block's query blocks are exactly those with a visible element in the block
 // pair, and the key blocks that see a query block are contiguous up to last_key_block (the Hopper
 // backward's deterministic mode orders its dQ adds by the distance from that end; a gap or a wrong
@@ -117,6 +117,10 @@ TEST(ScoreTransform, BlockRangesMatchElementVisibility) {
         ASSERT_EQ(st.last_key_block(std::min(len_q, (m + 1) * bm), bn), last)
             << "trial " << trial << " query block " << m;
       }
+      int n_begin = 0, n_count = 0;
+      st.key_blocks(m * bm, std::min(len_q, (m + 1) * bm), bn, n_begin, n_count);
+      ASSERT_EQ(n_count, first < 0 ? 0 : last - first + 1) << "trial " << trial << " query block " << m;
+      if (first >= 0) ASSERT_EQ(n_begin, first) << "trial " << trial << " query block " << m;
     }
   }
   EXPECT_GT(pairs_seen, 500);

@@ -3,8 +3,9 @@
 // true: two kernels, no atomics; false, the default: dQ by fp32 atomics in the dK/dV kernel), with
 // NaN-poisoned outputs and guard bands, determinism, CUDA-graph capture and the dispatch errors.
 // Every test skips when no CUDA device is visible. On sm_90 in 90a builds the D 64/128 cases (both
-// modes, dense and varlen) run the Hopper backward unless FLASHSIGMOID_BACKWARD_KERNEL=portable
-// (gpu_check.sh's first pass sets it); hopper_backward_test.cpp checks which kernel ran.
+// modes, dense and varlen) run the Hopper backward unless the test binary runs with
+// --backward-kernel=portable (gpu_check.sh's portable pass); hopper_backward_test.cpp checks which
+// kernel ran.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 

@@ -76,31 +76,6 @@ struct DeviceProblem {
   }
 };
 
-// Sets an environment variable (e.g. a kernel override) for one scope, then restores it.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    const char* before = std::getenv(name);
-    had_ = before != nullptr;
-    if (had_) saved_ = before;
-    setenv(name, value, 1);
-  }
-  ~ScopedEnv() {
-    if (had_) {
-      setenv(name_, saved_.c_str(), 1);
-    } else {
-      unsetenv(name_);
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  bool had_ = false;
-  std::string saved_;
-};
-
 // Appends a case named `name`: the defaults of Case, then `edit` (the case lists' building block).
 template <class Edit>
 void add_case(std::vector<Case>& list, std::string name, Edit&& edit) {

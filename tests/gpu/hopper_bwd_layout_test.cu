@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "cuda/hopper/bwd_traits.cuh"
-#include "cuda/hopper/fwd_mainloop.cuh"  // acc_layout_as_a_operand
+#include "cuda/common/wgmma.cuh"  // acc_layout_as_a_operand
 #include "cuda/hopper/fwd_traits.cuh"
 
 namespace {
@@ -110,7 +110,7 @@ void check_hopper_bwd_layouts() {
     }
     // The same registers viewed as the A operand of dV += P^T dO / dK += dS^T Q hold the (key, query)
     // element the RS wgmma reads there.
-    Tensor cA = make_tensor(cS.data(), flashsigmoid::cuda::hopper::acc_layout_as_a_operand(cS.layout()));
+    Tensor cA = make_tensor(cS.data(), flashsigmoid::cuda::sm90::acc_layout_as_a_operand(cS.layout()));
     Tensor want = mma_dkv.get_thread_slice(ctid).partition_A(make_identity_tensor(Shape<Int<BN>, Int<BM>>{}));
     bad_a += size(cA) != size(want);
     for (int i = 0; i < size(want); ++i) bad_a += !(cA(i) == want(i));

@@ -7,14 +7,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "cuda/hopper/launch.hpp"  // flashsigmoid::cuda::last_forward_kernel
+#include "cuda/hopper/launch.hpp"  // has_hopper_forward
+#include "cuda/kernel_choice.hpp"
 #include "device_problem.hpp"
 #include "forward_check.hpp"
 #include "hopper_skip.hpp"  // FS_SKIP_WITHOUT_HOPPER
@@ -26,12 +25,11 @@ using fs_test::Case;
 
 // The kernel backend.cu's dispatch must pick for this case.
 const char* expected_kernel(const Case& c) {
-  const char* forced = std::getenv("FLASHSIGMOID_FORWARD_KERNEL");
-  if (forced != nullptr && std::strcmp(forced, "portable") == 0) return "portable";
+  if (flashsigmoid::cuda::kernel_choice().forward == flashsigmoid::cuda::KernelFamily::portable) return "portable";
   const std::int64_t key_rows =
       c.varlen() ? std::accumulate(c.lens_k.begin(), c.lens_k.end(), std::int64_t(0)) : std::int64_t(c.Nk);
   if (key_rows == 0) return "portable";          // no key rows for a TMA descriptor
-  if (c.D != 64 && c.D != 128 && c.D != 256) return "portable";  // head dims the Hopper kernel has
+  if (!flashsigmoid::cuda::hopper::has_hopper_forward(c.D)) return "portable";  // not built for this head dim
   return "hopper";
 }
 
@@ -73,7 +71,7 @@ std::vector<Case> hopper_cases() {
   });
   std::vector<Case> cases;
   for (const Case& c : fs_gpu::expand_cases(base)) {
-    if (c.D == 64 || c.D == 128 || c.D == 256) cases.push_back(c);
+    if (flashsigmoid::cuda::hopper::has_hopper_forward(c.D)) cases.push_back(c);
   }
   return cases;
 }
@@ -83,25 +81,9 @@ class HopperForward : public ::testing::TestWithParam<Case> {};
 TEST_P(HopperForward, MatchesReference) {
   FS_SKIP_WITHOUT_HOPPER();
   const Case& c = GetParam();
-  if (c.D == 0) GTEST_SKIP() << "this build has none of the Hopper head dims 64, 128, 256";
+  if (c.D == 0) GTEST_SKIP() << "this build has no Hopper forward head dim";
   fs_gpu::check_forward(c);
   EXPECT_STREQ(flashsigmoid::cuda::last_forward_kernel(), expected_kernel(c));
-}
-
-// A misspelt kernel override is an error, not a silent fallback.
-TEST(HopperForwardErrors, BadForwardKernelOverride) {
-  FS_SKIP_WITHOUT_HOPPER();
-  Case c;
-  c.dtype = flashsigmoid::DType::bfloat16;
-  c.D = fs_gpu::kBuiltHeadDims.front();
-  c.Nq = c.Nk = 16;
-  const fs_test::Problem p = fs_test::make_problem(c, 1);
-  fs_gpu::DeviceProblem d(p);
-  const flashsigmoid::testing::HostTensor out = p.like_q();
-  fs_gpu::DeviceTensor dout(out);
-  const fs_gpu::ScopedEnv override_kernel("FLASHSIGMOID_FORWARD_KERNEL", "portabel");
-  fs_gpu::expect_error([&] { flashsigmoid::forward(d.q, d.k, d.v, dout, d.o); },
-                       "FLASHSIGMOID_FORWARD_KERNEL is 'portabel'; accepted: auto (or unset), portable");
 }
 
 // Every schedule the benchmark can pick gives the same results: one CTA per tile, causal order across
@@ -110,16 +92,11 @@ TEST(HopperForwardErrors, BadForwardKernelOverride) {
 TEST(HopperForwardSchedule, EveryScheduleMatchesReference) {
   FS_SKIP_WITHOUT_HOPPER();
   using flashsigmoid::cuda::hopper::Schedule;
-  Schedule& schedule = flashsigmoid::cuda::hopper::schedule();
-  const Schedule saved = schedule;
-  // The schedules are the Hopper kernel's: automatic dispatch even in the pass that forces the
-  // portable kernel for every other test.
-  const fs_gpu::ScopedEnv auto_kernel("FLASHSIGMOID_FORWARD_KERNEL", "auto");
   std::vector<std::pair<std::string, Schedule>> variants = {
       {"per_tile", {false, true, 0}}, {"no_l2_group", {true, false, 0}}, {"l2_group_1", {true, true, 1}},
       {"l2_group_5", {true, true, 0}}};
   for (int D : fs_gpu::kBuiltHeadDims) {
-    if (D != 64 && D != 128 && D != 256) continue;
+    if (!flashsigmoid::cuda::hopper::has_hopper_forward(D)) continue;
     Case c;  // as hopper_persistent_causal_window: 144 tiles, two rounds on 132 SMs
     c.dtype = flashsigmoid::DType::bfloat16;
     c.D = D;
@@ -130,12 +107,15 @@ TEST(HopperForwardSchedule, EveryScheduleMatchesReference) {
     for (const auto& [name, variant] : variants) {
       SCOPED_TRACE("schedule " + name + ", D " + std::to_string(D));
       c.name = "schedule_" + name;
-      schedule = variant;
+      // The schedules are the Hopper kernel's: automatic dispatch even in the pass that forces the
+      // portable kernel for every other test.
+      flashsigmoid::cuda::KernelChoice choice;
+      choice.hopper_schedule = variant;
+      const flashsigmoid::cuda::ScopedKernelChoice scoped(choice);
       fs_gpu::check_forward(c);
       EXPECT_STREQ(flashsigmoid::cuda::last_forward_kernel(), "hopper");
     }
   }
-  schedule = saved;
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, HopperForward,

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/kernel_choice.hpp"
 #include "device_problem.hpp"
 #include "flashsigmoid/flashsigmoid.hpp"
 #include "problem.hpp"
@@ -42,7 +43,7 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 struct Variant {
   DType dtype;
-  const char* kernel;  // FLASHSIGMOID_{FORWARD,BACKWARD}_KERNEL: "auto" or "portable"
+  const char* kernel;  // the forward and backward family: "auto" or "portable"
 };
 
 std::string variant_name(const Variant& v) {
@@ -115,8 +116,11 @@ class GpuNonFinite : public ::testing::TestWithParam<Variant> {
  protected:
   void SetUp() override {
     if (!fs_gpu::has_device()) GTEST_SKIP() << "no CUDA device";
-    fwd_env_ = std::make_unique<fs_gpu::ScopedEnv>("FLASHSIGMOID_FORWARD_KERNEL", GetParam().kernel);
-    bwd_env_ = std::make_unique<fs_gpu::ScopedEnv>("FLASHSIGMOID_BACKWARD_KERNEL", GetParam().kernel);
+    flashsigmoid::cuda::KernelChoice choice;
+    if (std::string(GetParam().kernel) == "portable") {
+      choice.forward = choice.backward = flashsigmoid::cuda::KernelFamily::portable;
+    }
+    choice_ = std::make_unique<flashsigmoid::cuda::ScopedKernelChoice>(choice);
   }
   // One sequence, two query heads on one kv head; deterministic backward (bitwise comparisons).
   Case base(std::int64_t n) const {
@@ -137,7 +141,7 @@ class GpuNonFinite : public ::testing::TestWithParam<Variant> {
   }
 
  private:
-  std::unique_ptr<fs_gpu::ScopedEnv> fwd_env_, bwd_env_;
+  std::unique_ptr<flashsigmoid::cuda::ScopedKernelChoice> choice_;
 };
 
 TEST_P(GpuNonFinite, NanInQueryGivesNanOut) {

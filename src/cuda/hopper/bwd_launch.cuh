@@ -1,7 +1,7 @@
-// Host side of the Hopper backward: workspaces, TMA
-// descriptors, then on params.stream the wgmma dK/dV/dQ kernel, the portable dq_convert_kernel
-// (dQ = scale * workspace, in dQ's dtype) and, with d(bias), the portable dbias_reduce_kernel over
-// the per-key-block partials. Workspaces: portable/bwd_workspace.cuh, as in the portable backward.
+// Host side of the Hopper backward: workspaces, TMA descriptors, then on params.stream the wgmma
+// dK/dV/dQ kernel, dQ's conversion (dQ = scale * workspace, in dQ's dtype) and, with d(bias), the
+// reduction of the per-key-block partials. Workspaces and their finishing kernels:
+// common/bwd_workspace.hpp, as in the portable backward.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,11 +9,12 @@
 #include <cstdint>
 #include <string>
 
+#include "cuda/common/bwd_workspace.hpp"
+#include "cuda/common/check.hpp"
+#include "cuda/common/launch_limits.hpp"
 #include "cuda/hopper/bwd_kernel.cuh"
 #include "cuda/hopper/fwd_launch.cuh"  // tma_view
 #include "cuda/hopper/launch.hpp"
-#include "cuda/portable/bwd_workspace.cuh"
-#include "cuda/portable/launch.hpp"  // check_cuda
 
 namespace flashsigmoid::cuda::hopper {
 
@@ -30,23 +31,19 @@ void run_bwd(const detail::BwdParams& p) {
   const std::int64_t rows_q = varlen ? p.total_q : p.seqlen_q;
   const std::int64_t rows_k = varlen ? p.total_k : p.seqlen_k;
   const std::int64_t tma_batch = varlen ? 1 : p.batch;
-  if (n_blocks > 0x7fffffff || p.heads_kv > 65535 || p.heads_q > 65535 || p.batch > 65535 ||
-      rows_q > 0x7fffffff || rows_k > 0x7fffffff) {
-    throw Error("flashsigmoid: Hopper backward problem too large (" + std::to_string(n_blocks) + " key blocks, " +
-                std::to_string(p.heads_q) + " heads, batch " + std::to_string(p.batch) +
-                "); accepted: heads and batch <= 65535, sequence lengths < 2^31");
-  }
+  check_launch_limits("Hopper backward", {{"key blocks", n_blocks, kMaxGridX},
+                                          {"heads", p.heads_q, kMaxGridYZ},
+                                          {"sequences (batch)", p.batch, kMaxGridYZ},
+                                          {"query rows", rows_q, kMaxGridX},
+                                          {"key rows", rows_k, kMaxGridX}});
   if (p.batch == 0 || n_blocks == 0) return;
 
   const std::int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   const std::int64_t n_flags = p.batch * p.heads_q * m_blocks * Traits::kNConsumerWarpGroups;
-  if (p.deterministic && n_flags > 0x7fffffff) {
-    throw Error("flashsigmoid: Hopper backward (deterministic) problem too large (" + std::to_string(n_flags) +
-                " dQ order flags); accepted: batch x heads x query blocks x 2 < 2^31");
-  }
+  if (p.deterministic) check_launch_limits("Hopper backward (deterministic)", {{"dQ order flags", n_flags, kMaxGridX}});
 
   // d(bias) partials per (batch, query head, key block) and the zeroed fp32 dQ workspace.
-  portable::BwdWorkspace ws(p, p.batch * p.heads_q * n_blocks, true, D, stream, "Hopper backward");
+  BwdWorkspace ws(p, p.batch * p.heads_q * n_blocks, true, stream, "Hopper backward");
 
   BwdKernelParams<Traits> prm{};
   prm.p = p;
@@ -67,7 +64,7 @@ void run_bwd(const detail::BwdParams& p) {
   prm.tma_k = make_tma_copy(SM90_TMA_LOAD{}, gK, typename Traits::SmemLayoutK{}, tile_k, _1{});
   prm.tma_v = make_tma_copy(SM90_TMA_LOAD{}, gV, typename Traits::SmemLayoutV{}, tile_k, _1{});
   // The dQ workspace: one warpgroup's (kBlockM, D / 2) part per reduce-add.
-  auto gDq = tma_view<Traits, float>(ws.dq_accum, rows_q, p.heads_q, tma_batch, portable::dq_accum_strides<D>(p));
+  auto gDq = tma_view<Traits, float>(ws.dq_accum, rows_q, p.heads_q, tma_batch, dq_accum_strides<D>(p));
   prm.tma_dq = make_tma_copy(SM90_TMA_REDUCE_ADD{}, gDq, typename Traits::SmemLayoutDq{},
                              Shape<Int<Traits::kBlockM>, Int<Traits::kDqCols>>{}, _1{});
 
@@ -78,10 +75,8 @@ void run_bwd(const detail::BwdParams& p) {
   kernel<<<grid, Traits::kNThreads, Traits::kSmemBytes, stream>>>(prm);
   check_cuda(cudaGetLastError(), "Hopper backward kernel launch");
 
-  ws.convert_dq<Traits>(p, stream);  // dQ = scale * dq_accum, as the portable fused mode
-  // <1>, not the portable units' <0>: those are compiled for every built architecture and these
-  // units for sm_90a alone, so the two must not be one (weak, merged) kernel symbol.
-  if (ws.part != nullptr && p.heads_q > 0) ws.reduce_dbias<1>(p, n_blocks, stream);
+  ws.convert_dq(p, stream);  // dQ = scale * dq_accum, as the portable fused mode
+  if (ws.part != nullptr && p.heads_q > 0) ws.reduce_dbias(p, n_blocks, stream);
   ws.release(stream);
 }
 

@@ -57,12 +57,6 @@ struct BwdTraits {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "the Hopper backward covers head dims 64 and 128");
   static_assert(sizeof(Element) == 2, "fp16 / bf16 only");
 
-  // Named barriers (CUTLASS user ids; the forward epilogue's store_output, reused here, takes 1 and 2).
-  static constexpr int kBarDsReady = 3;  // both warpgroups' dS^T of this step are in shared memory
-  static constexpr int kBarEpilogue = 4; // every dQ GEMM (which reads all of K) is done
-  static constexpr int kBarDbias = 5;    // the warps' d(bias) sums are in shared memory
-  static constexpr int kBarDqStaged = 6; // + warpgroup (6, 7): its dQ part is in the staging tile
-
   // ---- GEMMs ----
   using AtomLayoutM = Layout<Shape<Int<kNConsumerWarpGroups>, _1, _1>>;  // warpgroups stacked along M (keys)
   // S^T = K Q^T and dP^T = V dO^T: A = K / V (keys x D), B = Q / dO (queries x D), both K-major.
@@ -174,7 +168,7 @@ struct BwdKernelParams {
   typename Traits::TmaK tma_k;
   typename Traits::TmaV tma_v;
   typename Traits::TmaDq tma_dq;  // reduce-add into the zeroed fp32 workspace [rows_q, Hq, D]
-                                  // (portable::dq_accum_strides): unscaled dS K
+                                  // (dq_accum_strides): unscaled dS K
   float* dbias_part;  // null, or [B, Hq, key blocks] per-key-block sums of dS
   // Deterministic mode (Options::deterministic), else null: per (batch, query head, query block,
   // consumer warpgroup), how many key blocks have added their dQ part so far (zeroed); m_blocks query

@@ -15,6 +15,7 @@
 
 #include "cuda/common/mma_copy.cuh"
 #include "cuda/hopper/fwd_traits.cuh"
+#include "cuda/hopper/named_barriers.hpp"
 
 namespace flashsigmoid::cuda::hopper {
 
@@ -36,11 +37,10 @@ __device__ __forceinline__ void store_output(const AccO& acc_o, typename Traits:
   Tensor tR2SrO = r2s_thr.retile_S(rO);
   Tensor tR2SsO = r2s_thr.partition_D(sO);
   // The warpgroup's threads have all read back their rows of the previous tile's O (persistent CTA).
-  cutlass::arch::NamedBarrier::sync(128, 1 + wg);
+  cutlass::arch::NamedBarrier::sync(128, kBarStoreOutput + wg);
   copy(r2s, tR2SrO, tR2SsO);
-  // Named barrier 1 + wg (CUTLASS's user ids, offset past its reserved ones): the 128 threads of
-  // this warpgroup have written their rows of O.
-  cutlass::arch::NamedBarrier::sync(128, 1 + wg);
+  // The 128 threads of this warpgroup have written their rows of O.
+  cutlass::arch::NamedBarrier::sync(128, kBarStoreOutput + wg);
 
   Tensor gOw = make_tensor(make_gmem_ptr(o_tile + std::int64_t(wg) * 64 * o_row_stride), Shape<_64, Int<D>>{},
                            make_stride(o_row_stride, _1{}));

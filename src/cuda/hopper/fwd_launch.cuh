@@ -13,7 +13,8 @@
 #include "cuda/common/device_info.hpp"
 #include "cuda/hopper/launch.hpp"
 #include "cuda/hopper/tile_scheduler.cuh"
-#include "cuda/portable/launch.hpp"  // check_cuda
+#include "cuda/common/check.hpp"
+#include "cuda/common/launch_limits.hpp"
 
 namespace flashsigmoid::cuda::hopper {
 
@@ -32,7 +33,7 @@ auto tma_view(const void* ptr, std::int64_t rows, std::int64_t heads, std::int64
 }
 
 template <int D, class Element>
-void run_fwd(const detail::AttnParams& p) {
+void run_fwd(const detail::AttnParams& p, const Schedule& schedule) {
   using Traits = FwdTraits<D, Element>;
   constexpr int kSmem = Traits::kSmemBytes;
   const std::int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
@@ -43,12 +44,11 @@ void run_fwd(const detail::AttnParams& p) {
   const std::int64_t rows_k = varlen ? p.total_k : p.seqlen_k;
   const std::int64_t tma_batch = varlen ? 1 : p.batch;
   if (rows_q == 0) return;  // varlen with no query rows: nothing to write
-  if (m_blocks > 0x7fffffff || p.heads_q > 65535 || p.batch > 65535 || rows_q > 0x7fffffff ||
-      rows_k > 0x7fffffff) {
-    throw Error("flashsigmoid: Hopper forward problem too large (" + std::to_string(m_blocks) + " query blocks, " +
-                std::to_string(p.heads_q) + " heads, batch " + std::to_string(p.batch) +
-                "); accepted: heads and batch <= 65535, sequence lengths < 2^31");
-  }
+  check_launch_limits("Hopper forward", {{"query blocks", m_blocks, kMaxGridX},
+                                         {"heads", p.heads_q, kMaxGridYZ},
+                                         {"sequences (batch)", p.batch, kMaxGridYZ},
+                                         {"query rows", rows_q, kMaxGridX},
+                                         {"key rows", rows_k, kMaxGridX}});
 
   FwdParams<Traits> prm{};
   prm.p = p;
@@ -65,10 +65,7 @@ void run_fwd(const detail::AttnParams& p) {
                             Shape<Int<Traits::kBlockN>, Int<D>>{}, _1{});
 
   const std::int64_t tiles = m_blocks * p.heads_q * p.batch;
-  if (tiles > 0x7fffffff) {
-    throw Error("flashsigmoid: Hopper forward problem too large (" + std::to_string(tiles) +
-                " tiles of 128 query rows); accepted: fewer than 2^31");
-  }
+  check_launch_limits("Hopper forward", {{"tiles of 128 query rows", tiles, kMaxGridX}});
   FwdProblem problem;
   problem.m_blocks = m_blocks;
   problem.heads = p.heads_q;
@@ -79,7 +76,7 @@ void run_fwd(const detail::AttnParams& p) {
   problem.kv_bytes_per_key = 2 * D * std::int64_t(sizeof(Element));
   problem.group_size = p.group_size();
   const DeviceInfo device = device_info(p.device.index);
-  const FwdLaunchPlan plan = plan_forward(problem, device.sms, device.l2_bytes, hopper::schedule());
+  const FwdLaunchPlan plan = plan_forward(problem, device.sms, device.l2_bytes, schedule);
   prm.sched = plan.sched;
 
   auto kernel = &fwd_kernel<Traits>;

@@ -39,6 +39,7 @@
 #include "common/score_transform.hpp"
 #include "cuda/common/mma_copy.cuh"
 #include "cuda/common/sigmoid.cuh"
+#include "cuda/common/wgmma.cuh"
 #include "cuda/hopper/fwd_traits.cuh"
 #include "cuda/hopper/tile_scheduler.cuh"
 #include "cuda/common/scores_to_probs.cuh"  // the one score -> P step
@@ -69,10 +70,7 @@ __device__ __forceinline__ WorkTile make_work_tile(const detail::AttnParams& p, 
   w.rows = w.seq.len_q - w.m0 < BM ? w.seq.len_q - w.m0 : BM;
   if (w.rows <= 0) return w;
   w.st = detail::make_score_transform(p, w.seq, w.b, w.h).scaled_by(0.5f);
-  const std::int64_t key_lo = w.st.key_begin(w.m0);
-  const std::int64_t key_hi = w.st.key_end(w.m0 + w.rows);
-  w.n_begin = int(key_lo / BN);
-  w.n_blocks = key_hi > key_lo ? int((key_hi + BN - 1) / BN) - w.n_begin : 0;
+  w.st.key_blocks(w.m0, w.m0 + w.rows, BN, w.n_begin, w.n_blocks);
   return w;
 }
 
@@ -134,47 +132,6 @@ __device__ __forceinline__ void produce(const FwdParams<Traits>& prm, typename T
 // ---------------------------------------------------------------------------------------------
 // Consumers.
 
-// The slice of a warpgroup-wide tiled MMA whose operand fragments (wgmma shared-memory descriptors)
-// depend only on which warpgroup a consumer thread is in: taken at the warpgroup's first thread, with
-// the warpgroup index broadcast from lane 0 (as CUTLASS's canonical_warp_group_idx), so the compiler
-// sees the descriptors are warp-uniform and keeps them in uniform registers. Accumulator
-// (partition_C) coordinates still need the thread's own slice. The backward uses it (SASS: 54 -> 6
-// R2UR in its loop; measured +1-4 %); the forward keeps per-thread slices, which measured the same at
-// bf16 D 128 and 6 % faster at fp16 D 64 (bench/NOTES.md, "Uniform wgmma descriptors").
-template <class TiledMma>
-__device__ __forceinline__ auto descriptor_slice(TiledMma& mma, int ctid) {
-  return mma.get_slice(__shfl_sync(0xffffffffu, ctid / 128, 0) * 128);
-}
-
-// acc (+)= A B over the K mode of the fragments, as one wgmma batch of this warpgroup. Does not
-// wait: the caller calls warpgroup_wait<0>() before reading acc or releasing the operands.
-template <bool kZeroInit, class TiledMma, class FragA, class FragB, class Acc>
-__device__ __forceinline__ void wgmma_gemm(TiledMma& mma, const FragA& a, const FragB& b, Acc& acc) {
-  warpgroup_fence_operand(acc);
-  warpgroup_arrive();
-  if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
-  CUTE_UNROLL
-  for (int k = 0; k < size<2>(a); ++k) {
-    cute::gemm(mma, a(_, _, k), b(_, _, k), acc);
-    mma.accumulate_ = GMMA::ScaleOut::One;
-  }
-  warpgroup_commit_batch();
-  warpgroup_fence_operand(acc);
-}
-
-// The fp32 accumulator of a 64 x N wgmma holds, per thread, ((2 cols, 2 row halves, N/8 column
-// groups), 1, 1). The register A operand of a 64 x 16 (x K-block) wgmma is ((2, 2, 2), 1, K/16)
-// with the same (col pair, row half, 8-column half) order, so splitting the column groups into
-// (2, N/16) turns S's accumulator into P's A operand without moving a register.
-template <class AccLayout>
-__device__ __forceinline__ constexpr auto acc_layout_as_a_operand(AccLayout acc) {
-  static_assert(decltype(rank<0>(acc))::value == 3, "expects a wgmma accumulator layout");
-  static_assert(decltype(size<2>(acc))::value == 1, "expects one wgmma atom along N");
-  auto v = get<0>(acc);
-  auto groups = logical_divide(get<2>(v), cute::Layout<_2>{});  // (2, N/16)
-  return make_layout(make_layout(get<0>(v), get<1>(v), get<0>(groups)), get<1>(acc), get<1>(groups));
-}
-
 // Runs the key loop of one consumer thread (ctid in [0, kNConsumerThreads)) into acc_o.
 //
 // Software-pipelined inside the warpgroup: while the tensor cores run S(it) = Q K(it)^T and
@@ -207,7 +164,7 @@ __device__ __forceinline__ void consume(typename Traits::SharedStorage& ss, type
   Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<BM>, Int<BN>>{});
   // P(it) in the input dtype, laid out as the PV wgmma's register A operand.
   Tensor rP = make_tensor<Element>(acc_s.layout());
-  Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));
+  Tensor tOrP = make_tensor(rP.data(), sm90::acc_layout_as_a_operand(rP.layout()));
   static_assert(decltype(size(tOrP))::value * 128 == BM / Traits::kNConsumerWarpGroups * BN &&
                 decltype(size<2>(tOrP))::value == BN / 16, "P is not laid out as the PV wgmma's A operand");
   static_assert(std::is_same_v<decltype(shape(tOrP)), decltype(partition_shape_A(mma_pv, Shape<Int<BM>, Int<BN>>{}))>,
@@ -233,7 +190,7 @@ __device__ __forceinline__ void consume(typename Traits::SharedStorage& ss, type
 
   // Prologue: S(0), P(0).
   pipe_k.consumer_wait(state_k);
-  wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
+  sm90::wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
   warpgroup_wait<0>();
   warpgroup_fence_operand(acc_s);
   pipe_k.consumer_release(state_k);
@@ -243,9 +200,9 @@ __device__ __forceinline__ void consume(typename Traits::SharedStorage& ss, type
 
   for (int it = 1; it < w.n_blocks; ++it) {
     pipe_k.consumer_wait(state_k);
-    wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);  // S(it)
+    sm90::wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);  // S(it)
     pipe_v.consumer_wait(state_v);
-    wgmma_gemm<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);  // O += P(it-1) V(it-1)
+    sm90::wgmma_gemm<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);  // O += P(it-1) V(it-1)
     warpgroup_wait<1>();  // S(it) is done (PV may still run)
     warpgroup_fence_operand(acc_s);
     pipe_k.consumer_release(state_k);
@@ -260,7 +217,7 @@ __device__ __forceinline__ void consume(typename Traits::SharedStorage& ss, type
 
   // Epilogue: O += P(last) V(last).
   pipe_v.consumer_wait(state_v);
-  wgmma_gemm<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
+  sm90::wgmma_gemm<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
   warpgroup_wait<0>();
   warpgroup_fence_operand(acc_o);
   pipe_v.consumer_release(state_v);

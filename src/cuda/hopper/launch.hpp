@@ -1,46 +1,23 @@
-// Declarations shared by the dispatcher (backend.cu), the Hopper kernel units, the GPU tests and the
-// CUDA benchmark.
+// Declarations shared by the dispatcher (backend.cu), the Hopper kernel units and the GPU tests.
+// Which family runs a call: cuda/kernel_choice.hpp.
 #pragma once
 
 #include "common/params.hpp"
+#include "cuda/hopper/schedule.hpp"
+#include "generated/hopper_head_dims.hpp"  // has_hopper_forward, has_hopper_backward: the built head dims
 
-namespace flashsigmoid::cuda {
-
-// The CUDA forward kernel that the last flashsigmoid::forward() on CUDA tensors ran in this thread:
-// "hopper" or "portable" ("none" before the first). Defined in backend.cu; read by the GPU tests and
-// the benchmark to report which kernel they measured.
-const char* last_forward_kernel();
-// The same for flashsigmoid::backward(): "hopper" or "portable" ("none" before the first).
-const char* last_backward_kernel();
-
-namespace hopper {
-// Schedule switches of the Hopper forward, for the benchmark's same-process A/B runs (not part of the
-// public API; the defaults are what every other caller gets). Per thread, like last_forward_kernel.
-//   persistent: grid of at most one CTA per SM walking its tiles (else one CTA per tile);
-//   l2_grouping: causal longest-first order within groups of heads whose K/V fits in L2 (else across
-//   every head); l2_bytes: the L2 size the groups are sized for (0: the device's; the tests set a tiny
-//   one to get many groups from a small problem).
-struct Schedule {
-  bool persistent = true;
-  bool l2_grouping = true;
-  long long l2_bytes = 0;
-};
-Schedule& schedule();
+namespace flashsigmoid::cuda::hopper {
 
 // Defined (explicitly instantiated) in the generated hopper_fwd_hdim<D>_<dtype>.cu units, built only
-// when the CUDA architectures include 90a (or 90). Dense and varlen problems with at least one key
-// row (backend.cu's try_hopper_forward decides).
+// when the CUDA architectures include 90a (or 90), for has_hopper_forward's head dims. Dense and varlen
+// problems with at least one key row (backend.cu's try_hopper_forward decides).
 template <int D, class Element>
-void run_fwd(const detail::AttnParams& p);
+void run_fwd(const detail::AttnParams& p, const Schedule& schedule);
 
-// Head dims the Hopper backward has (cmake/cuda_kernels.cmake builds its units for these).
-constexpr bool has_hopper_backward(int D) { return D == 64 || D == 128; }
-
-// Defined in the generated hopper_bwd_hdim<D>_<dtype>.cu units (has_hopper_backward's head dims, built
-// with the forward's units). Dense and varlen problems with query and key rows, either mode (backend.cu's
-// try_hopper_backward decides).
+// Defined in the generated hopper_bwd_hdim<D>_<dtype>.cu units, for has_hopper_backward's head dims.
+// Dense and varlen problems with query and key rows, either mode (backend.cu's try_hopper_backward
+// decides).
 template <int D, class Element>
 void run_bwd(const detail::BwdParams& p);
-}  // namespace hopper
 
-}  // namespace flashsigmoid::cuda
+}  // namespace flashsigmoid::cuda::hopper

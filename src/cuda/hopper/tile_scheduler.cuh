@@ -12,7 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "cuda/hopper/launch.hpp"  // Schedule
+#include "cuda/hopper/schedule.hpp"
 
 namespace flashsigmoid::cuda::hopper {
 

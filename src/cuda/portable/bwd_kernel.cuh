@@ -5,54 +5,27 @@
 //   dV = P^T dO,  dK = scale * dS^T Q,  dQ = scale * dS K,  d(bias)_h = sum of dS.
 // Deterministic mode (no atomics): dkdv_kernel owns dK, dV of one key block; dq_kernel owns dQ of
 // one query block and writes that block's partial sum of dS; dbias_reduce_kernel adds the partials
-// per head in a fixed order.
-// Default mode (kPass 3): dkdv_kernel also adds dS K of each query step to an fp32 dQ workspace
+// per head in a fixed order (common/bwd_workspace.cu).
+// Default mode (DkDvMode::fused_dq): dkdv_kernel also adds dS K of each query step to an fp32 dQ workspace
 // with atomics (so dQ's bits depend on their order) and writes per-key-block partials of d(bias);
 // dq_convert_kernel scales and converts the workspace into dQ. dK, dV and d(bias) stay bitwise
-// reproducible in both modes.
+// reproducible in both modes. The workspaces and their finishing kernels: common/bwd_workspace.hpp.
 // Tiles and the shared-memory plan: bwd_traits.cuh.
 #pragma once
 
 #include <cstdint>
 
 #include "common/score_transform.hpp"
+#include "cuda/common/block_sum.cuh"
+#include "cuda/common/bwd_workspace.hpp"     // dq_accum_strides
+#include "cuda/common/dscores.cuh"
+#include "cuda/common/scores_to_probs.cuh"  // the forward's P, element for element
 #include "cuda/common/sigmoid.cuh"
 #include "cuda/portable/bwd_traits.cuh"
 #include "cuda/portable/fwd_epilogue.cuh"
-#include "cuda/common/scores_to_probs.cuh"  // the forward's P, element for element
 #include "cuda/portable/fwd_kernel.cuh"
 
 namespace flashsigmoid::cuda::portable {
-
-// dS = dP * P * (1 - P), in place in acc_dp. Returns the sum of this thread's dS (0 when unused).
-template <bool kSum, class AccDP, class AccP>
-__device__ __forceinline__ float probs_to_dscores(AccDP& acc_dp, const AccP& acc_p) {
-  float sum = 0.0f;
-  CUTE_UNROLL
-  for (int i = 0; i < size(acc_dp); ++i) {
-    const float pr = acc_p(i);
-    acc_dp(i) = acc_dp(i) * pr * (1.0f - pr);
-    if constexpr (kSum) sum += acc_dp(i);
-  }
-  return sum;
-}
-
-template <class Acc>
-__device__ __forceinline__ void scale_fragment(Acc& acc, float s) {
-  CUTE_UNROLL
-  for (int i = 0; i < size(acc); ++i) acc(i) *= s;
-}
-
-// The fused mode's fp32 dQ workspace: contiguous [rows_q, Hq, D] (dense: [B, Nq, Hq, D]), rows
-// addressed like q's (varlen: packed rows, batch stride 0).
-template <int D>
-__host__ __device__ __forceinline__ detail::OperandStrides dq_accum_strides(const detail::BwdParams& p) {
-  detail::OperandStrides s;
-  s.head = D;
-  s.row = p.heads_q * D;
-  s.batch = p.cu_seqlens_q != nullptr ? 0 : p.seqlen_q * s.row;
-  return s;
-}
 
 // dst[r * row_stride + c] += acc at the fragment's (r, c) (tCc: its coordinates), rows r <
 // rows_left only (the rest lie past the sequence end: other sequences' rows or out of bounds).
@@ -83,78 +56,97 @@ __device__ __forceinline__ void atomic_add_rows(const Acc& acc, const Coord& tCc
   }
 }
 
-// kPass: 0 = dK and dV together; 1 = dV only; 2 = dK only (head dims whose accumulators do not fit
-// twice in registers: BwdTile::kSplitDkDv); 3 = dK and dV, plus dQ added to dq_accum (fp32, see
-// dq_accum_strides; unscaled) with atomics and, with dbias_part, this key block's sum of dS per query
-// head h at dbias_part[(b * Hq + h) * gridDim.x + n_block] (non-deterministic mode). A template
-// value rather than a runtime flag so that the deterministic kernel keeps its registers and code.
-template <class Traits, int kPass>
-__global__ void __launch_bounds__(Traits::kNThreads, 1)
-    dkdv_kernel(const __grid_constant__ detail::BwdParams p, float* __restrict__ dq_accum,
-                float* __restrict__ dbias_part) {
+// What one launch of the dK/dV kernel computes. A template value rather than a run-time flag so that
+// the deterministic kernel keeps its registers and code.
+enum class DkDvMode : int {
+  dk_dv,    // dK and dV together (deterministic mode)
+  dv_only,  // dV alone, then a second launch for
+  dk_only,  // dK alone: head dims whose accumulators do not fit twice in registers (BwdTile::kSplitDkDv)
+  fused_dq  // dK and dV, plus dQ added to dq_accum (fp32, see dq_accum_strides; unscaled) with atomics
+            // and, with dbias_part, this key block's sum of dS per query head (default mode)
+};
+
+// The keys a dK/dV CTA owns (j0 .. j0 + keys of sequence seq) and the steps it walks: the query heads
+// of its kv head's GQA group times the query blocks [m_begin, m_begin + m_count) that see its keys.
+struct KeyBlock {
+  detail::SeqInfo seq;
+  std::int64_t j0 = 0;
+  std::int64_t keys = 0;  // <= 0: past the sequence end (varlen), nothing to do
+  int group = 1;
+  int m_begin = 0;
+  int m_count = 0;
+  __device__ int steps() const { return group * m_count; }
+};
+
+template <int BK, int BQ>
+__device__ __forceinline__ KeyBlock make_key_block(const detail::BwdParams& p, int n_block, int hk, int b) {
+  KeyBlock kb;
+  kb.seq = detail::seq_info(p, b);
+  kb.j0 = std::int64_t(n_block) * BK;
+  kb.group = int(p.heads_q / p.heads_kv);
+  if (kb.j0 >= kb.seq.len_k) return kb;  // varlen: this sequence has fewer keys
+  kb.keys = kb.seq.len_k - kb.j0 < BK ? kb.seq.len_k - kb.j0 : BK;
+  // The visible query range depends only on the masks, not on the head (bias / ALiBi do not mask).
+  const detail::ScoreTransform st = detail::make_score_transform(p, kb.seq, b, std::int64_t(hk) * kb.group);
+  std::int64_t m_begin = 0, m_count = 0;
+  st.query_blocks(kb.j0, kb.j0 + kb.keys, kb.seq.len_q, BQ, m_begin, m_count);
+  kb.m_begin = int(m_begin);
+  kb.m_count = int(m_count);
+  return kb;
+}
+
+// Fused mode, one step: dQ(h, rows i0..) += dS K, kDqChunk columns at a time (sDs: this step's dS,
+// sKt: K^T), added to the fp32 workspace row dqa with atomics.
+template <class Traits, class SmemDs, class SmemKt, class CopyDs>
+__device__ __forceinline__ void add_dq_fused(const SmemDs& sDs, const SmemKt& sKt, const CopyDs& tsDs, float* dqa,
+                                             std::int64_t row_stride, std::int64_t rows_left, int tid) {
+  constexpr int BK = Traits::kBlockKeys;
+  constexpr int BQ = Traits::kBlockQA;
+  using TileDq = Shape<Int<BQ>, Int<Traits::kDqChunk>>;
+  typename Traits::TiledMmaDq mma_dq;
+  auto thr_mma_dq = mma_dq.get_thread_slice(tid);
+  auto s2r_dq_a = typename Traits::SmemCopyDqA{};
+  auto s2r_dq_a_thr = s2r_dq_a.get_thread_slice(tid);
+  auto s2r_dq_b = typename Traits::SmemCopyDqB{};
+  auto s2r_dq_b_thr = s2r_dq_b.get_thread_slice(tid);
+  Tensor tQcQ = thr_mma_dq.partition_C(make_identity_tensor(TileDq{}));  // (query, column in the chunk)
+  CUTE_UNROLL
+  for (int c = 0; c < Traits::kHeadDim / Traits::kDqChunk; ++c) {
+    Tensor sKtc = local_tile(sKt, Shape<Int<Traits::kDqChunk>, Int<BK>>{}, make_coord(c, 0));
+    Tensor rDs = thr_mma_dq.partition_fragment_A(sDs);
+    Tensor rKt = thr_mma_dq.partition_fragment_B(sKtc);
+    Tensor acc_dq = partition_fragment_C(mma_dq, TileDq{});
+    clear(acc_dq);
+    gemm_ss(acc_dq, rDs, rKt, tsDs, s2r_dq_b_thr.partition_S(sKtc), mma_dq, s2r_dq_a, s2r_dq_b, s2r_dq_a_thr,
+            s2r_dq_b_thr);
+    atomic_add_rows(acc_dq, tQcQ, dqa + c * Traits::kDqChunk, row_stride, rows_left);
+  }
+}
+
+// The dK/dV kernel's walk over its steps (kb.steps() > 0): K, V stay in shared memory; Q and dO of
+// step t + 1 load (cp.async) while step t computes P^T, dV += P^T dO, dS^T, dK += dS^T Q and, fused,
+// dQ and the d(bias) partials part[step's head * gridDim.x].
+template <class Traits, DkDvMode kMode, class AccKV>
+__device__ __forceinline__ void dkdv_mainloop(const detail::BwdParams& p, const KeyBlock& kb, int hk, int b,
+                                              unsigned char* smem_raw, AccKV& acc_dk, AccKV& acc_dv,
+                                              float* dq_accum, float* part, float* warp_sums, int tid) {
   using Element = typename Traits::Element;
   constexpr int BK = Traits::kBlockKeys;  // keys of this CTA (MMA M)
   constexpr int BQ = Traits::kBlockQA;    // queries per step
   constexpr int D = Traits::kHeadDim;
-  constexpr bool kDoDV = kPass != 2;
-  constexpr bool kDoDK = kPass != 1;
-  constexpr bool kDoDQ = kPass == 3;
-  constexpr int kNWarps = Traits::kNWarps;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  __shared__ float warp_sums[kDoDQ ? kNWarps : 1];
-
-  const int tid = threadIdx.x;
-  const int n_block = blockIdx.x;
-  const int hk = blockIdx.y;
-  const int b = blockIdx.z;
-
-  const detail::SeqInfo seq = detail::seq_info(p, b);
-  const std::int64_t j0 = std::int64_t(n_block) * BK;
-  const int group = int(p.heads_q / p.heads_kv);
-  // Fused d(bias): this key block's partial of query head hk * group + g is part[g * gridDim.x].
-  float* part = kDoDQ && dbias_part != nullptr
-                    ? dbias_part + (std::int64_t(b) * p.heads_q + std::int64_t(hk) * group) * gridDim.x + n_block
-                    : nullptr;
-  auto zero_parts = [&] {  // a key block that no query sees (or past the sequence end) adds 0
-    if (part != nullptr) {
-      for (int g = tid; g < group; g += Traits::kNThreads) part[std::int64_t(g) * gridDim.x] = 0.0f;
-    }
-  };
-  if (j0 >= seq.len_k) {  // varlen: this sequence has fewer keys
-    zero_parts();
-    return;
-  }
-  const std::int64_t keys = seq.len_k - j0 < BK ? seq.len_k - j0 : BK;
-
-  // The visible query range depends only on the masks, not on the head (bias / ALiBi do not mask).
-  const detail::ScoreTransform st_range = detail::make_score_transform(p, seq, b, std::int64_t(hk) * group);
-  const std::int64_t q_lo = st_range.query_begin(j0);
-  const std::int64_t q_hi = st_range.query_end(j0 + keys, seq.len_q);
-  const int m_begin = int(q_lo / BQ);
-  const int m_count = q_hi > q_lo ? int((q_hi + BQ - 1) / BQ) - m_begin : 0;
-  const int n_steps = group * m_count;
-
-  const Element* k_ptr = static_cast<const Element*>(p.k) + b * p.k_stride.batch +
-                         (seq.k_begin + j0) * p.k_stride.row + hk * p.k_stride.head;
-  const Element* v_ptr = static_cast<const Element*>(p.v) + b * p.v_stride.batch +
-                         (seq.k_begin + j0) * p.v_stride.row + hk * p.v_stride.head;
-  // Row 0 of sequence b, head 0, of q and dO.
-  const Element* q_base = static_cast<const Element*>(p.q) + b * p.q_stride.batch + seq.q_begin * p.q_stride.row;
-  const Element* do_base =
-      static_cast<const Element*>(p.dout) + b * p.do_stride.batch + seq.q_begin * p.do_stride.row;
-  Element* dk_ptr = static_cast<Element*>(p.dk) + b * p.dk_stride.batch + (seq.k_begin + j0) * p.dk_stride.row +
-                    hk * p.dk_stride.head;
-  Element* dv_ptr = static_cast<Element*>(p.dv) + b * p.dv_stride.batch + (seq.k_begin + j0) * p.dv_stride.row +
-                    hk * p.dv_stride.head;
-
+  constexpr bool kDoDV = kMode != DkDvMode::dk_only;
+  constexpr bool kDoDK = kMode != DkDvMode::dv_only;
+  constexpr bool kDoDQ = kMode == DkDvMode::fused_dq;
   using TileK = Shape<Int<BK>, Int<D>>;
   using TileQ = Shape<Int<BQ>, Int<D>>;
+  const detail::SeqInfo& seq = kb.seq;
+  const std::int64_t j0 = kb.j0;
 
   Element* smem_k = reinterpret_cast<Element*>(smem_raw);
   Element* smem_v = smem_k + cosize(typename Traits::SmemLayoutKeys{});
   Element* smem_q = smem_v + cosize(typename Traits::SmemLayoutKeys{});
   Element* smem_do = smem_q + cosize(typename Traits::SmemLayoutQA{});
-  Element* smem_ds = smem_do + cosize(typename Traits::SmemLayoutQA{});  // kPass 3 only (kSmemDs)
+  Element* smem_ds = smem_do + cosize(typename Traits::SmemLayoutQA{});  // fused_dq only (kSmemDs)
   Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKeys{});     // (BK, D)
   Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Traits::SmemLayoutKeys{});     // (BK, D)
   Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutQA{});       // (BQ, D, stage)
@@ -162,170 +154,186 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   Tensor sQt = make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutQAt{});     // (D, BQ, stage)
   Tensor sdOt = make_tensor(make_smem_ptr(smem_do), typename Traits::SmemLayoutQAt{});   // (D, BQ, stage)
 
+  typename Traits::GmemLoad g2s;
+  auto g2s_thr = g2s.get_thread_slice(tid);
+  Tensor tQsQ = g2s_thr.partition_D(sQ);
+  Tensor tDsD = g2s_thr.partition_D(sdO);
+  Tensor tKc = g2s_thr.partition_S(make_identity_tensor(TileK{}));
+  Tensor tQc = g2s_thr.partition_S(make_identity_tensor(TileQ{}));
+  // Row 0 of sequence b, head 0, of q and dO.
+  const Element* q_base = static_cast<const Element*>(p.q) + b * p.q_stride.batch + seq.q_begin * p.q_stride.row;
+  const Element* do_base =
+      static_cast<const Element*>(p.dout) + b * p.do_stride.batch + seq.q_begin * p.do_stride.row;
+
+  // Step t: query head hk * group + t / m_count, query block m_begin + t % m_count.
+  auto step_head = [&](int t) { return std::int64_t(hk) * kb.group + t / kb.m_count; };
+  auto step_row0 = [&](int t) { return std::int64_t(kb.m_begin + t % kb.m_count) * BQ; };
+  auto load_q_do = [&](int t, int stage) {
+    const std::int64_t h = step_head(t);
+    const std::int64_t i0 = step_row0(t);
+    Tensor gQ = make_tensor(make_gmem_ptr(q_base + i0 * p.q_stride.row + h * p.q_stride.head), TileQ{},
+                            make_stride(p.q_stride.row, _1{}));
+    Tensor gdO = make_tensor(make_gmem_ptr(do_base + i0 * p.do_stride.row + h * p.do_stride.head), TileQ{},
+                             make_stride(p.do_stride.row, _1{}));
+    // Rows past the sequence end are zero: dO = 0 there makes their dP, dS and P^T dO terms 0.
+    copy_rows_zfill(g2s, g2s_thr.partition_S(gQ), tQsQ(_, _, _, stage), tQc, seq.len_q - i0);
+    copy_rows_zfill(g2s, g2s_thr.partition_S(gdO), tDsD(_, _, _, stage), tQc, seq.len_q - i0);
+  };
+
+  // Shared -> registers.
   typename Traits::TiledMma mma;
   auto thr_mma = mma.get_thread_slice(tid);
-  Tensor acc_dk = partition_fragment_C(mma, TileK{});
-  Tensor acc_dv = partition_fragment_C(mma, TileK{});
-  clear(acc_dk);
-  clear(acc_dv);
+  auto s2r_a = typename Traits::SmemCopyA{};
+  auto s2r_a_thr = s2r_a.get_thread_slice(tid);
+  auto s2r_b = typename Traits::SmemCopyB{};
+  auto s2r_b_thr = s2r_b.get_thread_slice(tid);
+  auto s2r_bt = typename Traits::SmemCopyBt{};
+  auto s2r_bt_thr = s2r_bt.get_thread_slice(tid);
+  Tensor rA = thr_mma.partition_fragment_A(sK);               // K or V
+  Tensor rB = thr_mma.partition_fragment_B(sQ(_, _, 0));      // Q or dO
+  Tensor rBt = thr_mma.partition_fragment_B(sQt(_, _, 0));    // Q^T or dO^T
+  Tensor tsK = s2r_a_thr.partition_S(sK);
+  Tensor tsV = s2r_a_thr.partition_S(sV);
+  Tensor tsQ = s2r_b_thr.partition_S(sQ);
+  Tensor tsdO = s2r_b_thr.partition_S(sdO);
+  Tensor tsQt = s2r_bt_thr.partition_S(sQt);
+  Tensor tsdOt = s2r_bt_thr.partition_S(sdOt);
+  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<BK>, Int<BQ>>{}));  // (key, query)
 
-  if (n_steps == 0) zero_parts();
-  if (n_steps > 0) {
-    typename Traits::GmemLoad g2s;
-    auto g2s_thr = g2s.get_thread_slice(tid);
-    Tensor tKsK = g2s_thr.partition_D(sK);
-    Tensor tVsV = g2s_thr.partition_D(sV);
-    Tensor tQsQ = g2s_thr.partition_D(sQ);
-    Tensor tDsD = g2s_thr.partition_D(sdO);
-    Tensor tKc = g2s_thr.partition_S(make_identity_tensor(TileK{}));
-    Tensor tQc = g2s_thr.partition_S(make_identity_tensor(TileQ{}));
+  // Fused dQ: dS^T registers -> sDsT (the accumulator's own layout, 4-byte stores); dQ += dS K
+  // reads sDs (its (query, key) view) as A and sKt (K^T, (D, key)) as B, both ldmatrix.trans.
+  Tensor sDsT = make_tensor(make_smem_ptr(smem_ds), typename Traits::SmemLayoutDsT{});     // (BK, BQ)
+  Tensor sDs = make_tensor(make_smem_ptr(smem_ds), typename Traits::SmemLayoutDs{});       // (BQ, BK)
+  Tensor sKt = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKeysT{});    // (D, BK)
+  auto r2s_ds = typename Traits::SmemCopyDs{};
+  auto r2s_ds_thr = r2s_ds.get_thread_slice(tid);
+  Tensor tDSsDS = r2s_ds_thr.partition_D(sDsT);
+  Tensor tsDs = typename Traits::SmemCopyDqA{}.get_thread_slice(tid).partition_S(sDs);
+  const detail::OperandStrides acc_stride = dq_accum_strides<D>(p);
+  float db = 0.0f;  // this thread's sum of dS over the current query head's steps
 
-    // Step t: query head hk * group + t / m_count, query block m_begin + t % m_count.
-    auto step_head = [&](int t) { return std::int64_t(hk) * group + t / m_count; };
-    auto step_row0 = [&](int t) { return std::int64_t(m_begin + t % m_count) * BQ; };
-    auto load_q_do = [&](int t, int stage) {
-      const std::int64_t h = step_head(t);
-      const std::int64_t i0 = step_row0(t);
-      Tensor gQ = make_tensor(make_gmem_ptr(q_base + i0 * p.q_stride.row + h * p.q_stride.head), TileQ{},
-                              make_stride(p.q_stride.row, _1{}));
-      Tensor gdO = make_tensor(make_gmem_ptr(do_base + i0 * p.do_stride.row + h * p.do_stride.head), TileQ{},
-                               make_stride(p.do_stride.row, _1{}));
-      // Rows past the sequence end are zero: dO = 0 there makes their dP, dS and P^T dO terms 0.
-      copy_rows_zfill(g2s, g2s_thr.partition_S(gQ), tQsQ(_, _, _, stage), tQc, seq.len_q - i0);
-      copy_rows_zfill(g2s, g2s_thr.partition_S(gdO), tDsD(_, _, _, stage), tQc, seq.len_q - i0);
-    };
+  // Group 0: K, V and step 0's Q, dO.
+  const Element* k_ptr = static_cast<const Element*>(p.k) + p.k_stride.offset(b, seq.k_begin + j0, hk);
+  const Element* v_ptr = static_cast<const Element*>(p.v) + p.v_stride.offset(b, seq.k_begin + j0, hk);
+  Tensor gK = make_tensor(make_gmem_ptr(k_ptr), TileK{}, make_stride(p.k_stride.row, _1{}));
+  Tensor gV = make_tensor(make_gmem_ptr(v_ptr), TileK{}, make_stride(p.v_stride.row, _1{}));
+  copy_rows_zfill(g2s, g2s_thr.partition_S(gK), g2s_thr.partition_D(sK), tKc, kb.keys);
+  copy_rows_zfill(g2s, g2s_thr.partition_S(gV), g2s_thr.partition_D(sV), tKc, kb.keys);
+  load_q_do(0, 0);
+  cp_async_fence();
 
-    // Shared -> registers.
-    auto s2r_a = typename Traits::SmemCopyA{};
-    auto s2r_a_thr = s2r_a.get_thread_slice(tid);
-    auto s2r_b = typename Traits::SmemCopyB{};
-    auto s2r_b_thr = s2r_b.get_thread_slice(tid);
-    auto s2r_bt = typename Traits::SmemCopyBt{};
-    auto s2r_bt_thr = s2r_bt.get_thread_slice(tid);
-    Tensor rA = thr_mma.partition_fragment_A(sK);               // K or V
-    Tensor rB = thr_mma.partition_fragment_B(sQ(_, _, 0));      // Q or dO
-    Tensor rBt = thr_mma.partition_fragment_B(sQt(_, _, 0));    // Q^T or dO^T
-    Tensor tsK = s2r_a_thr.partition_S(sK);
-    Tensor tsV = s2r_a_thr.partition_S(sV);
-    Tensor tsQ = s2r_b_thr.partition_S(sQ);
-    Tensor tsdO = s2r_b_thr.partition_S(sdO);
-    Tensor tsQt = s2r_bt_thr.partition_S(sQt);
-    Tensor tsdOt = s2r_bt_thr.partition_S(sdOt);
-    Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<BK>, Int<BQ>>{}));  // (key, query)
+  std::int64_t cur_head = -1;
+  detail::ScoreTransform st;
+  for (int t = 0; t < kb.steps(); ++t) {
+    const int stage = t & 1;
+    // Stage (t+1)&1 was last read in step t-1, which ended with a __syncthreads.
+    if (t + 1 < kb.steps()) load_q_do(t + 1, stage ^ 1);
+    cp_async_fence();  // always commit (possibly empty) so the wait count is the same every step
+    cp_async_wait<1>();
+    __syncthreads();
 
-    // Fused dQ: dS^T registers -> sDsT (the accumulator's own layout, 4-byte stores); dQ += dS K
-    // reads sDs (its (query, key) view) as A and sKt (K^T, (D, key)) as B, both ldmatrix.trans.
-    Tensor sDsT = make_tensor(make_smem_ptr(smem_ds), typename Traits::SmemLayoutDsT{});     // (BK, BQ)
-    Tensor sDs = make_tensor(make_smem_ptr(smem_ds), typename Traits::SmemLayoutDs{});       // (BQ, BK)
-    Tensor sKt = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKeysT{});    // (D, BK)
-    auto r2s_ds = typename Traits::SmemCopyDs{};
-    auto r2s_ds_thr = r2s_ds.get_thread_slice(tid);
-    Tensor tDSsDS = r2s_ds_thr.partition_D(sDsT);
-    typename Traits::TiledMmaDq mma_dq;
-    auto thr_mma_dq = mma_dq.get_thread_slice(tid);
-    auto s2r_dq_a = typename Traits::SmemCopyDqA{};
-    auto s2r_dq_a_thr = s2r_dq_a.get_thread_slice(tid);
-    auto s2r_dq_b = typename Traits::SmemCopyDqB{};
-    auto s2r_dq_b_thr = s2r_dq_b.get_thread_slice(tid);
-    Tensor tsDs = s2r_dq_a_thr.partition_S(sDs);
-    using TileDq = Shape<Int<BQ>, Int<Traits::kDqChunk>>;
-    Tensor tQcQ = thr_mma_dq.partition_C(make_identity_tensor(TileDq{}));  // (query, column in the chunk)
-    const detail::OperandStrides acc_stride = dq_accum_strides<D>(p);
-    float db = 0.0f;  // this thread's sum of dS over the current query head's steps
+    const std::int64_t h = step_head(t);
+    const std::int64_t i0 = step_row0(t);
+    if (h != cur_head) {
+      cur_head = h;
+      st = detail::make_score_transform(p, seq, b, h).scaled_by(0.5f);  // logit() = s / 2
+    }
+    const std::int64_t i1 = seq.len_q - i0 < BQ ? seq.len_q : i0 + BQ;
+    const bool full = st.block_unmasked(i0, i1, j0, j0 + BK);
 
-    // Group 0: K, V and step 0's Q, dO.
-    Tensor gK = make_tensor(make_gmem_ptr(k_ptr), TileK{}, make_stride(p.k_stride.row, _1{}));
-    Tensor gV = make_tensor(make_gmem_ptr(v_ptr), TileK{}, make_stride(p.v_stride.row, _1{}));
-    copy_rows_zfill(g2s, g2s_thr.partition_S(gK), tKsK, tKc, keys);
-    copy_rows_zfill(g2s, g2s_thr.partition_S(gV), tVsV, tKc, keys);
-    load_q_do(0, 0);
-    cp_async_fence();
+    // P^T = sigmoid(K Q^T) (rows past the key end or masked: 0).
+    Tensor acc_s = partition_fragment_C(mma, Shape<Int<BK>, Int<BQ>>{});
+    clear(acc_s);
+    gemm_ss(acc_s, rA, rB, tsK, tsQ(_, _, _, stage), mma, s2r_a, s2r_b, s2r_a_thr, s2r_b_thr);
+    scores_to_probs<Element, true>(acc_s, tScS, st, i0, j0, full);
 
-    std::int64_t cur_head = -1;
-    detail::ScoreTransform st;
-    for (int t = 0; t < n_steps; ++t) {
-      const int stage = t & 1;
-      // Stage (t+1)&1 was last read in step t-1, which ended with a __syncthreads.
-      if (t + 1 < n_steps) load_q_do(t + 1, stage ^ 1);
-      cp_async_fence();  // always commit (possibly empty) so the wait count is the same every step
-      cp_async_wait<1>();
-      __syncthreads();
-
-      const std::int64_t h = step_head(t);
-      const std::int64_t i0 = step_row0(t);
-      if (h != cur_head) {
-        cur_head = h;
-        st = detail::make_score_transform(p, seq, b, h).scaled_by(0.5f);  // logit() = s / 2
-      }
-      const std::int64_t i1 = seq.len_q - i0 < BQ ? seq.len_q : i0 + BQ;
-      const bool full = st.block_unmasked(i0, i1, j0, j0 + BK);
-
-      // P^T = sigmoid(K Q^T) (rows past the key end or masked: 0).
-      Tensor acc_s = partition_fragment_C(mma, Shape<Int<BK>, Int<BQ>>{});
-      clear(acc_s);
-      gemm_ss(acc_s, rA, rB, tsK, tsQ(_, _, _, stage), mma, s2r_a, s2r_b, s2r_a_thr, s2r_b_thr);
-      scores_to_probs<Element, true>(acc_s, tScS, st, i0, j0, full);
-
-      if constexpr (kDoDV) {  // dV += P^T dO
-        Tensor rP = convert_fragment<Element>(acc_s);
-        Tensor tPr = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));
-        gemm_rs(acc_dv, tPr, rBt, tsdOt(_, _, _, stage), mma, s2r_bt, s2r_bt_thr);
-      }
-      if constexpr (kDoDK) {  // dS^T = (V dO^T) * P^T * (1 - P^T);  dK += dS^T Q
-        Tensor acc_dp = partition_fragment_C(mma, Shape<Int<BK>, Int<BQ>>{});
-        clear(acc_dp);
-        gemm_ss(acc_dp, rA, rB, tsV, tsdO(_, _, _, stage), mma, s2r_a, s2r_b, s2r_a_thr, s2r_b_thr);
-        db += probs_to_dscores<kDoDQ>(acc_dp, acc_s);
-        Tensor rdS = convert_fragment<Element>(acc_dp);
-        // sDsT was last read in step t-1, which ended with a __syncthreads.
-        if constexpr (kDoDQ) copy(r2s_ds, r2s_ds_thr.retile_S(rdS), tDSsDS);
-        Tensor tdSr = make_tensor(rdS.data(), acc_layout_as_a_operand(rdS.layout()));
-        gemm_rs(acc_dk, tdSr, rBt, tsQt(_, _, _, stage), mma, s2r_bt, s2r_bt_thr);
-      }
-      if constexpr (kDoDQ) {  // dQ(h, rows i0..) += dS K, kDqChunk columns at a time
-        __syncthreads();      // every warp's keys of dS^T are in sDsT
-        float* dqa = dq_accum + acc_stride.offset(b, seq.q_begin + i0, h);
-        CUTE_UNROLL
-        for (int c = 0; c < D / Traits::kDqChunk; ++c) {
-          Tensor sKtc = local_tile(sKt, Shape<Int<Traits::kDqChunk>, Int<BK>>{}, make_coord(c, 0));
-          Tensor rDs = thr_mma_dq.partition_fragment_A(sDs);
-          Tensor rKt = thr_mma_dq.partition_fragment_B(sKtc);
-          Tensor acc_dq = partition_fragment_C(mma_dq, TileDq{});
-          clear(acc_dq);
-          gemm_ss(acc_dq, rDs, rKt, tsDs, s2r_dq_b_thr.partition_S(sKtc), mma_dq, s2r_dq_a, s2r_dq_b, s2r_dq_a_thr,
-                  s2r_dq_b_thr);
-          atomic_add_rows(acc_dq, tQcQ, dqa + c * Traits::kDqChunk, acc_stride.row, seq.len_q - i0);
-        }
-      }
-      __syncthreads();  // every warp is done with this stage (and sDsT) before step t+1 refills it
-      if constexpr (kDoDQ) {
-        if (part != nullptr && t % m_count == m_count - 1) {  // the head's last step: its partial, fixed order
-          CUTE_UNROLL
-          for (int off = 16; off > 0; off >>= 1) db += __shfl_xor_sync(0xffffffffu, db, off);
-          if ((tid & 31) == 0) warp_sums[tid >> 5] = db;  // tid 0's last read was before this step's syncs
-          __syncthreads();
-          if (tid == 0) {
-            float sum = 0.0f;
-            CUTE_UNROLL
-            for (int w = 0; w < kNWarps; ++w) sum += warp_sums[w];
-            part[std::int64_t(t / m_count) * gridDim.x] = sum;
-          }
-          db = 0.0f;
-        }
+    if constexpr (kDoDV) {  // dV += P^T dO
+      Tensor rP = convert_fragment<Element>(acc_s);
+      Tensor tPr = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));
+      gemm_rs(acc_dv, tPr, rBt, tsdOt(_, _, _, stage), mma, s2r_bt, s2r_bt_thr);
+    }
+    if constexpr (kDoDK) {  // dS^T = (V dO^T) * P^T * (1 - P^T);  dK += dS^T Q
+      Tensor acc_dp = partition_fragment_C(mma, Shape<Int<BK>, Int<BQ>>{});
+      clear(acc_dp);
+      gemm_ss(acc_dp, rA, rB, tsV, tsdO(_, _, _, stage), mma, s2r_a, s2r_b, s2r_a_thr, s2r_b_thr);
+      db += probs_to_dscores<kDoDQ>(acc_dp, acc_s);
+      Tensor rdS = convert_fragment<Element>(acc_dp);
+      // sDsT was last read in step t-1, which ended with a __syncthreads.
+      if constexpr (kDoDQ) copy(r2s_ds, r2s_ds_thr.retile_S(rdS), tDSsDS);
+      Tensor tdSr = make_tensor(rdS.data(), acc_layout_as_a_operand(rdS.layout()));
+      gemm_rs(acc_dk, tdSr, rBt, tsQt(_, _, _, stage), mma, s2r_bt, s2r_bt_thr);
+    }
+    if constexpr (kDoDQ) {
+      __syncthreads();  // every warp's keys of dS^T are in sDsT
+      add_dq_fused<Traits>(sDs, sKt, tsDs, dq_accum + acc_stride.offset(b, seq.q_begin + i0, h), acc_stride.row,
+                           seq.len_q - i0, tid);
+    }
+    __syncthreads();  // every warp is done with this stage (and sDsT) before step t+1 refills it
+    if constexpr (kDoDQ) {
+      if (part != nullptr && t % kb.m_count == kb.m_count - 1) {  // the head's last step: its partial
+        // warp_sums: tid 0's last read was before this step's syncs.
+        store_block_sum<Traits::kNWarps>(db, warp_sums, tid, part + std::int64_t(t / kb.m_count) * gridDim.x,
+                                         [] { __syncthreads(); });
+        db = 0.0f;
       }
     }
-    cp_async_wait<0>();
+  }
+  cp_async_wait<0>();
+}
+
+// dK and dV of one key block (grid: key blocks, kv heads, batch), as kMode says; fused, also dQ's terms
+// in dq_accum and, with dbias_part, this key block's sum of dS per query head h at
+// dbias_part[(b * Hq + h) * gridDim.x + n_block].
+template <class Traits, DkDvMode kMode>
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    dkdv_kernel(const __grid_constant__ detail::BwdParams p, float* __restrict__ dq_accum,
+                float* __restrict__ dbias_part) {
+  using Element = typename Traits::Element;
+  constexpr int BK = Traits::kBlockKeys;
+  constexpr bool kFused = kMode == DkDvMode::fused_dq;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __shared__ float warp_sums[kFused ? Traits::kNWarps : 1];
+  const int tid = threadIdx.x;
+  const int n_block = blockIdx.x;
+  const int hk = blockIdx.y;
+  const int b = blockIdx.z;
+
+  const KeyBlock kb = make_key_block<BK, Traits::kBlockQA>(p, n_block, hk, b);
+  // Fused d(bias): this key block's partial of query head hk * group + g is part[g * gridDim.x].
+  float* part = kFused && dbias_part != nullptr
+                    ? dbias_part + (std::int64_t(b) * p.heads_q + std::int64_t(hk) * kb.group) * gridDim.x + n_block
+                    : nullptr;
+  if (kb.steps() == 0 && part != nullptr) {  // past the sequence end, or no query sees it: adds 0
+    for (int g = tid; g < kb.group; g += Traits::kNThreads) part[std::int64_t(g) * gridDim.x] = 0.0f;
+  }
+  if (kb.keys <= 0) return;  // varlen: this sequence has fewer keys
+
+  typename Traits::TiledMma mma;
+  Tensor acc_dk = partition_fragment_C(mma, Shape<Int<BK>, Int<Traits::kHeadDim>>{});
+  Tensor acc_dv = partition_fragment_C(mma, Shape<Int<BK>, Int<Traits::kHeadDim>>{});
+  clear(acc_dk);
+  clear(acc_dv);
+  if (kb.steps() > 0) {
+    dkdv_mainloop<Traits, kMode>(p, kb, hk, b, smem_raw, acc_dk, acc_dv, dq_accum, part, warp_sums, tid);
   }
 
-  // Epilogue: through K's and V's shared memory (store_output synchronises before writing it).
-  if constexpr (kDoDV) {
-    Tensor gdV = make_tensor(make_gmem_ptr(dv_ptr), TileK{}, make_stride(p.dv_stride.row, _1{}));
-    store_output<typename Traits::StoreKeys>(acc_dv, smem_v, gdV, keys, tid);
+  // Epilogue: through K's and V's shared memory (store_output synchronises before writing it); rows
+  // that no query sees are zeros.
+  Element* smem_k = reinterpret_cast<Element*>(smem_raw);
+  Element* smem_v = smem_k + cosize(typename Traits::SmemLayoutKeys{});
+  const std::int64_t key_row = kb.seq.k_begin + kb.j0;
+  if constexpr (kMode != DkDvMode::dk_only) {
+    Element* dv_ptr = static_cast<Element*>(p.dv) + p.dv_stride.offset(b, key_row, hk);
+    Tensor gdV = make_tensor(make_gmem_ptr(dv_ptr), Shape<Int<BK>, Int<Traits::kHeadDim>>{},
+                             make_stride(p.dv_stride.row, _1{}));
+    store_output<typename Traits::StoreKeys>(acc_dv, smem_v, gdV, kb.keys, tid);
   }
-  if constexpr (kDoDK) {
+  if constexpr (kMode != DkDvMode::dv_only) {
     scale_fragment(acc_dk, p.scale);
-    Tensor gdK = make_tensor(make_gmem_ptr(dk_ptr), TileK{}, make_stride(p.dk_stride.row, _1{}));
-    store_output<typename Traits::StoreKeys>(acc_dk, smem_k, gdK, keys, tid);
+    Element* dk_ptr = static_cast<Element*>(p.dk) + p.dk_stride.offset(b, key_row, hk);
+    Tensor gdK = make_tensor(make_gmem_ptr(dk_ptr), Shape<Int<BK>, Int<Traits::kHeadDim>>{},
+                             make_stride(p.dk_stride.row, _1{}));
+    store_output<typename Traits::StoreKeys>(acc_dk, smem_k, gdK, kb.keys, tid);
   }
 }
 
@@ -360,10 +368,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
   const std::int64_t rows = seq.len_q - m0 < BM ? seq.len_q - m0 : BM;
 
   const detail::ScoreTransform st = detail::make_score_transform(p, seq, b, h).scaled_by(0.5f);
-  const std::int64_t key_lo = st.key_begin(m0);
-  const std::int64_t key_hi = st.key_end(m0 + rows);
-  const int n_begin = int(key_lo / BN);
-  const int n_blocks = key_hi > key_lo ? int((key_hi + BN - 1) / BN) - n_begin : 0;
+  int n_begin = 0, n_blocks = 0;
+  st.key_blocks(m0, m0 + rows, BN, n_begin, n_blocks);
 
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   const Element* q_ptr = static_cast<const Element*>(p.q) + b * p.q_stride.batch +
@@ -464,75 +470,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1)
     cp_async_wait<0>();
   }
 
-  if (part != nullptr) {  // fixed-order block sum: shuffle tree per warp, then warps in order
-    CUTE_UNROLL
-    for (int off = 16; off > 0; off >>= 1) db += __shfl_xor_sync(0xffffffffu, db, off);
-    if ((tid & 31) == 0) warp_sums[tid >> 5] = db;
-    __syncthreads();
-    if (tid == 0) {
-      float s = 0.0f;
-      CUTE_UNROLL
-      for (int w = 0; w < kNWarps; ++w) s += warp_sums[w];
-      *part = s;
-    }
-  }
+  if (part != nullptr) store_block_sum<kNWarps>(db, warp_sums, tid, part, [] { __syncthreads(); });
 
   scale_fragment(acc_dq, p.scale);
   Tensor gdQ = make_tensor(make_gmem_ptr(dq_ptr), TileQ{}, make_stride(p.dq_stride.row, _1{}));
   store_output<typename Traits::StoreQ>(acc_dq, smem_q, gdQ, rows, tid);
-}
-
-// dbias[h] = sum over b, then over blocks, of the partials part[(b * heads + h) * blocks + block]
-// (the dQ kernel's per query block, or the fused dK/dV kernel's per key block), in that fixed order
-// (float64 accumulation; one thread per head). A template only so that every generated unit may
-// carry it without clashing at link time.
-template <int kUnused = 0>
-__global__ void dbias_reduce_kernel(const float* __restrict__ part, float* __restrict__ dbias, int batch, int heads,
-                                    int blocks) {
-  const int h = blockIdx.x * blockDim.x + threadIdx.x;
-  if (h >= heads) return;
-  double s = 0.0;
-  for (int b = 0; b < batch; ++b) {
-    const float* row = part + (std::int64_t(b) * heads + h) * blocks;
-    for (int m = 0; m < blocks; ++m) s += double(row[m]);
-  }
-  dbias[h] = float(s);
-}
-
-// Fused mode: dQ = scale * dq_accum (see dq_accum_strides), in dQ's dtype and strides, for the
-// kRows rows blockIdx.x of sequence blockIdx.z, head blockIdx.y; 8 columns (16 bytes of dQ) per
-// thread and step. Rows past the sequence end are not written, as in the dQ kernel.
-template <class Traits>
-__global__ void __launch_bounds__(128)
-    dq_convert_kernel(const __grid_constant__ detail::BwdParams p, const float* __restrict__ dq_accum) {
-  using Element = typename Traits::Element;
-  constexpr int D = Traits::kHeadDim;
-  constexpr int kRows = 64;
-  constexpr int kVec = 8;
-  constexpr int kVecsPerRow = D / kVec;
-  const int h = blockIdx.y;
-  const int b = blockIdx.z;
-  const detail::SeqInfo seq = detail::seq_info(p, b);
-  const std::int64_t r0 = std::int64_t(blockIdx.x) * kRows;
-  if (r0 >= seq.len_q) return;
-  const int rows = seq.len_q - r0 < kRows ? int(seq.len_q - r0) : kRows;
-  const detail::OperandStrides acc_stride = dq_accum_strides<D>(p);
-  cutlass::NumericArrayConverter<Element, float, kVec> conv;
-  for (int idx = threadIdx.x; idx < rows * kVecsPerRow; idx += blockDim.x) {
-    const std::int64_t row = seq.q_begin + r0 + idx / kVecsPerRow;
-    const int col = (idx % kVecsPerRow) * kVec;
-    const float4* src = reinterpret_cast<const float4*>(dq_accum + acc_stride.offset(b, row, h) + col);
-    const float4 lo = src[0];
-    const float4 hi = src[1];
-    cutlass::Array<float, kVec> v;
-    v[0] = lo.x; v[1] = lo.y; v[2] = lo.z; v[3] = lo.w;
-    v[4] = hi.x; v[5] = hi.y; v[6] = hi.z; v[7] = hi.w;
-    CUTE_UNROLL
-    for (int i = 0; i < kVec; ++i) v[i] *= p.scale;
-    const cutlass::Array<Element, kVec> out = conv(v);
-    *reinterpret_cast<uint4*>(static_cast<Element*>(p.dq) + p.dq_stride.offset(b, row, h) + col) =
-        *reinterpret_cast<const uint4*>(&out);
-  }
 }
 
 }  // namespace flashsigmoid::cuda::portable

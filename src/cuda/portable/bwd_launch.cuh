@@ -2,15 +2,17 @@
 // (once, or twice at head dims that split dV and dK), the dQ kernel, and the d(bias) reduction.
 // Default mode (head dims without the split): the dK/dV kernel also adds dQ with fp32 atomics
 // (5 GEMMs per tile pair instead of 7), then dQ is converted and d(bias) reduced. Workspaces and the
-// finishing kernels: bwd_workspace.cuh.
+// finishing kernels: common/bwd_workspace.hpp.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <string>
 
+#include "cuda/common/bwd_workspace.hpp"
+#include "cuda/common/check.hpp"
+#include "cuda/common/launch_limits.hpp"
 #include "cuda/portable/bwd_kernel.cuh"
-#include "cuda/portable/bwd_workspace.cuh"
 #include "cuda/portable/launch.hpp"
 
 namespace flashsigmoid::cuda::portable {
@@ -31,17 +33,16 @@ void run_bwd(const detail::BwdParams& p) {
   const auto stream = static_cast<cudaStream_t>(p.stream);
   const std::int64_t n_blocks = (p.seqlen_k + Traits::kBlockKeys - 1) / Traits::kBlockKeys;
   const std::int64_t m_blocks = (p.seqlen_q + Traits::kBlockQ - 1) / Traits::kBlockQ;
-  if (n_blocks > 0x7fffffff || m_blocks > 0x7fffffff || p.heads_q > 65535 || p.batch > 65535) {
-    throw Error("flashsigmoid: CUDA backward grid too large (" + std::to_string(m_blocks) + " query blocks, " +
-                std::to_string(n_blocks) + " key blocks, " + std::to_string(p.heads_q) + " heads, batch " +
-                std::to_string(p.batch) + "); accepted: heads and batch <= 65535");
-  }
+  check_launch_limits("CUDA backward", {{"query blocks", m_blocks, kMaxGridX},
+                                        {"key blocks", n_blocks, kMaxGridX},
+                                        {"heads", p.heads_q, kMaxGridYZ},
+                                        {"sequences (batch)", p.batch, kMaxGridYZ}});
   const bool fused = !p.deterministic && !Traits::kSplitDkDv;
 
   // The d(bias) partials (per key block when fused, else per query block) and, when fused, the zeroed
   // fp32 dQ accumulator.
   const std::int64_t part_blocks = fused ? n_blocks : m_blocks;
-  BwdWorkspace ws(p, p.batch * p.heads_q * part_blocks, fused, D, stream, "backward");
+  BwdWorkspace ws(p, p.batch * p.heads_q * part_blocks, fused, stream, "backward");
   float* const part = ws.part;
   float* const dq_accum = ws.dq_accum;
 
@@ -54,17 +55,17 @@ void run_bwd(const detail::BwdParams& p) {
       check_cuda(cudaGetLastError(), "backward dK/dV kernel launch");
     };
     if constexpr (Traits::kSplitDkDv) {
-      launch(&dkdv_kernel<Traits, 1>, Traits::kSmemDkDv);
-      launch(&dkdv_kernel<Traits, 2>, Traits::kSmemDkDv);
+      launch(&dkdv_kernel<Traits, DkDvMode::dv_only>, Traits::kSmemDkDv);
+      launch(&dkdv_kernel<Traits, DkDvMode::dk_only>, Traits::kSmemDkDv);
     } else if (fused) {
-      launch(&dkdv_kernel<Traits, 3>, Traits::kSmemDkDv + Traits::kSmemDs);
+      launch(&dkdv_kernel<Traits, DkDvMode::fused_dq>, Traits::kSmemDkDv + Traits::kSmemDs);
     } else {
-      launch(&dkdv_kernel<Traits, 0>, Traits::kSmemDkDv);
+      launch(&dkdv_kernel<Traits, DkDvMode::dk_dv>, Traits::kSmemDkDv);
     }
   }
 
   if (fused) {
-    ws.convert_dq<Traits>(p, stream);
+    ws.convert_dq(p, stream);
   } else if (m_blocks > 0 && p.batch > 0) {  // dQ and the per-query-block d(bias) partials
     const dim3 grid(unsigned(m_blocks), unsigned(p.heads_q), unsigned(p.batch));
     auto kernel = &dq_kernel<Traits>;

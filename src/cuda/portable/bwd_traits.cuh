@@ -23,14 +23,10 @@
 
 namespace flashsigmoid::cuda::portable {
 
-// FLASHSIGMOID_BWD_WARPS (tuning builds, scripts/gpu_variants.sh) overrides the warps per CTA.
+// 4 warps per CTA: 8 measured slower on the H200 (bench/results/h200-kernels-2026-11-28.md).
 template <int D>
 struct BwdTile {
-#if defined(FLASHSIGMOID_BWD_WARPS)
-  static constexpr int kNWarps = FLASHSIGMOID_BWD_WARPS;
-#else
   static constexpr int kNWarps = 4;
-#endif
   static constexpr int kBlockKeys = 16 * kNWarps;         // dK/dV kernel: key rows per CTA
   static constexpr int kBlockQA = D <= 64 ? 64 : 32;     // dK/dV kernel: query rows per step
   static constexpr int kBlockQ = 16 * kNWarps;            // dQ kernel: query rows per CTA

@@ -35,10 +35,8 @@ __global__ void __launch_bounds__(Traits::kNThreads, Traits::kMinBlocks)
 
   // Pre-scaled by 0.5 so that logit() returns s / 2, the argument of tanh.
   const detail::ScoreTransform st = detail::make_score_transform(p, seq, b, h).scaled_by(0.5f);
-  const std::int64_t key_lo = st.key_begin(m0);
-  const std::int64_t key_hi = st.key_end(m0 + rows);
-  const int n_begin = int(key_lo / BN);
-  const int n_blocks = key_hi > key_lo ? int((key_hi + BN - 1) / BN) - n_begin : 0;
+  int n_begin = 0, n_blocks = 0;
+  st.key_blocks(m0, m0 + rows, BN, n_begin, n_blocks);
 
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);  // GQA / MQA
   const Element* q_ptr = static_cast<const Element*>(p.q) + p.q_stride.offset(b, seq.q_begin + m0, h);

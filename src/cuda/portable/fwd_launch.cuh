@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "cuda/common/launch_limits.hpp"
 #include "cuda/portable/fwd_kernel.cuh"
 #include "cuda/portable/launch.hpp"
 
@@ -17,11 +18,9 @@ void run_fwd(const detail::AttnParams& p) {
   constexpr int kSmem = Traits::kSmemBytes;
   const std::int64_t m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   if (m_blocks == 0 || p.batch == 0) return;  // nothing to write
-  if (m_blocks > 0x7fffffff || p.heads_q > 65535 || p.batch > 65535) {
-    throw Error("flashsigmoid: CUDA forward grid too large (" + std::to_string(m_blocks) + " query blocks, " +
-                std::to_string(p.heads_q) + " heads, batch " + std::to_string(p.batch) +
-                "); accepted: heads and batch <= 65535");
-  }
+  check_launch_limits("CUDA forward", {{"query blocks", m_blocks, kMaxGridX},
+                                       {"heads", p.heads_q, kMaxGridYZ},
+                                       {"sequences (batch)", p.batch, kMaxGridYZ}});
   auto kernel = &fwd_kernel<Traits>;
   if constexpr (kSmem > 48 * 1024) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),

@@ -11,33 +11,19 @@
 
 namespace flashsigmoid::cuda::portable {
 
-// Default tiles per head dim, chosen by measurement on the H200 (bench/NOTES.md, 2026-11-28):
-// kBlockM = 128 query rows per CTA, warps stacked along M.
-// - D <= 64: 128 x 128 tiles, 8 warps (16 rows each), register cap for 2 CTAs per SM (128 regs,
-//   a few hundred bytes of spills): 245 vs 187 TFLOP/s for 1 CTA per SM at D 64, N 8k.
+// Tiles per head dim, chosen by measurement on the H200 (bench/NOTES.md, "Portable CUDA forward"; the
+// alternatives measured slower): kBlockM = 128 query rows per CTA, warps stacked along M.
+// - D <= 64: 128 x 128 tiles, 8 warps (16 rows each), register cap for 2 CTAs per SM (128 registers,
+//   a few hundred bytes of spills, still faster than 1 CTA per SM).
 // - D 96/128: 128 x 64 tiles, 4 warps (32 rows each, as FlashAttention-2): each warp reuses its
-//   ldmatrix'd K/V fragments over twice the rows; ~0.9 KB of spills, yet 300 vs 227 TFLOP/s.
+//   ldmatrix'd K/V fragments over twice the rows, which outweighs its spills.
 // - D 256: 128 x 32 tiles, 8 warps, 1 CTA per SM (4 warps would hold 256 O registers a thread).
-// FLASHSIGMOID_FWD_BLOCKN / _WARPS / _MINBLOCKS override the choice for tuning runs
-// (scripts/gpu_variants.sh).
 template <int D>
 struct FwdTile {
   static constexpr int kBlockM = 128;
-#ifdef FLASHSIGMOID_FWD_BLOCKN
-  static constexpr int kBlockN = FLASHSIGMOID_FWD_BLOCKN;
-#else
   static constexpr int kBlockN = D <= 64 ? 128 : (D == 256 ? 32 : 64);
-#endif
-#ifdef FLASHSIGMOID_FWD_WARPS
-  static constexpr int kNWarps = FLASHSIGMOID_FWD_WARPS;
-#else
   static constexpr int kNWarps = (D == 96 || D == 128) ? 4 : 8;
-#endif
-#ifdef FLASHSIGMOID_FWD_MINBLOCKS
-  static constexpr int kMinBlocks = FLASHSIGMOID_FWD_MINBLOCKS;
-#else
   static constexpr int kMinBlocks = D <= 64 ? 2 : 1;
-#endif
 };
 
 template <int kHeadDim_, class Element_, int kBlockM_ = FwdTile<kHeadDim_>::kBlockM,
