@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "backends.hpp"
-#include "cpu/bf16_gemm.hpp"
+#include "cpu/bf16_panels.hpp"
 #include "cpu/score_tile.hpp"
 
 namespace flashsigmoid::detail {
@@ -68,52 +68,15 @@ void forward_impl(const AttnParams& p) {
 
 #if defined(FLASHSIGMOID_CPU_AVX512BF16)
 
-// K and V of every (sequence, kv head), packed once per call for the bf16 GEMMs (bf16_gemm.hpp)
-// and shared by all query-block tasks and all query heads of a GQA group: per key block of
-// kBlockK rows, K as Kp[D/2][kBlockK][2] and V as Vp[kBlockK/2][D][2] (zero past the sequence).
-struct PackedKV {
-  std::vector<std::int64_t> seq_base;  // panel offset of sequence b, kv head 0
-  std::vector<bf16_bits> k, v;
-
-  std::int64_t block(const AttnParams& p, const SeqInfo& s, std::int64_t b, std::int64_t kvh,
-                     std::int64_t j0) const {
-    const std::int64_t padded = (s.len_k + kBlockK - 1) / kBlockK * kBlockK;
-    return seq_base[b] + (kvh * padded + j0) * p.head_dim;
-  }
-
-  explicit PackedKV(const AttnParams& p) : seq_base(static_cast<std::size_t>(p.batch + 1), 0) {
-    const int D = static_cast<int>(p.head_dim);
-    for (std::int64_t b = 0; b < p.batch; ++b) {
-      const std::int64_t padded = (seq_info(p, b).len_k + kBlockK - 1) / kBlockK * kBlockK;
-      seq_base[b + 1] = seq_base[b] + p.heads_kv * padded * D;
-    }
-    k.resize(static_cast<std::size_t>(seq_base[p.batch]));
-    v.resize(k.size());
-    const std::int64_t k_blocks = (p.seqlen_k + kBlockK - 1) / kBlockK;
-    const std::int64_t per_seq = p.heads_kv * k_blocks;
-    parallel_for(p.batch * per_seq, p.num_threads, [&](std::int64_t task) {
-      const std::int64_t b = task / per_seq, kvh = (task % per_seq) % p.heads_kv;
-      const std::int64_t j0 = (task % per_seq) / p.heads_kv * kBlockK;
-      const SeqInfo s = seq_info(p, b);
-      if (j0 >= s.len_k) return;
-      const auto kr = head_rows<bfloat16_t>(p.k, p.k_stride, b, s.k_begin, kvh, s.len_k);
-      const auto vr = head_rows<bfloat16_t>(p.v, p.v_stride, b, s.k_begin, kvh, s.len_k);
-      auto rows = [&](const RowSlice<bfloat16_t>& x) {
-        return [&x, j0](int r) { return j0 + r < x.rows ? x.row(j0 + r) : nullptr; };
-      };
-      const std::int64_t at = block(p, s, b, kvh, j0);
-      pack_kt_pairs(rows(kr), kBlockK, D, k.data() + at);
-      pack_v_pairs(rows(vr), kBlockK, D, v.data() + at);
-    });
-  }
-};
-
 // The bf16 forward on bf16 GEMMs: S = Q K^T and O += P V take bf16 operands (P rounded to bf16,
-// as a bf16 framework's P V does) and accumulate in fp32. Partially masked tiles multiply P V in
+// as a bf16 framework's P V does) and accumulate in fp32. K and V are packed once per call. Partially masked tiles multiply P V in
 // fp32 with the masked terms skipped (gemm_acc_rows), as forward_impl does.
 void forward_bf16(const AttnParams& p) {
   const int D = static_cast<int>(p.head_dim);
-  const PackedKV kv(p);
+  static_assert(Panels::kBlock == kBlockQ && Panels::kBlock == kBlockK);
+  const Panels qp(p, p.q, p.q_stride, p.heads_q, false, Pack::rows);
+  const Panels kp(p, p.k, p.k_stride, p.heads_kv, true, Pack::pairs_t);
+  const Panels vp(p, p.v, p.v_stride, p.heads_kv, true, Pack::pairs);
   const std::int64_t q_blocks = (p.seqlen_q + kBlockQ - 1) / kBlockQ;
   const std::int64_t per_seq = p.heads_q * q_blocks;
 
@@ -129,29 +92,23 @@ void forward_bf16(const AttnParams& p) {
     const AmxTiles tiles;
 
     thread_local std::vector<float> fbuf;
-    thread_local std::vector<bf16_bits> hbuf;
+    thread_local std::vector<bf16_bits> P(static_cast<std::size_t>(kBlockQ * kBlockK));  // [kBlockQ][kBlockK]
     fbuf.assign(static_cast<std::size_t>(2 * kBlockQ * D + kBlockQ * kBlockK), 0.0f);
-    hbuf.resize(static_cast<std::size_t>(kBlockQ * D + kBlockQ * kBlockK));
     float* O = fbuf.data();        // [kBlockQ][D]
     float* Vf = O + kBlockQ * D;   // [kBlockK][D]: V of a partially masked tile
     float* S = Vf + kBlockK * D;   // [kBlockQ][kBlockK]: S, then P
-    bf16_bits* Q = hbuf.data();    // [kBlockQ][D]
-    bf16_bits* P = Q + kBlockQ * D;  // [kBlockQ][kBlockK]
-
-    const auto q = head_rows<bfloat16_t>(p.q, p.q_stride, b, s.q_begin, h, s.len_q);
+    const bf16_bits* Q = qp.block(s, b, h, i0);
     const auto v = head_rows<bfloat16_t>(p.v, p.v_stride, b, s.k_begin, kvh, s.len_k);
-    pack_rows_bf16([&](int r) { return i0 + r < s.len_q ? q.row(i0 + r) : nullptr; }, kBlockQ, D, Q);
 
     const std::int64_t i_last = std::min<std::int64_t>(i0 + kBlockQ, s.len_q);
     const std::int64_t j_end = t.key_end(i_last);
     // Key blocks start on the packed panels' block boundaries (a window's first key need not).
     for (std::int64_t j0 = t.key_begin(i0) / kBlockK * kBlockK; j0 < j_end; j0 += kBlockK) {
-      const std::int64_t at = kv.block(p, s, b, kvh, j0);
-      gemm_bf16(Q, D, kv.k.data() + at, kBlockK, S, kBlockK, kBlockQ, kBlockK, D, false);
+      gemm_bf16(Q, D, kp.block(s, b, kvh, j0), kBlockK, S, kBlockK, kBlockQ, kBlockK, D, false);
       scores_to_probs(t, i0, kBlockQ, j0, kBlockK, S);
       if (t.block_unmasked(i0, i0 + kBlockQ, j0, j0 + kBlockK)) {
-        to_bf16(S, kBlockQ, kBlockK, P);
-        gemm_bf16(P, kBlockK, kv.v.data() + at, D, O, D, kBlockQ, D, kBlockK, true);
+        to_bf16(S, kBlockQ, kBlockK, P.data());
+        gemm_bf16(P.data(), kBlockK, vp.block(s, b, kvh, j0), D, O, D, kBlockQ, D, kBlockK, true);
       } else {
         // Masked keys are skipped, not multiplied by P = 0: their V rows may hold NaN or Inf.
         int lo[kBlockQ], hi[kBlockQ];
