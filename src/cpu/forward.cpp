@@ -45,19 +45,30 @@ void forward_impl(const AttnParams& p) {
     const std::int64_t i_last = std::min<std::int64_t>(i0 + kBlockQ, s.len_q);
     const std::int64_t j_end = t.key_end(i_last);
     for (std::int64_t j0 = t.key_begin(i0); j0 < j_end; j0 += kBlockK) {
-      // S^T = K Q^T keeps both K and V loads contiguous (only Q, once, is transposed).
-      load_tile(k, j0, kBlockK, D, K);
-      load_tile(v, j0, kBlockK, D, V);
+      // S^T = K Q^T keeps both K and V loads contiguous (only Q, once, is transposed). Storage
+      // already in the accumulation type is read in place when the block has all its rows.
+      const Acc *Kb = K, *Vb = V;
+      int ldk = D, ldv = D;
+      if constexpr (std::is_same_v<T, Acc>) {
+        if (j0 + kBlockK <= s.len_k && k.row_stride <= INT32_MAX && v.row_stride <= INT32_MAX) {
+          Kb = k.row(j0), Vb = v.row(j0);
+          ldk = static_cast<int>(k.row_stride), ldv = static_cast<int>(v.row_stride);
+        }
+      }
+      if (Kb == K) {
+        load_tile(k, j0, kBlockK, D, K);
+        load_tile(v, j0, kBlockK, D, V);
+      }
       std::fill(St, St + kBlockK * kBlockQ, Acc(0));
-      gemm_acc(K, D, Qt, kBlockQ, St, kBlockQ, kBlockK, kBlockQ, D);
+      gemm_acc(Kb, ldk, Qt, kBlockQ, St, kBlockQ, kBlockK, kBlockQ, D);
       scores_to_probs<true>(t, i0, kBlockQ, j0, kBlockK, St);
       if (t.block_unmasked(i0, i0 + kBlockQ, j0, j0 + kBlockK)) {
-        gemm_acc<true>(St, kBlockQ, V, D, O, D, kBlockQ, D, kBlockK);  // O += (P^T)^T V
+        gemm_acc<true>(St, kBlockQ, Vb, ldv, O, D, kBlockQ, D, kBlockK);  // O += (P^T)^T V
       } else {
         // Masked keys are skipped, not multiplied by P = 0: their V rows may hold NaN or Inf.
         int lo[kBlockQ], hi[kBlockQ];
         visible_keys(t, i0, kBlockQ, j0, kBlockK, lo, hi);
-        gemm_acc_rows<true>(St, kBlockQ, V, D, O, D, kBlockQ, D, lo, hi);
+        gemm_acc_rows<true>(St, kBlockQ, Vb, ldv, O, D, kBlockQ, D, lo, hi);
       }
     }
     store_tile<T>(O, kBlockQ, D, Acc(1), head_rows_out<T>(p.o, p.o_stride, b, s.q_begin, h), p.o_stride.row, i0,
