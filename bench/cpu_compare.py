@@ -13,7 +13,7 @@ warm-up), all threads torch and flashsigmoid use (torch.get_num_threads()). TFLO
 is recorded before and after: on a shared machine the absolute figures move, the same-run ratios less.
 
   python3 bench/cpu_compare.py OUT_DIR [--quick] [--ns 1024,2048,4096,8192] [--dims 64,128]
-      [--dtypes fp32,bf16] [--heads 2] [--reps 3] [--no-compile]
+      [--dtypes fp32,bf16] [--heads 2] [--reps 3] [--threads T] [--no-compile]
 writes OUT_DIR/cpu-compare-<date>.{json,md}.
 """
 import argparse
@@ -191,8 +191,12 @@ def main(argv=None):
     ap.add_argument("--heads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--gemm-n", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch.set_num_threads (flashsigmoid follows it); 0 = leave as is")
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile'd plain sigmoid")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     ns = [1024, 4096] if args.quick else [int(x) for x in args.ns.split(",")]
     dims = [int(x) for x in args.dims.split(",")]
     dtypes = args.dtypes.split(",")
