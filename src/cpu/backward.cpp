@@ -21,6 +21,9 @@ struct BwdTiles {
   int D;
   std::vector<Acc> buf;
   Acc *Q, *dO, *Kt, *Vt, *Qt, *dOt, *K, *V, *S, *dP, *acc, *acc2;
+  // The step's row operands (pass 1: Q, dO; pass 2: K, V): the tiles above or the storage itself.
+  const Acc *rows1 = nullptr, *rows2 = nullptr;
+  int ld1 = 0, ld2 = 0;
 
   explicit BwdTiles(int d) : D(d) {
     const int Bq = kBlockQ, Bk = kBlockK;
@@ -41,8 +44,8 @@ struct BwdTiles {
   }
 
   // Query rows i0.. x key columns j0..: S <- P and dP <- dS. Pass 1 (kKeyMajor false) works
-  // from Q, dO, Kt, Vt, whose transposes it loads once per key block; pass 2 (kKeyMajor) makes
-  // the transposed tiles P^T = K Q^T and dP^T = V dO^T, so only Q and dO, loaded once per query
+  // from Q, dO (rows1, rows2), Kt, Vt, whose transposes it loads once per key block; pass 2 (kKeyMajor) makes
+  // the transposed tiles P^T = K Q^T and dP^T = V dO^T (K, V in rows1, rows2), so only Q and dO, loaded once per query
   // block, are transposed, and the K and V loads of every step stay contiguous. Returns whether
   // the tile is partially masked (the callers' GEMMs then skip the masked terms).
   template <bool kKeyMajor>
@@ -50,13 +53,13 @@ struct BwdTiles {
     std::fill(S, S + kBlockQ * kBlockK, Acc(0));
     std::fill(dP, dP + kBlockQ * kBlockK, Acc(0));
     if constexpr (kKeyMajor) {
-      gemm_acc(K, D, Qt, kBlockQ, S, kBlockQ, kBlockK, kBlockQ, D);
+      gemm_acc(rows1, ld1, Qt, kBlockQ, S, kBlockQ, kBlockK, kBlockQ, D);  // K Q^T
       scores_to_probs<true>(t, i0, kBlockQ, j0, kBlockK, S);
-      gemm_acc(V, D, dOt, kBlockQ, dP, kBlockQ, kBlockK, kBlockQ, D);
+      gemm_acc(rows2, ld2, dOt, kBlockQ, dP, kBlockQ, kBlockK, kBlockQ, D);  // V dO^T
     } else {
-      gemm_acc(Q, D, Kt, kBlockK, S, kBlockK, kBlockQ, kBlockK, D);
+      gemm_acc(rows1, ld1, Kt, kBlockK, S, kBlockK, kBlockQ, kBlockK, D);  // Q K^T
       scores_to_probs(t, i0, kBlockQ, j0, kBlockK, S);
-      gemm_acc(dO, D, Vt, kBlockK, dP, kBlockK, kBlockQ, kBlockK, D);
+      gemm_acc(rows2, ld2, Vt, kBlockK, dP, kBlockK, kBlockQ, kBlockK, D);  // dO V^T
     }
     for (int e = 0; e < kBlockQ * kBlockK; ++e) dP[e] *= S[e] * (Acc(1) - S[e]);
     const bool partial = !t.block_unmasked(i0, i0 + kBlockQ, j0, j0 + kBlockK);
@@ -91,17 +94,17 @@ void dkdv_pass(const BwdParams& p) {
       const auto dout = head_rows<T>(p.dout, p.do_stride, b, s.q_begin, h, s.len_q);
       const std::int64_t i_end = t.query_end(j_last, s.len_q);
       for (std::int64_t i0 = t.query_begin(j0); i0 < i_end; i0 += kBlockQ) {
-        load_tile(q, i0, kBlockQ, D, w.Q);
-        load_tile(dout, i0, kBlockQ, D, w.dO);
+        w.rows1 = tile_rows(q, i0, kBlockQ, D, w.Q, &w.ld1);
+        w.rows2 = tile_rows(dout, i0, kBlockQ, D, w.dO, &w.ld2);
         if (!w.template probs_and_dscores<false>(t, i0, j0)) {
-          gemm_acc<true>(w.S, kBlockK, w.dO, D, w.acc2, D, kBlockK, D, kBlockQ);  // dV += P^T dO
-          gemm_acc<true>(w.dP, kBlockK, w.Q, D, w.acc, D, kBlockK, D, kBlockQ);   // dK += dS^T Q
+          gemm_acc<true>(w.S, kBlockK, w.rows2, w.ld2, w.acc2, D, kBlockK, D, kBlockQ);  // dV += P^T dO
+          gemm_acc<true>(w.dP, kBlockK, w.rows1, w.ld1, w.acc, D, kBlockK, D, kBlockQ);  // dK += dS^T Q
         } else {
           // Queries that cannot see a key are skipped: their Q / dO rows may hold NaN or Inf.
           int lo[kBlockK], hi[kBlockK];
           visible_queries(t, j0, kBlockK, i0, kBlockQ, s.len_q, lo, hi);
-          gemm_acc_rows<true>(w.S, kBlockK, w.dO, D, w.acc2, D, kBlockK, D, lo, hi);
-          gemm_acc_rows<true>(w.dP, kBlockK, w.Q, D, w.acc, D, kBlockK, D, lo, hi);
+          gemm_acc_rows<true>(w.S, kBlockK, w.rows2, w.ld2, w.acc2, D, kBlockK, D, lo, hi);
+          gemm_acc_rows<true>(w.dP, kBlockK, w.rows1, w.ld1, w.acc, D, kBlockK, D, lo, hi);
         }
       }
     }
@@ -140,15 +143,15 @@ void dq_pass(const BwdParams& p) {
     double db = 0.0;
     const std::int64_t j_end = t.key_end(std::min<std::int64_t>(i0 + kBlockQ, s.len_q));
     for (std::int64_t j0 = t.key_begin(i0); j0 < j_end; j0 += kBlockK) {
-      load_tile(k, j0, kBlockK, D, w.K);
-      load_tile(v, j0, kBlockK, D, w.V);
+      w.rows1 = tile_rows(k, j0, kBlockK, D, w.K, &w.ld1);
+      w.rows2 = tile_rows(v, j0, kBlockK, D, w.V, &w.ld2);
       if (!w.template probs_and_dscores<true>(t, i0, j0)) {
-        gemm_acc<true>(w.dP, kBlockQ, w.K, D, w.acc, D, kBlockQ, D, kBlockK);  // dQ += (dS^T)^T K
+        gemm_acc<true>(w.dP, kBlockQ, w.rows1, w.ld1, w.acc, D, kBlockQ, D, kBlockK);  // dQ += (dS^T)^T K
       } else {
         // Masked keys are skipped: their K rows may hold NaN or Inf.
         int lo[kBlockQ], hi[kBlockQ];
         visible_keys(t, i0, kBlockQ, j0, kBlockK, lo, hi);
-        gemm_acc_rows<true>(w.dP, kBlockQ, w.K, D, w.acc, D, kBlockQ, D, lo, hi);
+        gemm_acc_rows<true>(w.dP, kBlockQ, w.rows1, w.ld1, w.acc, D, kBlockQ, D, lo, hi);
       }
       if (p.dbias) {
         // Rows past the sequence end have dO = 0, hence dS = 0: summing the whole tile is exact.
