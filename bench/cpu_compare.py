@@ -3,7 +3,7 @@
 Methods: flashsigmoid.sigmoid_attn; PyTorch SDPA (softmax attention, PyTorch's fused CPU kernel); a plain
 materialising sigmoid attention in PyTorch (S = q k^T / sqrt(D) - log(N), P = sigmoid(S), O = P v) and
 the same function under torch.compile; and the same run's torch.matmul rate per dtype (a square GEMM of
---gemm-n, the machine's GEMM roof for that dtype). Forward, and forward + backward (one call of
+--gemm-n, the machine's GEMM roof for that dtype), at the start and again after each shape. Forward, and forward + backward (one call of
 forward then torch.autograd.grad of out for q, k, v). fp32 and bf16, B 1, --heads heads, N in --ns,
 D in --dims, causal and not.
 
@@ -151,7 +151,8 @@ def write_markdown(path, meta, rows, names):
              f"- date (UTC): {meta['date']}; git commit: {meta['commit']}",
              f"- command: `{meta['command']}`",
              f"- load average before / after: {meta['load_before']} / {meta['load_after']}",
-             f"- GEMM roof (torch.matmul {meta['gemm_n']}^3, same run), TFLOP/s: "
+             f"- GEMM roof (torch.matmul {meta['gemm_n']}^3, same run; at the start, and per row after the "
+             "row's shape for the last column), TFLOP/s at the start: "
              + ", ".join(f"{k} {v:.3f}" for k, v in meta["gemm_tflops"].items()),
              "- TFLOP/s: forward 4·B·H·N²·D (halved for causal); fwd+bwd 3.5× that. B 1, H "
              f"{meta['heads']}. Ratios: flashsigmoid / SDPA softmax on the same inputs.", ""]
@@ -165,7 +166,7 @@ def write_markdown(path, meta, rows, names):
             if ours and sdpa and "error" not in ours and "error" not in sdpa:
                 ratio = f"{ours[key] / sdpa[key]:.2f}×"
             if ours and "error" not in ours:
-                roof = f"{ours[key] / meta['gemm_tflops'][r['dtype']]:.2f}"
+                roof = f"{ours[key] / r.get('gemm_tflops', meta['gemm_tflops'][r['dtype']]):.2f}"
             cells = " | ".join(fmt_cell(res.get(n), key) for n in names)
             lines.append(f"| {r['dtype']} | {r['D']} | {'yes' if r['causal'] else 'no'} | {r['N']} | {pass_} | "
                          f"{cells} | {ratio} | {roof} |")
@@ -215,8 +216,10 @@ def main(argv=None):
             for causal in causals:
                 for n in ns:
                     res, check = run_shape(fns, DTYPES[dt], n, d, args.heads, causal, args.reps)
+                    # The roof again next to each shape: on a shared machine it moves within a run.
+                    roof = gemm_tflops(DTYPES[dt], args.gemm_n, args.reps)
                     rows.append({"dtype": dt, "D": d, "causal": causal, "N": n, "results": res,
-                                 "rel_l2_vs_plain": check})
+                                 "rel_l2_vs_plain": check, "gemm_tflops": roof})
                     print(dt, d, causal, n, {k: v.get("fwd_tflops", v.get("error")) for k, v in res.items()},
                           flush=True)
     meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -26,6 +26,7 @@ def test_tiny_run(tmp_path):
         for name, res in r["results"].items():
             assert "error" not in res, (name, res)
             assert res["fwd_tflops"] > 0 and res["fwdbwd_tflops"] > 0
+        assert r["gemm_tflops"] > 0
         assert r["rel_l2_vs_plain"] < (1e-2 if r["dtype"] == "bf16" else 1e-5)
     md = open(stem + ".md").read()
     assert "| bf16 | 32 | yes | 96 | fwd+bwd |" in md and "ours / SDPA" in md
