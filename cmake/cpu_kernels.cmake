@@ -1,6 +1,7 @@
 # The CPU kernel sources, added to the flashsigmoid target in one of three ways:
 # - FLASHSIGMOID_NATIVE=ON: once, with -march=native (runs only on CPUs like the build machine);
-# - otherwise with GCC on x86-64: once per x86-64 level (baseline, v3 = AVX2/FMA, v4 = AVX-512),
+# - otherwise with GCC on x86-64: once per x86-64 level (baseline, v3 = AVX2/FMA, v4 = AVX-512,
+#   v4-bf16 = v4 + AVX512-BF16, v4-amx = v4-bf16 + AMX-BF16 tiles),
 #   each through a generated unit (src/cpu/isa/unit.cpp.in) that enables the level's features
 #   with `#pragma GCC target`, and src/cpu/isa/select.cpp calls the best one the CPU runs;
 # - otherwise once, for the compiler's default target.
@@ -15,14 +16,24 @@ endif()
 
 if(FLASHSIGMOID_CPU_MULTI_LEVEL)
   set(_fs_v3 "avx2,fma,bmi,bmi2,lzcnt,movbe,f16c")
-  # level=vector bytes=target features
-  set(_fs_levels "x86_64=16=" "x86_64_v3=32=${_fs_v3}"
-                 "x86_64_v4=64=${_fs_v3},avx512f,avx512bw,avx512cd,avx512dq,avx512vl")
+  set(_fs_v4 "${_fs_v3},avx512f,avx512bw,avx512cd,avx512dq,avx512vl")
+  # level=vector bytes=target features=macros the kernels test (space-separated)
+  set(_fs_levels "x86_64=16==" "x86_64_v3=32=${_fs_v3}=" "x86_64_v4=64=${_fs_v4}="
+                 "x86_64_v4_bf16=64=${_fs_v4},avx512bf16=FLASHSIGMOID_CPU_AVX512BF16"
+                 "x86_64_v4_amx=64=${_fs_v4},avx512bf16,amx-tile,amx-bf16=FLASHSIGMOID_CPU_AVX512BF16 FLASHSIGMOID_CPU_AMX")
   foreach(_fs_level_entry IN LISTS _fs_levels)
     string(REPLACE "=" ";" _fs_fields "${_fs_level_entry}")
     list(GET _fs_fields 0 FS_ISA_LEVEL)
     list(GET _fs_fields 1 FS_ISA_VECTOR_BYTES)
     list(GET _fs_fields 2 _fs_target)
+    list(GET _fs_fields 3 _fs_macros)
+    set(FS_ISA_DEFINES "")
+    if(_fs_macros)
+      string(REPLACE " " ";" _fs_macros "${_fs_macros}")
+      foreach(_fs_macro IN LISTS _fs_macros)
+        string(APPEND FS_ISA_DEFINES "#define ${_fs_macro} 1\n")
+      endforeach()
+    endif()
     if(_fs_target)
       set(FS_ISA_PUSH "#pragma GCC push_options\n#pragma GCC target(\"${_fs_target}\")")
       set(FS_ISA_POP "#pragma GCC pop_options")
@@ -39,7 +50,7 @@ if(FLASHSIGMOID_CPU_MULTI_LEVEL)
     endforeach()
   endforeach()
   target_sources(flashsigmoid PRIVATE src/cpu/isa/select.cpp)
-  message(STATUS "flashsigmoid: CPU kernels for x86-64, x86-64-v3 and x86-64-v4, picked at run time")
+  message(STATUS "flashsigmoid: CPU kernels for x86-64, -v3, -v4, -v4-bf16 and -v4-amx, picked at run time")
 else()
   target_sources(flashsigmoid PRIVATE ${FLASHSIGMOID_CPU_KERNELS})
   if(FLASHSIGMOID_NATIVE AND CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")

@@ -23,6 +23,9 @@
 #        PACK_LOGS=1 (at the end, the .log / .txt files of OUTDIR into one logs.tgz, for when only a few
 #        files can be copied back from the GPU machine; harness/ stays as it is;
 #        parity-gpu/ goes into parity-gpu.tgz).
+# Stage "cpu_amx" (not in the default list): where the host CPU has AMX (amx_tile, amx_bf16), the CPU
+#   accuracy suite at the x86-64-v4-amx level (and at x86-64-v4-bf16 for comparison), then
+#   `flashsigmoid run` bf16 timings of both levels, into $LOG/cpu_amx*.log.
 # Stage "study" (not in the default list; it trains for minutes): the parity study's gpu preset
 #   (studies/parity/run.py) on the pip-installed package, into $LOG/parity-gpu; STUDY_ARGS adds flags
 #   (e.g. "--parts lm"), STUDY_TIMEOUT (default 420 s) bounds it; COMMIT names the commit there too.
@@ -231,6 +234,23 @@ if want cp; then
     echo "== context-parallel benchmark (bench/cp_bench.py ${CP_ARGS:-})"
     timeout "${CP_TIMEOUT:-480}" python3 bench/cp_bench.py "$LOG/cp" ${COMMIT:+--commit "$COMMIT"} ${CP_ARGS:-} 2>&1 |
       tee "$LOG/bench_cp.txt" || status=1
+  fi
+fi
+if want cpu_amx; then
+  if grep -qw amx_bf16 /proc/cpuinfo; then
+    for level in x86-64-v4-amx x86-64-v4-bf16; do
+      echo "== CPU accuracy suite at $level"
+      FLASHSIGMOID_CPU_ISA=$level timeout 300 "$BUILD/tests/cpp/flashsigmoid_tests" \
+        --gtest_filter='CpuIsa.*:*/CpuAccuracy.*:*/NonFinite.*:CpuDeterminism.*' 2>&1 |
+        tail -15 | tee "$LOG/cpu_amx_tests_$level.log"
+      (( PIPESTATUS[0] == 0 )) || status=1
+      for d in 64 128; do
+        FLASHSIGMOID_CPU_ISA=$level timeout 120 "$BUILD/tools/cli/flashsigmoid" run --device cpu --dtype bf16 \
+          --seqlen 4096 --heads 8 --head-dim $d --iters 3 2>&1 | tee -a "$LOG/cpu_amx_run.log" || status=1
+      done
+    done
+  else
+    echo "== cpu_amx: this CPU has no AMX-BF16; skipped" | tee "$LOG/cpu_amx_skipped.log"
   fi
 fi
 if want cli; then

@@ -29,11 +29,17 @@ void zero_masked(const ScoreTransform& t, std::int64_t i0, int rows, std::int64_
 template <bool kKeyMajor = false, typename Acc>
 void scores_to_probs(const ScoreTransform& t, std::int64_t i0, int rows, std::int64_t j0, int cols, Acc* S) {
   const int outer = kKeyMajor ? cols : rows, inner = kKeyMajor ? rows : cols;
-  for (int a = 0; a < outer; ++a) {
-    Acc* s = S + a * inner;
-    for (int e = 0; e < inner; ++e) {
-      const std::int64_t i = i0 + (kKeyMajor ? e : a), j = j0 + (kKeyMajor ? a : e);
-      s[e] = sigmoid(t.logit(s[e], i, j));
+  if (t.alibi_slope == 0.0f) {
+    // Without ALiBi the logit is scale * dot + bias: no per-element 64-bit distance to convert.
+    const Acc scale = static_cast<Acc>(t.scale), bias = static_cast<Acc>(t.bias);
+    for (int e = 0; e < outer * inner; ++e) S[e] = sigmoid(scale * S[e] + bias);
+  } else {
+    for (int a = 0; a < outer; ++a) {
+      Acc* s = S + a * inner;
+      for (int e = 0; e < inner; ++e) {
+        const std::int64_t i = i0 + (kKeyMajor ? e : a), j = j0 + (kKeyMajor ? a : e);
+        s[e] = sigmoid(t.logit(s[e], i, j));
+      }
     }
   }
   if (!t.block_unmasked(i0, i0 + rows, j0, j0 + cols)) zero_masked<kKeyMajor>(t, i0, rows, j0, cols, S);

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "common/float_convert.hpp"
@@ -73,6 +74,21 @@ void load_tile(const RowSlice<T>& src, std::int64_t r0, int n_rows, int dim, Acc
       std::fill(out, out + dim, Acc(0));
     }
   }
+}
+
+// Rows [r0, r0 + n_rows) of `src` as a GEMM operand with leading dimension *ld: read in place when
+// the storage type is the accumulation type and all the rows exist, else loaded into `tile`.
+template <typename T, typename Acc>
+const Acc* tile_rows(const RowSlice<T>& src, std::int64_t r0, int n_rows, int dim, Acc* tile, int* ld) {
+  if constexpr (std::is_same_v<T, Acc>) {
+    if (r0 + n_rows <= src.rows && src.row_stride <= INT32_MAX) {
+      *ld = static_cast<int>(src.row_stride);
+      return src.row(r0);
+    }
+  }
+  load_tile(src, r0, n_rows, dim, tile);
+  *ld = dim;
+  return tile;
 }
 
 // dst[d][r] = src row (r0 + r) (transposed), zero past the valid rows.

@@ -16,7 +16,7 @@ namespace detail = flashsigmoid::detail;
 
 TEST(CpuIsa, HighestSupportedLevelByDefault) {
   const auto levels = detail::cpu_isa_levels();
-  ASSERT_EQ(levels, (std::vector<std::string>{"x86-64", "x86-64-v3", "x86-64-v4"}));
+  ASSERT_EQ(levels, (std::vector<std::string>{"x86-64", "x86-64-v3", "x86-64-v4", "x86-64-v4-bf16", "x86-64-v4-amx"}));
   EXPECT_TRUE(detail::cpu_isa_supported("x86-64"));
   const char* forced = std::getenv("FLASHSIGMOID_CPU_ISA");
   if (forced != nullptr && *forced != '\0') GTEST_SKIP() << "a level is forced (ForcedLevelIsUsed checks it)";

@@ -5,6 +5,8 @@
 // adds it here.
 #pragma once
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>

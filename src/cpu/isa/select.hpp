@@ -6,7 +6,8 @@
 
 namespace flashsigmoid::detail {
 
-// The levels this build carries, lowest first: "x86-64", "x86-64-v3", "x86-64-v4".
+// The levels this build carries, lowest first: "x86-64", "x86-64-v3", "x86-64-v4", "x86-64-v4-bf16"
+// (AVX512-BF16), "x86-64-v4-amx" (AMX-BF16 tiles, with the OS permission granted).
 std::vector<std::string> cpu_isa_levels();
 // Whether this CPU (and OS) runs `level`.
 bool cpu_isa_supported(const std::string& level);
