@@ -72,6 +72,12 @@ std::vector<KVCase> accuracy_cases() {
        .alibi = Alibi::per_batch});
   add({.name = "alibi_head_per_head_bias", .Nq = 2, .Hq = 4, .Hkv = 2, .cached = {65, 1}, .page_size = 64,
        .bias_mode = BiasMode::per_head, .alibi = Alibi::per_head});
+  // Tasks over several kv heads each: 6 kv heads in 2 blocks of 3 (5 tokens x 4 query heads x 3),
+  // and all 8 kv heads of a decode step in one block; per-head bias and ALiBi.
+  add({.name = "kv_head_blocks", .Nq = 5, .Hq = 24, .Hkv = 6, .D = 32, .cached = {150, 61}, .page_size = 16,
+       .causal = true, .bias_mode = BiasMode::per_head, .alibi = Alibi::per_head});
+  add({.name = "decode_all_kv_heads", .Hq = 32, .Hkv = 8, .D = 32, .cached = {300, 77}, .page_size = 64,
+       .window_left = 100, .alibi = Alibi::per_batch});
   add({.name = "window_both_sides", .Nq = 9, .cached = {100, 12}, .window_left = 20, .window_right = 3});
   add({.name = "nq_gt_keys_no_append_causal", .Nq = 7, .cached = {3, 0}, .append = false, .causal = true});
   add({.name = "padded_layout", .Nq = 3, .cached = {45, 80}, .page_size = 16, .layout = Layout::padded});
