@@ -280,6 +280,82 @@ void pv(const Acc* P, int M, const T* const* v, std::int64_t off, int valid, Acc
   }
 }
 
+#if defined(FLASHSIGMOID_KVCACHE_BF16_DOT)
+// pv() for bf16 values on CPUs with AVX512-BF16. P is rounded to bf16 (as a plain bf16 matmul
+// rounds its operands) and taken in pairs of keys: vpunpck{l,h}wd interleave value rows j and j + 1,
+// and vdpbf16ps adds P[j] V[j][d] + P[j+1] V[j+1][d] into an fp32 lane, half the instructions of
+// widening and FMAs. The interleaved lanes hold the head dim in a fixed order (lo: d mod 8 < 4,
+// hi: the rest, per 32-element chunk); O is shuffled into it at the start and back at the end.
+// All keys below `valid` are visible (masked tiles take pv_visible).
+template <int D, int MR>
+void pv_bf16_rows(const std::uint32_t* __restrict Pp, int m0, const bfloat16_t* const* v, std::int64_t off,
+                  int valid, float* __restrict O) {
+  using F = Vec<float>::type;
+  constexpr int C = D / 32, CV = C % 2 == 0 ? 2 : 1;
+  alignas(64) static const bfloat16_t zero_row[D] = {};
+  for (int c0 = 0; c0 < C; c0 += CV) {
+    F acc[MR][CV][2];
+    for (int r = 0; r < MR; ++r)
+      for (int e = 0; e < CV; ++e) {
+        const float* o = O + (m0 + r) * D + (c0 + e) * 32;
+        const F x = Vec<float>::load(o), y = Vec<float>::load(o + 16);
+        acc[r][e][0] = __builtin_shufflevector(x, y, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+        acc[r][e][1] = __builtin_shufflevector(x, y, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+      }
+    for (int j = 0; j < valid; j += 2) {
+      const bfloat16_t* r0 = v[j] + off;
+      const bfloat16_t* r1 = j + 1 < valid ? v[j + 1] + off : zero_row;
+      __m512i w[CV][2];
+      for (int e = 0; e < CV; ++e) {
+        const __m512i x = _mm512_loadu_si512(r0 + (c0 + e) * 32), y = _mm512_loadu_si512(r1 + (c0 + e) * 32);
+        w[e][0] = _mm512_unpacklo_epi16(x, y);
+        w[e][1] = _mm512_unpackhi_epi16(x, y);
+      }
+      for (int r = 0; r < MR; ++r) {
+        const __m512bh pj = (__m512bh)_mm512_set1_epi32(static_cast<int>(Pp[(m0 + r) * (kBlockK / 2) + j / 2]));
+        for (int e = 0; e < CV; ++e)
+          for (int h = 0; h < 2; ++h) acc[r][e][h] = (F)_mm512_dpbf16_ps((__m512)acc[r][e][h], pj, (__m512bh)w[e][h]);
+      }
+    }
+    for (int r = 0; r < MR; ++r)
+      for (int e = 0; e < CV; ++e) {
+        float* o = O + (m0 + r) * D + (c0 + e) * 32;
+        const F lo = acc[r][e][0], hi = acc[r][e][1];
+        Vec<float>::store(o, __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23));
+        Vec<float>::store(o + 16,
+                          __builtin_shufflevector(lo, hi, 8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31));
+      }
+  }
+}
+
+template <int D>
+void pv_bf16(const float* P, int M, const bfloat16_t* const* v, std::int64_t off, int valid, float* O) {
+  constexpr int kRows = 16;  // P rows converted at a time
+  static_assert(kBlockK % 32 == 0, "tiles are whole vectors of bf16 pairs");
+  auto mask = [](int n) { return static_cast<__mmask16>(n >= 16 ? 0xffff : n <= 0 ? 0 : (1u << n) - 1); };
+  for (int mb = 0; mb < M; mb += kRows) {
+    const int rows = std::min(kRows, M - mb);
+    // P as bf16 pairs (keys 2i, 2i + 1 in one 32-bit word, 2i low); keys from `valid` on count 0.
+    alignas(64) std::uint32_t Pp[kRows * (kBlockK / 2)];
+    for (int r = 0; r < rows; ++r)
+      for (int j = 0; j < kBlockK; j += 32) {
+        const __m512 a = _mm512_maskz_loadu_ps(mask(valid - j), P + (mb + r) * kBlockK + j);
+        const __m512 b = _mm512_maskz_loadu_ps(mask(valid - j - 16), P + (mb + r) * kBlockK + j + 16);
+        _mm512_storeu_si512(Pp + r * (kBlockK / 2) + j / 2, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+      }
+    float* Ob = O + mb * D;
+    int m0 = 0;
+    for (; m0 + 4 <= rows; m0 += 4) pv_bf16_rows<D, 4>(Pp, m0, v, off, valid, Ob);
+    switch (rows - m0) {
+      case 3: pv_bf16_rows<D, 3>(Pp, m0, v, off, valid, Ob); break;
+      case 2: pv_bf16_rows<D, 2>(Pp, m0, v, off, valid, Ob); break;
+      case 1: pv_bf16_rows<D, 1>(Pp, m0, v, off, valid, Ob); break;
+      default: break;
+    }
+  }
+}
+#endif
+
 // pv() for a tile with masked keys, which are skipped rather than multiplied by P = 0: a masked V
 // row may hold NaN or Inf. Row m = g * rows + r is query row i0 + r of group head g; the masks do
 // not depend on the head.
@@ -438,7 +514,13 @@ void attend(const KVCacheParams& p, int splits) {
         }
         for (int g = 0; g < G; ++g) scores_to_probs(t[hh * G + g], i0, rows, j0, kBlockK, P + g * rows * kBlockK);
         if (unmasked) {
-          pv<D>(P, M, v_rows[n], v_off, valid, O + hh * M * D);
+          if constexpr (bf16_dot) {
+#if defined(FLASHSIGMOID_KVCACHE_BF16_DOT)
+            pv_bf16<D>(P, M, v_rows[n], v_off, valid, O + hh * M * D);
+#endif
+          } else {
+            pv<D>(P, M, v_rows[n], v_off, valid, O + hh * M * D);
+          }
         } else {
           pv_visible<D>(t[0], i0, rows, G, j0, valid, P, v_rows[n], v_off, O + hh * M * D);
         }

@@ -91,6 +91,14 @@ std::vector<KVCase> accuracy_cases() {
   }
   // Dtypes and head dims.
   add({.name = "bf16_d128", .dtype = DType::bfloat16, .D = 128, .cached = {300, 20}, .page_size = 16});
+  // bf16 decode shapes (the AVX512-BF16 paths where the CPU has them): 32 query heads of one kv head
+  // (more rows than one block of P pairs), D 96 (odd 32-element chunks), a window, all kv heads.
+  add({.name = "bf16_gqa32_d96", .dtype = DType::bfloat16, .Hq = 32, .Hkv = 1, .D = 96, .cached = {150, 33},
+       .page_size = 16});
+  add({.name = "bf16_d32_causal_window", .dtype = DType::bfloat16, .Nq = 3, .Hq = 8, .D = 32, .cached = {200, 5},
+       .page_size = 64, .causal = true, .window_left = 40});
+  add({.name = "bf16_decode_32_8", .dtype = DType::bfloat16, .Hq = 32, .Hkv = 8, .D = 128, .cached = {700},
+       .append = false, .page_size = 256});
   add({.name = "fp16_d32_gqa", .dtype = DType::float16, .Nq = 3, .Hq = 4, .Hkv = 1, .D = 32, .cached = {90, 9},
        .page_size = 1, .causal = true});
   add({.name = "fp64_d96", .dtype = DType::float64, .Nq = 2, .D = 96, .cached = {77, 31}, .page_size = 64});
