@@ -96,21 +96,43 @@ void row_pointers(const KVCacheParams& p, const void* base, const OperandStrides
   for (int r = 0; r < valid; ++r, cur.next(r < valid)) rows[r] = cur.row();
 }
 
-// Asks for rows [r0, r1) of a tile, heads [0, heads) of each, into L2 ahead of their use. Cache
-// rows of one sequence are a row of all heads apart, often in another page, and the hardware
-// prefetchers do not follow reads of one head per row; with all heads of a row read in order they
-// see one stream per page, and these requests, issued a part at a time between the heads' work on
-// the current tile, keep the next tile in flight without stalling on a full miss queue.
+// Asks for the next tile's K and V rows (all heads of the task) into L2 while the current tile is
+// computed, a few cache lines at a time from inside the compute loops. Cache rows of one sequence
+// are a row of all heads apart, often in another page: the hardware prefetchers do not follow
+// reads of one head per row. Requests issued in a burst fill the core's miss queue and stall it
+// until memory answers; a trickle keeps about as many requests in flight while the arithmetic goes
+// on. Lines are taken in address order within a row (one stream per page), K and V alternating.
 template <typename T>
-void prefetch_rows(const T* const* rows, int r0, int r1, int heads, std::int64_t head_stride, int dim) {
-  const int bytes = dim * static_cast<int>(sizeof(T));
-  for (int r = r0; r < r1; ++r) {
-    for (int h = 0; h < heads; ++h) {
-      const char* row = reinterpret_cast<const char*>(rows[r] + h * head_stride);
-      for (int off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
+class TilePrefetcher {
+ public:
+  TilePrefetcher(const T* const* k_rows, std::int64_t k_head, const T* const* v_rows, std::int64_t v_head, int rows,
+                 int heads, int dim)
+      : k_(k_rows), v_(v_rows), k_head_(k_head), v_head_(v_head), rows_(rows), heads_(heads),
+        lines_(dim * static_cast<int>(sizeof(T)) / 64) {}
+  // Issues up to n lines of K and n of V.
+  void step(int n) {
+    for (; n > 0 && r_ < rows_; --n) {
+      const std::int64_t elem = l_ * (64 / static_cast<int>(sizeof(T)));
+      __builtin_prefetch(k_[r_] + h_ * k_head_ + elem, 0, 2);
+      __builtin_prefetch(v_[r_] + h_ * v_head_ + elem, 0, 2);
+      if (++l_ == lines_) {
+        l_ = 0;
+        if (++h_ == heads_) h_ = 0, ++r_;
+      }
     }
   }
-}
+  void finish() { step(rows_ * heads_ * lines_); }
+
+ private:
+  const T* const* k_;
+  const T* const* v_;
+  std::int64_t k_head_, v_head_;
+  int rows_, heads_, lines_;
+  int r_ = 0, h_ = 0, l_ = 0;
+};
+// Lines of K (and of V) per prefetch step: steps come once per group of keys and query row in
+// scores() and once per key or pair of keys in P.V.
+constexpr int kPrefetchLines = 4;
 
 // bf16 lanes of one float vector, and their widened 32-bit form.
 using Bf16Lanes [[gnu::vector_size(Vec<float>::width * 2)]] = std::uint16_t;
@@ -168,8 +190,9 @@ VT lane_sums(VT* x) {  // x[0 .. S): S vectors of W / S keys each; clobbers x
 // in registers is dotted with each key row along the head dim into its own vector, and lane_sums
 // turns the W vectors into W scores. Keys stored in another type than Acc are converted once per
 // group of W into a small buffer that stays in L1.
-template <int D, typename T, typename Acc>
-void scores(const Acc* __restrict Q, int M, const T* const* k, std::int64_t off, int valid, Acc* __restrict S) {
+template <int D, typename T, typename Acc, typename Pf>
+void scores(const Acc* __restrict Q, int M, const T* const* k, std::int64_t off, int valid, Acc* __restrict S,
+            Pf& pf) {
   using V = Vec<Acc>;
   constexpr int W = V::width, C = D / W;
   constexpr bool kConvert = !std::is_same_v<T, Acc>;
@@ -188,6 +211,7 @@ void scores(const Acc* __restrict Q, int M, const T* const* k, std::int64_t off,
       }
     }
     for (int m = 0; m < M; ++m) {
+      pf.step(kPrefetchLines);
       typename V::type q[C], acc[W];
       for (int c = 0; c < C; ++c) q[c] = V::load(Q + m * D + c * W);
       for (int jj = 0; jj < W; ++jj) {
@@ -210,9 +234,9 @@ void scores(const Acc* __restrict Q, int M, const T* const* k, std::int64_t off,
 // (exactly, in fp32) and adds them into fp32 lanes, so the key rows are used as stored, 32 elements
 // per instruction.
 constexpr bool kBf16Dot = true;
-template <int D>
+template <int D, typename Pf>
 void scores_bf16(const bfloat16_t* __restrict Q, int M, const bfloat16_t* const* k, std::int64_t off, int valid,
-                 float* __restrict S) {
+                 float* __restrict S, Pf& pf) {
   constexpr int C = D / 32, W = 16;  // 32 bf16 per 512-bit register, 16 fp32 lanes
   static_assert(D % 32 == 0, "head dims are multiples of 32");
   using F = Vec<float>::type;
@@ -222,6 +246,7 @@ void scores_bf16(const bfloat16_t* __restrict Q, int M, const bfloat16_t* const*
     const bfloat16_t* rows[W];
     for (int jj = 0; jj < W; ++jj) rows[jj] = k[j0 + std::min(jj, n - 1)] + off;
     for (int m = 0; m < M; ++m) {
+      pf.step(kPrefetchLines);
       __m512i q[C];
       for (int c = 0; c < C; ++c) q[c] = _mm512_loadu_si512(Q + m * D + c * 32);
       F acc[W];
@@ -247,8 +272,9 @@ constexpr bool kBf16Dot = false;
 
 // O[m0 .. m0 + MR) += P[m][j] V[j] over j < valid (value row j of the head: v[j] + off): MR rows x
 // CV vectors of O stay in registers while the V rows stream by.
-template <int D, int MR, typename T, typename Acc>
-void pv_rows(const Acc* __restrict P, int m0, const T* const* v, std::int64_t off, int valid, Acc* __restrict O) {
+template <int D, int MR, typename T, typename Acc, typename Pf>
+void pv_rows(const Acc* __restrict P, int m0, const T* const* v, std::int64_t off, int valid, Acc* __restrict O,
+             Pf& pf) {
   using V = Vec<Acc>;
   constexpr int W = V::width, C = D / W, CV = C % 4 == 0 ? 4 : 2;
   for (int c0 = 0; c0 < C; c0 += CV) {
@@ -256,6 +282,7 @@ void pv_rows(const Acc* __restrict P, int m0, const T* const* v, std::int64_t of
     for (int r = 0; r < MR; ++r)
       for (int e = 0; e < CV; ++e) acc[r][e] = V::load(O + (m0 + r) * D + (c0 + e) * W);
     for (int j = 0; j < valid; ++j) {
+      pf.step(kPrefetchLines);
       typename V::type vv[CV];
       for (int e = 0; e < CV; ++e) vv[e] = load_vec<T, Acc>(v[j] + off + (c0 + e) * W);
       for (int r = 0; r < MR; ++r) {
@@ -268,14 +295,14 @@ void pv_rows(const Acc* __restrict P, int m0, const T* const* v, std::int64_t of
   }
 }
 
-template <int D, typename T, typename Acc>
-void pv(const Acc* P, int M, const T* const* v, std::int64_t off, int valid, Acc* O) {
+template <int D, typename T, typename Acc, typename Pf>
+void pv(const Acc* P, int M, const T* const* v, std::int64_t off, int valid, Acc* O, Pf& pf) {
   int m0 = 0;
-  for (; m0 + 4 <= M; m0 += 4) pv_rows<D, 4>(P, m0, v, off, valid, O);
+  for (; m0 + 4 <= M; m0 += 4) pv_rows<D, 4>(P, m0, v, off, valid, O, pf);
   switch (M - m0) {
-    case 3: pv_rows<D, 3>(P, m0, v, off, valid, O); break;
-    case 2: pv_rows<D, 2>(P, m0, v, off, valid, O); break;
-    case 1: pv_rows<D, 1>(P, m0, v, off, valid, O); break;
+    case 3: pv_rows<D, 3>(P, m0, v, off, valid, O, pf); break;
+    case 2: pv_rows<D, 2>(P, m0, v, off, valid, O, pf); break;
+    case 1: pv_rows<D, 1>(P, m0, v, off, valid, O, pf); break;
     default: break;
   }
 }
@@ -287,9 +314,9 @@ void pv(const Acc* P, int M, const T* const* v, std::int64_t off, int valid, Acc
 // widening and FMAs. The interleaved lanes hold the head dim in a fixed order (lo: d mod 8 < 4,
 // hi: the rest, per 32-element chunk); O is shuffled into it at the start and back at the end.
 // All keys below `valid` are visible (masked tiles take pv_visible).
-template <int D, int MR>
+template <int D, int MR, typename Pf>
 void pv_bf16_rows(const std::uint32_t* __restrict Pp, int m0, const bfloat16_t* const* v, std::int64_t off,
-                  int valid, float* __restrict O) {
+                  int valid, float* __restrict O, Pf& pf) {
   using F = Vec<float>::type;
   constexpr int C = D / 32, CV = C % 2 == 0 ? 2 : 1;
   alignas(64) static const bfloat16_t zero_row[D] = {};
@@ -303,6 +330,7 @@ void pv_bf16_rows(const std::uint32_t* __restrict Pp, int m0, const bfloat16_t* 
         acc[r][e][1] = __builtin_shufflevector(x, y, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
       }
     for (int j = 0; j < valid; j += 2) {
+      pf.step(kPrefetchLines);
       const bfloat16_t* r0 = v[j] + off;
       const bfloat16_t* r1 = j + 1 < valid ? v[j + 1] + off : zero_row;
       __m512i w[CV][2];
@@ -328,8 +356,8 @@ void pv_bf16_rows(const std::uint32_t* __restrict Pp, int m0, const bfloat16_t* 
   }
 }
 
-template <int D>
-void pv_bf16(const float* P, int M, const bfloat16_t* const* v, std::int64_t off, int valid, float* O) {
+template <int D, typename Pf>
+void pv_bf16(const float* P, int M, const bfloat16_t* const* v, std::int64_t off, int valid, float* O, Pf& pf) {
   constexpr int kRows = 16;  // P rows converted at a time
   static_assert(kBlockK % 32 == 0, "tiles are whole vectors of bf16 pairs");
   auto mask = [](int n) { return static_cast<__mmask16>(n >= 16 ? 0xffff : n <= 0 ? 0 : (1u << n) - 1); };
@@ -345,11 +373,11 @@ void pv_bf16(const float* P, int M, const bfloat16_t* const* v, std::int64_t off
       }
     float* Ob = O + mb * D;
     int m0 = 0;
-    for (; m0 + 4 <= rows; m0 += 4) pv_bf16_rows<D, 4>(Pp, m0, v, off, valid, Ob);
+    for (; m0 + 4 <= rows; m0 += 4) pv_bf16_rows<D, 4>(Pp, m0, v, off, valid, Ob, pf);
     switch (rows - m0) {
-      case 3: pv_bf16_rows<D, 3>(Pp, m0, v, off, valid, Ob); break;
-      case 2: pv_bf16_rows<D, 2>(Pp, m0, v, off, valid, Ob); break;
-      case 1: pv_bf16_rows<D, 1>(Pp, m0, v, off, valid, Ob); break;
+      case 3: pv_bf16_rows<D, 3>(Pp, m0, v, off, valid, Ob, pf); break;
+      case 2: pv_bf16_rows<D, 2>(Pp, m0, v, off, valid, Ob, pf); break;
+      case 1: pv_bf16_rows<D, 1>(Pp, m0, v, off, valid, Ob, pf); break;
       default: break;
     }
   }
@@ -498,33 +526,30 @@ void attend(const KVCacheParams& p, int splits) {
         row_pointers<T>(p, p.v, p.v_stride, b, kvh0, j0 + kBlockK, next, v_rows[n ^ 1]);
       }
       const bool unmasked = t[0].block_unmasked(i0, i0 + rows, j0, j0 + valid);
+      TilePrefetcher<T> pf(k_rows[n ^ 1], p.k_stride.head, v_rows[n ^ 1], p.v_stride.head, next, HB, D);
       for (int hh = 0; hh < HB; ++hh) {
-        // The next tile's rows [r0, r1), all heads of the task, while this head works.
-        const int r0 = next * hh / HB, r1 = next * (hh + 1) / HB;
-        prefetch_rows(k_rows[n ^ 1], r0, r1, HB, p.k_stride.head, D);
-        prefetch_rows(v_rows[n ^ 1], r0, r1, HB, p.v_stride.head, D);
-
         const std::int64_t k_off = hh * p.k_stride.head, v_off = hh * p.v_stride.head;
         if constexpr (bf16_dot) {
 #if defined(FLASHSIGMOID_KVCACHE_BF16_DOT)
-          scores_bf16<D>(q_bf16.data() + hh * M * D, M, k_rows[n], k_off, valid, P);
+          scores_bf16<D>(q_bf16.data() + hh * M * D, M, k_rows[n], k_off, valid, P, pf);
 #endif
         } else {
-          scores<D>(Q + hh * M * D, M, k_rows[n], k_off, valid, P);
+          scores<D>(Q + hh * M * D, M, k_rows[n], k_off, valid, P, pf);
         }
         for (int g = 0; g < G; ++g) scores_to_probs(t[hh * G + g], i0, rows, j0, kBlockK, P + g * rows * kBlockK);
         if (unmasked) {
           if constexpr (bf16_dot) {
 #if defined(FLASHSIGMOID_KVCACHE_BF16_DOT)
-            pv_bf16<D>(P, M, v_rows[n], v_off, valid, O + hh * M * D);
+            pv_bf16<D>(P, M, v_rows[n], v_off, valid, O + hh * M * D, pf);
 #endif
           } else {
-            pv<D>(P, M, v_rows[n], v_off, valid, O + hh * M * D);
+            pv<D>(P, M, v_rows[n], v_off, valid, O + hh * M * D, pf);
           }
         } else {
           pv_visible<D>(t[0], i0, rows, G, j0, valid, P, v_rows[n], v_off, O + hh * M * D);
         }
       }
+      pf.finish();
     }
 
     for (int h = 0; h < HB * G; ++h) {
