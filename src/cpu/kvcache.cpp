@@ -15,6 +15,8 @@
 // has the compiler's macro.
 #if defined(FLASHSIGMOID_CPU_AVX512BF16) || (!defined(FLASHSIGMOID_CPU_MULTI_LEVEL) && defined(__AVX512BF16__))
 #define FLASHSIGMOID_KVCACHE_BF16_DOT 1
+#endif
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
@@ -146,6 +148,12 @@ typename Vec<Acc>::type load_vec(const T* p) {
     return V::load(p);
   } else if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<Acc, float>) {
     // bf16 is the top half of a float: widen and shift, all in vector registers.
+#if defined(__x86_64__)
+    if constexpr (kVectorBytes == 64) {  // one vpmovzxwd (the generic form below splits it in halves)
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      return (typename V::type)_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+    }
+#endif
     Bf16Lanes h;
     __builtin_memcpy(&h, p, sizeof h);
     const Bf16Wide w = __builtin_convertvector(h, Bf16Wide) << 16;
@@ -214,6 +222,7 @@ void scores(const Acc* __restrict Q, int M, const T* const* k, std::int64_t off,
       pf.step(kPrefetchLines);
       typename V::type q[C], acc[W];
       for (int c = 0; c < C; ++c) q[c] = V::load(Q + m * D + c * W);
+#pragma GCC unroll 16
       for (int jj = 0; jj < W; ++jj) {
         typename V::type a{};
         for (int c = 0; c < C; ++c) a += q[c] * V::load(rows[jj] + c * W);
@@ -250,6 +259,7 @@ void scores_bf16(const bfloat16_t* __restrict Q, int M, const bfloat16_t* const*
       __m512i q[C];
       for (int c = 0; c < C; ++c) q[c] = _mm512_loadu_si512(Q + m * D + c * 32);
       F acc[W];
+#pragma GCC unroll 16
       for (int jj = 0; jj < W; ++jj) {
         __m512 a = _mm512_setzero_ps();
         for (int c = 0; c < C; ++c) {
