@@ -167,9 +167,9 @@ typename Vec<Acc>::type load_vec(const T* p) {
   }
 }
 
-// Lane sums of W vectors at once, by folding pairs: fold() of x and y, whose lanes hold blocks of
-// S lanes that each belong to one key, gives blocks of S / 2 lanes (x's keys first), each the sum of
-// the two halves of its block. log2(W) levels turn W vectors into one whose lane l is the sum of
+// Lane sums of W vectors at once, by folding pairs: folding x and y, whose lanes hold blocks of
+// S lanes that each belong to one key, gives one vector of blocks of S / 2 lanes (x's keys first),
+// each the sum of the two halves of its block (two shuffles and an add). log2(W) levels turn W vectors into one whose lane l is the sum of
 // the lanes of vector l: about 3 instructions per sum instead of a log2(W)-step reduction each.
 constexpr int fold_index(int r, int W, int S, bool upper) {
   const int half = S / 2, blocks = W / S, kb = r / half;
