@@ -191,15 +191,21 @@ def machine(cuda):
     if cuda:
         return torch.cuda.get_device_name()
     cpu = platform.processor() or platform.machine()
+    flags = []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    # The vector features that decide which CPU kernels run.
+                    have = set(line.split(":", 1)[1].split())
+                    flags = [x for x in ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16") if x in have]
                     break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
+    return (f"{cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
+            + (f", CPU flags {' '.join(flags)}" if flags else ""))
 
 
 def fmt(x, spec=".3f"):
@@ -214,6 +220,7 @@ def write_markdown(path, meta, rows):
     lines = [f"# Decode benchmark: {meta['machine']}", "",
              f"- date {meta['date']}, commit `{meta['commit']}`, torch {meta['torch']}, dtype {meta['dtype']}",
              f"- command: `{meta['command']}`",
+             *([f"- note: {meta['note']}"] if meta.get("note") else []),
              f"- load average (1, 5, 15 min) at start {fmt_load(meta['load_start'])}, at end {fmt_load(meta['load_end'])}",
              f"- copy bandwidth (read + write, {meta['copy_gib']} GiB buffer): median {meta['copy_gbs']:.1f} GB/s, "
              f"range {meta['copy_min']:.1f}-{meta['copy_max']:.1f} over {meta['reps']} reps",
@@ -255,6 +262,7 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     p.add_argument("--name", default=None, help="file stem (default decode-<device>-<date>[-quick])")
     p.add_argument("--commit", default=None, help="commit to record when git is not available")
+    p.add_argument("--note", default=None, help="a line for the report (e.g. how flashsigmoid was built)")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -301,7 +309,7 @@ def main(argv=None):
     date = datetime.date.today().isoformat()
     meta = dict(machine=machine(cuda), date=date, commit=args.commit or git_commit(), torch=torch.__version__, dtype=args.dtype,
                 command="python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (argv or sys.argv[1:])),
-                copy_gbs=copy_gbs, copy_min=min(copy_all), copy_max=max(copy_all), copy_gib=copy_gib, reps=reps,
+                note=args.note, copy_gbs=copy_gbs, copy_min=min(copy_all), copy_max=max(copy_all), copy_gib=copy_gib, reps=reps,
                 load_start=load_start, load_end=os.getloadavg() if hasattr(os, "getloadavg") else None)
     os.makedirs(args.out, exist_ok=True)
     stem = args.name or f"decode-{args.device}-{date}" + ("-quick" if args.quick else "") + ("-smoke" if args.smoke else "")

@@ -1,15 +1,24 @@
 // CPU attention over a KV cache (decode / append). The new keys and values are appended first;
-// then one task per (sequence, kv head, key split, block of query rows) streams the split's keys
-// once for all query heads of the GQA group (decode is memory-bound: each K/V element is read once
-// per kv head). Sigmoid partials over disjoint key ranges simply add, so splits write fp32 partial
-// outputs that a second pass sums in split order: the result does not depend on the thread count.
+// then one task per (sequence, block of kv heads, key split, block of query rows) streams the
+// split's keys once for all query heads of those kv heads (decode is memory-bound: each K/V
+// element is read once). Sigmoid partials over disjoint key ranges simply add, so splits write fp32
+// partial outputs that a second pass sums in split order: the result does not depend on the
+// thread count.
 #include <cstring>
-#if defined(__AVX512BF16__)
-#include <immintrin.h>
-#endif
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
+
+// AVX512-BF16 (vdpbf16ps): a portable build's unit for a level with it says so with
+// FLASHSIGMOID_CPU_AVX512BF16 (`#pragma GCC target` defines no ISA macros); a -march=native build
+// has the compiler's macro.
+#if defined(FLASHSIGMOID_CPU_AVX512BF16) || (!defined(FLASHSIGMOID_CPU_MULTI_LEVEL) && defined(__AVX512BF16__))
+#define FLASHSIGMOID_KVCACHE_BF16_DOT 1
+#endif
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "backends.hpp"
 #include "cpu/score_tile.hpp"
@@ -18,9 +27,9 @@ namespace flashsigmoid::detail {
 namespace cpu {
 namespace {
 
-// Query rows (all heads of a group together) per task: the score / probability tile of a task is
-// [rows * group][kBlockK] and stays in L1 / L2.
-constexpr int kMaxGroupRows = 64;
+// Query rows (all query heads of the task's kv heads, times the query tokens) per task: the score /
+// probability tile of a task is [rows][kBlockK] and stays in L1 / L2.
+constexpr int kMaxTaskRows = 64;
 // Heuristic split count (num_splits = 0): enough (sequence, kv head, split) tasks to spread a small
 // batch over the cores, but no split shorter than kMinSplitKeys. A constant, not the thread count,
 // so the result is the same on every machine.
@@ -89,17 +98,43 @@ void row_pointers(const KVCacheParams& p, const void* base, const OperandStrides
   for (int r = 0; r < valid; ++r, cur.next(r < valid)) rows[r] = cur.row();
 }
 
-// Asks for rows into L2 ahead of their use. A decode task reads one head's row (a few hundred
-// bytes) per cache row, so consecutive reads sit a whole row of all heads apart, often in another
-// page: the hardware prefetchers do not follow that.
+// Asks for the next tile's K and V rows (all heads of the task) into L2 while the current tile is
+// computed, a few cache lines at a time from inside the compute loops. Cache rows of one sequence
+// are a row of all heads apart, often in another page: the hardware prefetchers do not follow
+// reads of one head per row. Requests issued in a burst fill the core's miss queue and stall it
+// until memory answers; a trickle keeps about as many requests in flight while the arithmetic goes
+// on. Lines are taken in address order within a row (one stream per page), K and V alternating.
 template <typename T>
-void prefetch_rows(const T* const* rows, int valid, int dim) {
-  const int bytes = dim * static_cast<int>(sizeof(T));
-  for (int r = 0; r < valid; ++r) {
-    const char* row = reinterpret_cast<const char*>(rows[r]);
-    for (int off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
+class TilePrefetcher {
+ public:
+  TilePrefetcher(const T* const* k_rows, std::int64_t k_head, const T* const* v_rows, std::int64_t v_head, int rows,
+                 int heads, int dim)
+      : k_(k_rows), v_(v_rows), k_head_(k_head), v_head_(v_head), rows_(rows), heads_(heads),
+        lines_(dim * static_cast<int>(sizeof(T)) / 64) {}
+  // Issues up to n lines of K and n of V.
+  void step(int n) {
+    for (; n > 0 && r_ < rows_; --n) {
+      const std::int64_t elem = l_ * (64 / static_cast<int>(sizeof(T)));
+      __builtin_prefetch(k_[r_] + h_ * k_head_ + elem, 0, 2);
+      __builtin_prefetch(v_[r_] + h_ * v_head_ + elem, 0, 2);
+      if (++l_ == lines_) {
+        l_ = 0;
+        if (++h_ == heads_) h_ = 0, ++r_;
+      }
+    }
   }
-}
+  void finish() { step(rows_ * heads_ * lines_); }
+
+ private:
+  const T* const* k_;
+  const T* const* v_;
+  std::int64_t k_head_, v_head_;
+  int rows_, heads_, lines_;
+  int r_ = 0, h_ = 0, l_ = 0;
+};
+// Lines of K (and of V) per prefetch step: steps come once per group of keys and query row in
+// scores() and once per key or pair of keys in P.V.
+constexpr int kPrefetchLines = 4;
 
 // bf16 lanes of one float vector, and their widened 32-bit form.
 using Bf16Lanes [[gnu::vector_size(Vec<float>::width * 2)]] = std::uint16_t;
@@ -113,6 +148,12 @@ typename Vec<Acc>::type load_vec(const T* p) {
     return V::load(p);
   } else if constexpr (std::is_same_v<T, bfloat16_t> && std::is_same_v<Acc, float>) {
     // bf16 is the top half of a float: widen and shift, all in vector registers.
+#if defined(__x86_64__)
+    if constexpr (kVectorBytes == 64) {  // one vpmovzxwd (the generic form below splits it in halves)
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      return (typename V::type)_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+    }
+#endif
     Bf16Lanes h;
     __builtin_memcpy(&h, p, sizeof h);
     const Bf16Wide w = __builtin_convertvector(h, Bf16Wide) << 16;
@@ -126,60 +167,112 @@ typename Vec<Acc>::type load_vec(const T* p) {
   }
 }
 
-// Sum of the lanes of a W-lane vector, by folding halves (log2 W adds).
-template <int W, typename Acc, typename VT>
-Acc hsum(VT x) {
-  if constexpr (W == 2) {
-    return x[0] + x[1];
+// Lane sums of W vectors at once, by folding pairs: folding x and y, whose lanes hold blocks of
+// S lanes that each belong to one key, gives one vector of blocks of S / 2 lanes (x's keys first),
+// each the sum of the two halves of its block (two shuffles and an add). log2(W) levels turn W vectors into one whose lane l is the sum of
+// the lanes of vector l: about 3 instructions per sum instead of a log2(W)-step reduction each.
+constexpr int fold_index(int r, int W, int S, bool upper) {
+  const int half = S / 2, blocks = W / S, kb = r / half;
+  const int base = kb < blocks ? kb * S : W + (kb - blocks) * S;
+  return base + r % half + (upper ? half : 0);
+}
+template <int W, int S, bool kUpper, typename VT, int... R>
+VT fold_pick(VT x, VT y, std::integer_sequence<int, R...>) {
+  return __builtin_shufflevector(x, y, fold_index(R, W, S, kUpper)...);
+}
+template <int W, int S, typename VT>
+VT lane_sums(VT* x) {  // x[0 .. S): S vectors of W / S keys each; clobbers x
+  constexpr auto lanes = std::make_integer_sequence<int, W>{};
+  for (int i = 0; i < S / 2; ++i) {
+    x[i] = fold_pick<W, S, false>(x[2 * i], x[2 * i + 1], lanes) + fold_pick<W, S, true>(x[2 * i], x[2 * i + 1], lanes);
+  }
+  if constexpr (S == 2) {
+    return x[0];
   } else {
-    using Half [[gnu::vector_size(sizeof(Acc) * W / 2)]] = Acc;
-    Half lo, hi;
-    __builtin_memcpy(&lo, &x, sizeof lo);
-    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi);
-    return hsum<W / 2, Acc>(lo + hi);
+    return lane_sums<W, S / 2>(x);
   }
 }
 
-// S[m][j] = Q[m] . K[j] for m < M, j < valid. Decode has a few query rows per kv head, too few
-// for a GEMM tile: each key row is loaded (and converted) once into registers and dotted with
-// every query row along the head dim.
-template <int D, typename T, typename Acc>
-void scores(const Acc* __restrict Q, int M, const T* const* k, int valid, Acc* __restrict S) {
+// S[m][j] = Q[m] . K[j] for m < M, j < valid; key row j of the head is k[j] + off. Decode has a few
+// query rows per kv head, too few for a GEMM tile: W keys at a time (W = SIMD lanes), each query row
+// in registers is dotted with each key row along the head dim into its own vector, and lane_sums
+// turns the W vectors into W scores. Keys stored in another type than Acc are converted once per
+// group of W into a small buffer that stays in L1.
+template <int D, typename T, typename Acc, typename Pf>
+void scores(const Acc* __restrict Q, int M, const T* const* k, std::int64_t off, int valid, Acc* __restrict S,
+            Pf& pf) {
   using V = Vec<Acc>;
   constexpr int W = V::width, C = D / W;
-  static_assert(D % (2 * W) == 0, "head dims are multiples of two SIMD vectors");
-  for (int j = 0; j < valid; ++j) {
-    typename V::type kv[C];
-    for (int c = 0; c < C; ++c) kv[c] = load_vec<T, Acc>(k[j] + c * W);
-    for (int m = 0; m < M; ++m) {
-      const Acc* q = Q + m * D;
-      typename V::type a0{}, a1{};
-      for (int c = 0; c < C; c += 2) {
-        a0 += V::load(q + c * W) * kv[c];
-        a1 += V::load(q + (c + 1) * W) * kv[c + 1];
+  constexpr bool kConvert = !std::is_same_v<T, Acc>;
+  static_assert(D % W == 0, "head dims are multiples of the SIMD width");
+  alignas(64) Acc converted[kConvert ? W * D : 1];
+  for (int j0 = 0; j0 < valid; j0 += W) {
+    const int n = std::min(W, valid - j0);
+    const Acc* rows[W];  // past n: the last key again (its sums are not stored)
+    for (int jj = 0; jj < W; ++jj) {
+      const T* row = k[j0 + std::min(jj, n - 1)] + off;
+      if constexpr (kConvert) {
+        for (int c = 0; c < C; ++c) V::store(converted + jj * D + c * W, load_vec<T, Acc>(row + c * W));
+        rows[jj] = converted + jj * D;
+      } else {
+        rows[jj] = row;
       }
-      S[m * kBlockK + j] = hsum<W, Acc>(a0 + a1);
+    }
+    for (int m = 0; m < M; ++m) {
+      pf.step(kPrefetchLines);
+      typename V::type q[C], acc[W];
+      for (int c = 0; c < C; ++c) q[c] = V::load(Q + m * D + c * W);
+#pragma GCC unroll 16
+      for (int jj = 0; jj < W; ++jj) {
+        typename V::type a{};
+        for (int c = 0; c < C; ++c) a += q[c] * V::load(rows[jj] + c * W);
+        acc[jj] = a;
+      }
+      const typename V::type s = lane_sums<W, W>(acc);
+      if (n == W) {
+        V::store(S + m * kBlockK + j0, s);
+      } else {
+        for (int jj = 0; jj < n; ++jj) S[m * kBlockK + j0 + jj] = s[jj];
+      }
     }
   }
 }
 
-#if defined(__AVX512BF16__)
+#if defined(FLASHSIGMOID_KVCACHE_BF16_DOT)
 // scores() for bf16 caches and queries on CPUs with AVX512-BF16: vdpbf16ps multiplies pairs of bf16
-// (exactly, in fp32) and adds them into fp32 lanes, half the instructions of widening and FMAs.
+// (exactly, in fp32) and adds them into fp32 lanes, so the key rows are used as stored, 32 elements
+// per instruction.
 constexpr bool kBf16Dot = true;
-template <int D>
-void scores_bf16(const bfloat16_t* __restrict Q, int M, const bfloat16_t* const* k, int valid, float* __restrict S) {
-  constexpr int C = D / 32;  // 32 bf16 per 512-bit register
+template <int D, typename Pf>
+void scores_bf16(const bfloat16_t* __restrict Q, int M, const bfloat16_t* const* k, std::int64_t off, int valid,
+                 float* __restrict S, Pf& pf) {
+  constexpr int C = D / 32, W = 16;  // 32 bf16 per 512-bit register, 16 fp32 lanes
   static_assert(D % 32 == 0, "head dims are multiples of 32");
-  for (int j = 0; j < valid; ++j) {
-    __m512i kv[C];
-    for (int c = 0; c < C; ++c) kv[c] = _mm512_loadu_si512(k[j] + c * 32);
+  using F = Vec<float>::type;
+  static_assert(sizeof(F) == sizeof(__m512), "AVX512-BF16 units use 64-byte vectors");
+  for (int j0 = 0; j0 < valid; j0 += W) {
+    const int n = std::min(W, valid - j0);
+    const bfloat16_t* rows[W];
+    for (int jj = 0; jj < W; ++jj) rows[jj] = k[j0 + std::min(jj, n - 1)] + off;
     for (int m = 0; m < M; ++m) {
-      __m512 acc = _mm512_setzero_ps();
-      for (int c = 0; c < C; ++c) {
-        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(Q + m * D + c * 32), (__m512bh)kv[c]);
+      pf.step(kPrefetchLines);
+      __m512i q[C];
+      for (int c = 0; c < C; ++c) q[c] = _mm512_loadu_si512(Q + m * D + c * 32);
+      F acc[W];
+#pragma GCC unroll 16
+      for (int jj = 0; jj < W; ++jj) {
+        __m512 a = _mm512_setzero_ps();
+        for (int c = 0; c < C; ++c) {
+          a = _mm512_dpbf16_ps(a, (__m512bh)q[c], (__m512bh)_mm512_loadu_si512(rows[jj] + c * 32));
+        }
+        acc[jj] = (F)a;
       }
-      S[m * kBlockK + j] = _mm512_reduce_add_ps(acc);
+      const F s = lane_sums<W, W>(acc);
+      if (n == W) {
+        Vec<float>::store(S + m * kBlockK + j0, s);
+      } else {
+        for (int jj = 0; jj < n; ++jj) S[m * kBlockK + j0 + jj] = s[jj];
+      }
     }
   }
 }
@@ -187,10 +280,11 @@ void scores_bf16(const bfloat16_t* __restrict Q, int M, const bfloat16_t* const*
 constexpr bool kBf16Dot = false;
 #endif
 
-// O[m0 .. m0 + MR) += P[m][j] V[j] over j < valid: MR rows x CV vectors of O stay in registers
-// while the V rows stream by.
-template <int D, int MR, typename T, typename Acc>
-void pv_rows(const Acc* __restrict P, int m0, const T* const* v, int valid, Acc* __restrict O) {
+// O[m0 .. m0 + MR) += P[m][j] V[j] over j < valid (value row j of the head: v[j] + off): MR rows x
+// CV vectors of O stay in registers while the V rows stream by.
+template <int D, int MR, typename T, typename Acc, typename Pf>
+void pv_rows(const Acc* __restrict P, int m0, const T* const* v, std::int64_t off, int valid, Acc* __restrict O,
+             Pf& pf) {
   using V = Vec<Acc>;
   constexpr int W = V::width, C = D / W, CV = C % 4 == 0 ? 4 : 2;
   for (int c0 = 0; c0 < C; c0 += CV) {
@@ -198,8 +292,9 @@ void pv_rows(const Acc* __restrict P, int m0, const T* const* v, int valid, Acc*
     for (int r = 0; r < MR; ++r)
       for (int e = 0; e < CV; ++e) acc[r][e] = V::load(O + (m0 + r) * D + (c0 + e) * W);
     for (int j = 0; j < valid; ++j) {
+      pf.step(kPrefetchLines);
       typename V::type vv[CV];
-      for (int e = 0; e < CV; ++e) vv[e] = load_vec<T, Acc>(v[j] + (c0 + e) * W);
+      for (int e = 0; e < CV; ++e) vv[e] = load_vec<T, Acc>(v[j] + off + (c0 + e) * W);
       for (int r = 0; r < MR; ++r) {
         const Acc pj = P[(m0 + r) * kBlockK + j];
         for (int e = 0; e < CV; ++e) acc[r][e] += pj * vv[e];
@@ -210,24 +305,101 @@ void pv_rows(const Acc* __restrict P, int m0, const T* const* v, int valid, Acc*
   }
 }
 
-template <int D, typename T, typename Acc>
-void pv(const Acc* P, int M, const T* const* v, int valid, Acc* O) {
+template <int D, typename T, typename Acc, typename Pf>
+void pv(const Acc* P, int M, const T* const* v, std::int64_t off, int valid, Acc* O, Pf& pf) {
   int m0 = 0;
-  for (; m0 + 4 <= M; m0 += 4) pv_rows<D, 4>(P, m0, v, valid, O);
+  for (; m0 + 4 <= M; m0 += 4) pv_rows<D, 4>(P, m0, v, off, valid, O, pf);
   switch (M - m0) {
-    case 3: pv_rows<D, 3>(P, m0, v, valid, O); break;
-    case 2: pv_rows<D, 2>(P, m0, v, valid, O); break;
-    case 1: pv_rows<D, 1>(P, m0, v, valid, O); break;
+    case 3: pv_rows<D, 3>(P, m0, v, off, valid, O, pf); break;
+    case 2: pv_rows<D, 2>(P, m0, v, off, valid, O, pf); break;
+    case 1: pv_rows<D, 1>(P, m0, v, off, valid, O, pf); break;
     default: break;
   }
 }
+
+#if defined(FLASHSIGMOID_KVCACHE_BF16_DOT)
+// pv() for bf16 values on CPUs with AVX512-BF16. P is rounded to bf16 (as a plain bf16 matmul
+// rounds its operands) and taken in pairs of keys: vpunpck{l,h}wd interleave value rows j and j + 1,
+// and vdpbf16ps adds P[j] V[j][d] + P[j+1] V[j+1][d] into an fp32 lane, half the instructions of
+// widening and FMAs. The interleaved lanes hold the head dim in a fixed order (lo: d mod 8 < 4,
+// hi: the rest, per 32-element chunk); O is shuffled into it at the start and back at the end.
+// All keys below `valid` are visible (masked tiles take pv_visible).
+template <int D, int MR, typename Pf>
+void pv_bf16_rows(const std::uint32_t* __restrict Pp, int m0, const bfloat16_t* const* v, std::int64_t off,
+                  int valid, float* __restrict O, Pf& pf) {
+  using F = Vec<float>::type;
+  constexpr int C = D / 32, CV = C % 2 == 0 ? 2 : 1;
+  alignas(64) static const bfloat16_t zero_row[D] = {};
+  for (int c0 = 0; c0 < C; c0 += CV) {
+    F acc[MR][CV][2];
+    for (int r = 0; r < MR; ++r)
+      for (int e = 0; e < CV; ++e) {
+        const float* o = O + (m0 + r) * D + (c0 + e) * 32;
+        const F x = Vec<float>::load(o), y = Vec<float>::load(o + 16);
+        acc[r][e][0] = __builtin_shufflevector(x, y, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+        acc[r][e][1] = __builtin_shufflevector(x, y, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+      }
+    for (int j = 0; j < valid; j += 2) {
+      pf.step(kPrefetchLines);
+      const bfloat16_t* r0 = v[j] + off;
+      const bfloat16_t* r1 = j + 1 < valid ? v[j + 1] + off : zero_row;
+      __m512i w[CV][2];
+      for (int e = 0; e < CV; ++e) {
+        const __m512i x = _mm512_loadu_si512(r0 + (c0 + e) * 32), y = _mm512_loadu_si512(r1 + (c0 + e) * 32);
+        w[e][0] = _mm512_unpacklo_epi16(x, y);
+        w[e][1] = _mm512_unpackhi_epi16(x, y);
+      }
+      for (int r = 0; r < MR; ++r) {
+        const __m512bh pj = (__m512bh)_mm512_set1_epi32(static_cast<int>(Pp[(m0 + r) * (kBlockK / 2) + j / 2]));
+        for (int e = 0; e < CV; ++e)
+          for (int h = 0; h < 2; ++h) acc[r][e][h] = (F)_mm512_dpbf16_ps((__m512)acc[r][e][h], pj, (__m512bh)w[e][h]);
+      }
+    }
+    for (int r = 0; r < MR; ++r)
+      for (int e = 0; e < CV; ++e) {
+        float* o = O + (m0 + r) * D + (c0 + e) * 32;
+        const F lo = acc[r][e][0], hi = acc[r][e][1];
+        Vec<float>::store(o, __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23));
+        Vec<float>::store(o + 16,
+                          __builtin_shufflevector(lo, hi, 8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31));
+      }
+  }
+}
+
+template <int D, typename Pf>
+void pv_bf16(const float* P, int M, const bfloat16_t* const* v, std::int64_t off, int valid, float* O, Pf& pf) {
+  constexpr int kRows = 16;  // P rows converted at a time
+  static_assert(kBlockK % 32 == 0, "tiles are whole vectors of bf16 pairs");
+  auto mask = [](int n) { return static_cast<__mmask16>(n >= 16 ? 0xffff : n <= 0 ? 0 : (1u << n) - 1); };
+  for (int mb = 0; mb < M; mb += kRows) {
+    const int rows = std::min(kRows, M - mb);
+    // P as bf16 pairs (keys 2i, 2i + 1 in one 32-bit word, 2i low); keys from `valid` on count 0.
+    alignas(64) std::uint32_t Pp[kRows * (kBlockK / 2)];
+    for (int r = 0; r < rows; ++r)
+      for (int j = 0; j < kBlockK; j += 32) {
+        const __m512 a = _mm512_maskz_loadu_ps(mask(valid - j), P + (mb + r) * kBlockK + j);
+        const __m512 b = _mm512_maskz_loadu_ps(mask(valid - j - 16), P + (mb + r) * kBlockK + j + 16);
+        _mm512_storeu_si512(Pp + r * (kBlockK / 2) + j / 2, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+      }
+    float* Ob = O + mb * D;
+    int m0 = 0;
+    for (; m0 + 4 <= rows; m0 += 4) pv_bf16_rows<D, 4>(Pp, m0, v, off, valid, Ob, pf);
+    switch (rows - m0) {
+      case 3: pv_bf16_rows<D, 3>(Pp, m0, v, off, valid, Ob, pf); break;
+      case 2: pv_bf16_rows<D, 2>(Pp, m0, v, off, valid, Ob, pf); break;
+      case 1: pv_bf16_rows<D, 1>(Pp, m0, v, off, valid, Ob, pf); break;
+      default: break;
+    }
+  }
+}
+#endif
 
 // pv() for a tile with masked keys, which are skipped rather than multiplied by P = 0: a masked V
 // row may hold NaN or Inf. Row m = g * rows + r is query row i0 + r of group head g; the masks do
 // not depend on the head.
 template <int D, typename T, typename Acc>
 void pv_visible(const ScoreTransform& t, std::int64_t i0, int rows, int G, std::int64_t j0, int valid,
-                const Acc* __restrict P, const T* const* v, Acc* __restrict O) {
+                const Acc* __restrict P, const T* const* v, std::int64_t off, Acc* __restrict O) {
   using V = Vec<Acc>;
   constexpr int W = V::width, C = D / W;
   for (int r = 0; r < rows; ++r) {
@@ -239,7 +411,7 @@ void pv_visible(const ScoreTransform& t, std::int64_t i0, int rows, int G, std::
         const Acc pj = P[m * kBlockK + j];
         for (int c = 0; c < C; ++c) {
           Acc* o = O + m * D + c * W;
-          V::store(o, V::load(o) + pj * load_vec<T, Acc>(v[j] + c * W));
+          V::store(o, V::load(o) + pj * load_vec<T, Acc>(v[j] + off + c * W));
         }
       }
     }
@@ -267,12 +439,29 @@ void append(const KVCacheParams& p) {
   });
 }
 
+// How the query rows and kv heads are cut into tasks: each task takes `tokens` query tokens of
+// `heads` consecutive kv heads (with all their query heads), at most kMaxTaskRows rows together.
+struct TaskShape {
+  std::int64_t tokens, q_blocks;
+  std::int64_t heads, head_blocks;
+};
+
+TaskShape task_shape(const KVCacheParams& p) {
+  const std::int64_t G = p.group_size();
+  const std::int64_t tokens = std::clamp<std::int64_t>(kMaxTaskRows / G, 1, std::max<std::int64_t>(p.seqlen_q, 1));
+  std::int64_t heads = 1;  // the largest divisor of Hkv that fits
+  for (std::int64_t h = 2; h <= p.heads_kv; ++h) {
+    if (p.heads_kv % h == 0 && h * G * tokens <= kMaxTaskRows) heads = h;
+  }
+  return {tokens, cdiv(p.seqlen_q, tokens), heads, p.heads_kv / heads};
+}
+
 int resolve_splits(const KVCacheParams& p) {
   if (p.num_splits > 0) return p.num_splits;
   std::int64_t longest = 0;
   for (std::int64_t b = 0; b < p.batch; ++b) longest = std::max(longest, seq_keys(p, b));
   const std::int64_t by_length = cdiv(longest, kMinSplitKeys);
-  const std::int64_t by_tasks = cdiv(kTargetTasks, std::max<std::int64_t>(1, p.batch * p.heads_kv));
+  const std::int64_t by_tasks = cdiv(kTargetTasks, std::max<std::int64_t>(1, p.batch * task_shape(p).head_blocks));
   return static_cast<int>(std::clamp<std::int64_t>(std::min(by_length, by_tasks), 1, kMaxKVCacheSplits));
 }
 
@@ -280,94 +469,107 @@ template <typename T, typename Acc, int D>
 void attend(const KVCacheParams& p, int splits) {
   const int G = static_cast<int>(p.group_size());
   const std::int64_t Nq = p.seqlen_q;
-  const std::int64_t rows_per_task = std::max<std::int64_t>(1, kMaxGroupRows / G);
-  const std::int64_t q_blocks = cdiv(Nq, rows_per_task);
+  const TaskShape shape = task_shape(p);
+  const int HB = static_cast<int>(shape.heads);
   // Split partials [splits][B][Hq][Nq][D] in Acc; not needed with one split.
   std::vector<Acc> partial(splits > 1 ? static_cast<std::size_t>(splits * p.batch * p.heads_q * Nq * D) : 0);
 
-  const std::int64_t tasks = p.batch * p.heads_kv * splits * q_blocks;
-  std::int64_t work = 0;  // cache rows read, over all tasks
-  for (std::int64_t b = 0; b < p.batch; ++b) work += seq_keys(p, b) * p.heads_kv * q_blocks;
+  const std::int64_t tasks = p.batch * shape.head_blocks * splits * shape.q_blocks;
+  std::int64_t work = 0;  // cache rows (of one kv head) read, over all tasks
+  for (std::int64_t b = 0; b < p.batch; ++b) work += seq_keys(p, b) * p.heads_kv * shape.q_blocks;
   const int threads = thread_count(p.num_threads, work / kRowsPerThread);
   parallel_for(tasks, threads, [&](std::int64_t task) {
-    const std::int64_t qb = task % q_blocks;
-    const int c = static_cast<int>((task / q_blocks) % splits);
-    const std::int64_t kvh = (task / (q_blocks * splits)) % p.heads_kv;
-    const std::int64_t b = task / (q_blocks * splits * p.heads_kv);
-    const std::int64_t i0 = qb * rows_per_task;
-    const int rows = static_cast<int>(std::min(rows_per_task, Nq - i0));
-    const int M = rows * G;  // row m = g * rows + (i - i0)
+    const std::int64_t qb = task % shape.q_blocks;
+    const int c = static_cast<int>((task / shape.q_blocks) % splits);
+    const std::int64_t hb = (task / (shape.q_blocks * splits)) % shape.head_blocks;
+    const std::int64_t b = task / (shape.q_blocks * splits * shape.head_blocks);
+    const std::int64_t kvh0 = hb * HB;
+    const std::int64_t i0 = qb * shape.tokens;
+    const int rows = static_cast<int>(std::min(shape.tokens, Nq - i0));
+    const int M = rows * G;  // rows per kv head: row m = g * rows + (i - i0)
 
     const std::int64_t nk = seq_keys(p, b);
     const SeqInfo s{0, 0, Nq, nk};
-    thread_local std::vector<ScoreTransform> t;
-    t.resize(G);
-    for (int g = 0; g < G; ++g) t[g] = make_score_transform(p, s, b, kvh * G + g);
-    // This split's keys, intersected with those the query rows see.
+    thread_local std::vector<ScoreTransform> t;  // per query head of the task
+    t.resize(HB * G);
+    for (int h = 0; h < HB * G; ++h) t[h] = make_score_transform(p, s, b, kvh0 * G + h);
+    // This split's keys, intersected with those the query rows see (masks do not depend on the head).
     const std::int64_t chunk = cdiv(cdiv(nk, splits), kBlockK) * kBlockK;
     const std::int64_t k_lo = std::max(c * chunk, t[0].key_begin(i0));
     const std::int64_t k_hi = std::min({(c + 1) * chunk, nk, t[0].key_end(i0 + rows)});
 
+    // Per kv head hh of the task, rows [hh * M, (hh + 1) * M) of Q, O and P.
     thread_local std::vector<Acc> buf;
-    buf.assign(static_cast<std::size_t>(M * D * 2 + M * kBlockK), Acc(0));
-    Acc* Q = buf.data();    // [M][D]
-    Acc* O = Q + M * D;     // [M][D]
-    Acc* P = O + M * D;     // [M][kBlockK]: scores, then probabilities (columns < valid used)
-    for (int g = 0; g < G; ++g) {
-      const auto q = head_rows<T>(p.q, p.q_stride, b, 0, kvh * G + g, Nq);
-      load_tile(q, i0, rows, D, Q + g * rows * D);
+    buf.assign(static_cast<std::size_t>(HB * M * D * 2 + M * kBlockK), Acc(0));
+    Acc* Q = buf.data();       // [HB * M][D]
+    Acc* O = Q + HB * M * D;   // [HB * M][D]
+    Acc* P = O + HB * M * D;   // [M][kBlockK]: one head's scores, then probabilities (columns < valid)
+    for (int h = 0; h < HB * G; ++h) {
+      const auto q = head_rows<T>(p.q, p.q_stride, b, 0, kvh0 * G + h, Nq);
+      load_tile(q, i0, rows, D, Q + h * rows * D);
     }
     // bf16 with AVX512-BF16: the query rows also as bf16 (exactly: they are bf16 inputs).
     constexpr bool bf16_dot = kBf16Dot && std::is_same_v<T, bfloat16_t>;
     thread_local std::vector<bfloat16_t> q_bf16;
     if constexpr (bf16_dot) {
-      q_bf16.resize(static_cast<std::size_t>(M * D));
-      for (int g = 0; g < G; ++g)
+      q_bf16.resize(static_cast<std::size_t>(HB * M * D));
+      for (int h = 0; h < HB * G; ++h)
         for (int r = 0; r < rows; ++r) {
-          const T* src = static_cast<const T*>(p.q) + p.q_stride.offset(b, i0 + r, kvh * G + g);
-          std::copy(src, src + D, q_bf16.data() + (g * rows + r) * D);
+          const T* src = static_cast<const T*>(p.q) + p.q_stride.offset(b, i0 + r, kvh0 * G + h);
+          std::copy(src, src + D, q_bf16.data() + (h * rows + r) * D);
         }
     }
 
+    // Row pointers of the first kv head of the task; head hh is hh * stride.head further.
     const T* k_rows[2][kBlockK];  // this tile's rows and the next one's
     const T* v_rows[2][kBlockK];
     if (k_lo < k_hi) {
       const int valid = static_cast<int>(std::min<std::int64_t>(kBlockK, k_hi - k_lo));
-      row_pointers<T>(p, p.k, p.k_stride, b, kvh, k_lo, valid, k_rows[0]);
-      row_pointers<T>(p, p.v, p.v_stride, b, kvh, k_lo, valid, v_rows[0]);
+      row_pointers<T>(p, p.k, p.k_stride, b, kvh0, k_lo, valid, k_rows[0]);
+      row_pointers<T>(p, p.v, p.v_stride, b, kvh0, k_lo, valid, v_rows[0]);
     }
     for (std::int64_t j0 = k_lo, n = 0; j0 < k_hi; j0 += kBlockK, n ^= 1) {
       const int valid = static_cast<int>(std::min<std::int64_t>(kBlockK, k_hi - j0));
-      if (j0 + kBlockK < k_hi) {
-        const int next = static_cast<int>(std::min<std::int64_t>(kBlockK, k_hi - j0 - kBlockK));
-        row_pointers<T>(p, p.k, p.k_stride, b, kvh, j0 + kBlockK, next, k_rows[n ^ 1]);
-        row_pointers<T>(p, p.v, p.v_stride, b, kvh, j0 + kBlockK, next, v_rows[n ^ 1]);
-        prefetch_rows(k_rows[n ^ 1], next, D);
-        prefetch_rows(v_rows[n ^ 1], next, D);
+      const int next = static_cast<int>(std::clamp<std::int64_t>(k_hi - j0 - kBlockK, 0, kBlockK));
+      if (next > 0) {
+        row_pointers<T>(p, p.k, p.k_stride, b, kvh0, j0 + kBlockK, next, k_rows[n ^ 1]);
+        row_pointers<T>(p, p.v, p.v_stride, b, kvh0, j0 + kBlockK, next, v_rows[n ^ 1]);
       }
-      if constexpr (bf16_dot) {
-#if defined(__AVX512BF16__)
-        scores_bf16<D>(q_bf16.data(), M, k_rows[n], valid, P);
+      const bool unmasked = t[0].block_unmasked(i0, i0 + rows, j0, j0 + valid);
+      TilePrefetcher<T> pf(k_rows[n ^ 1], p.k_stride.head, v_rows[n ^ 1], p.v_stride.head, next, HB, D);
+      for (int hh = 0; hh < HB; ++hh) {
+        const std::int64_t k_off = hh * p.k_stride.head, v_off = hh * p.v_stride.head;
+        if constexpr (bf16_dot) {
+#if defined(FLASHSIGMOID_KVCACHE_BF16_DOT)
+          scores_bf16<D>(q_bf16.data() + hh * M * D, M, k_rows[n], k_off, valid, P, pf);
 #endif
-      } else {
-        scores<D>(Q, M, k_rows[n], valid, P);
+        } else {
+          scores<D>(Q + hh * M * D, M, k_rows[n], k_off, valid, P, pf);
+        }
+        for (int g = 0; g < G; ++g) scores_to_probs(t[hh * G + g], i0, rows, j0, kBlockK, P + g * rows * kBlockK);
+        if (unmasked) {
+          if constexpr (bf16_dot) {
+#if defined(FLASHSIGMOID_KVCACHE_BF16_DOT)
+            pv_bf16<D>(P, M, v_rows[n], v_off, valid, O + hh * M * D, pf);
+#endif
+          } else {
+            pv<D>(P, M, v_rows[n], v_off, valid, O + hh * M * D, pf);
+          }
+        } else {
+          pv_visible<D>(t[0], i0, rows, G, j0, valid, P, v_rows[n], v_off, O + hh * M * D);
+        }
       }
-      for (int g = 0; g < G; ++g) scores_to_probs(t[g], i0, rows, j0, kBlockK, P + g * rows * kBlockK);
-      if (t[0].block_unmasked(i0, i0 + rows, j0, j0 + valid)) {
-        pv<D>(P, M, v_rows[n], valid, O);
-      } else {
-        pv_visible<D>(t[0], i0, rows, G, j0, valid, P, v_rows[n], O);
-      }
+      pf.finish();
     }
 
-    for (int g = 0; g < G; ++g) {
-      const std::int64_t h = kvh * G + g;
-      const Acc* src = O + g * rows * D;
+    for (int h = 0; h < HB * G; ++h) {
+      const std::int64_t head = kvh0 * G + h;
+      const Acc* src = O + h * rows * D;
       if (splits == 1) {
-        store_tile<T>(src, rows, D, Acc(1), head_rows_out<T>(p.o, p.o_stride, b, 0, h), p.o_stride.row, i0, Nq);
+        store_tile<T>(src, rows, D, Acc(1), head_rows_out<T>(p.o, p.o_stride, b, 0, head), p.o_stride.row, i0, Nq);
         continue;
       }
-      Acc* dst = partial.data() + (((c * p.batch + b) * p.heads_q + h) * Nq + i0) * D;
+      Acc* dst = partial.data() + (((c * p.batch + b) * p.heads_q + head) * Nq + i0) * D;
       std::copy(src, src + rows * D, dst);
     }
   });

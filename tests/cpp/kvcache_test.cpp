@@ -72,6 +72,12 @@ std::vector<KVCase> accuracy_cases() {
        .alibi = Alibi::per_batch});
   add({.name = "alibi_head_per_head_bias", .Nq = 2, .Hq = 4, .Hkv = 2, .cached = {65, 1}, .page_size = 64,
        .bias_mode = BiasMode::per_head, .alibi = Alibi::per_head});
+  // Tasks over several kv heads each: 6 kv heads in 2 blocks of 3 (5 tokens x 4 query heads x 3),
+  // and all 8 kv heads of a decode step in one block; per-head bias and ALiBi.
+  add({.name = "kv_head_blocks", .Nq = 5, .Hq = 24, .Hkv = 6, .D = 32, .cached = {150, 61}, .page_size = 16,
+       .causal = true, .bias_mode = BiasMode::per_head, .alibi = Alibi::per_head});
+  add({.name = "decode_all_kv_heads", .Hq = 32, .Hkv = 8, .D = 32, .cached = {300, 77}, .page_size = 64,
+       .window_left = 100, .alibi = Alibi::per_batch});
   add({.name = "window_both_sides", .Nq = 9, .cached = {100, 12}, .window_left = 20, .window_right = 3});
   add({.name = "nq_gt_keys_no_append_causal", .Nq = 7, .cached = {3, 0}, .append = false, .causal = true});
   add({.name = "padded_layout", .Nq = 3, .cached = {45, 80}, .page_size = 16, .layout = Layout::padded});
@@ -85,6 +91,14 @@ std::vector<KVCase> accuracy_cases() {
   }
   // Dtypes and head dims.
   add({.name = "bf16_d128", .dtype = DType::bfloat16, .D = 128, .cached = {300, 20}, .page_size = 16});
+  // bf16 decode shapes (the AVX512-BF16 paths where the CPU has them): 32 query heads of one kv head
+  // (more rows than one block of P pairs), D 96 (odd 32-element chunks), a window, all kv heads.
+  add({.name = "bf16_gqa32_d96", .dtype = DType::bfloat16, .Hq = 32, .Hkv = 1, .D = 96, .cached = {150, 33},
+       .page_size = 16});
+  add({.name = "bf16_d32_causal_window", .dtype = DType::bfloat16, .Nq = 3, .Hq = 8, .D = 32, .cached = {200, 5},
+       .page_size = 64, .causal = true, .window_left = 40});
+  add({.name = "bf16_decode_32_8", .dtype = DType::bfloat16, .Hq = 32, .Hkv = 8, .D = 128, .cached = {700},
+       .append = false, .page_size = 256});
   add({.name = "fp16_d32_gqa", .dtype = DType::float16, .Nq = 3, .Hq = 4, .Hkv = 1, .D = 32, .cached = {90, 9},
        .page_size = 1, .causal = true});
   add({.name = "fp64_d96", .dtype = DType::float64, .Nq = 2, .D = 96, .cached = {77, 31}, .page_size = 64});
