@@ -73,11 +73,9 @@ template <typename T, typename Acc>
 void dkdv_pass(const BwdParams& p) {
   const int D = static_cast<int>(p.head_dim);
   const std::int64_t k_blocks = (p.seqlen_k + kBlockK - 1) / kBlockK;
-  const std::int64_t per_seq = p.heads_kv * k_blocks;
-  parallel_for(p.batch * per_seq, p.num_threads, [&](std::int64_t task) {
-    const std::int64_t b = task / per_seq;
-    const std::int64_t kvh = (task % per_seq) % p.heads_kv;
-    const std::int64_t j0 = ((task % per_seq) / p.heads_kv) * kBlockK;  // causal: first blocks see most queries
+  parallel_for(p.batch * p.heads_kv * k_blocks, p.num_threads, [&](std::int64_t task) {
+    // Causal: the first key blocks see the most queries.
+    const auto [b, kvh, j0] = block_task(task, p.heads_kv, k_blocks, kBlockK, false);
     const SeqInfo s = seq_info(p, b);
     if (j0 >= s.len_k) return;
 
@@ -119,14 +117,11 @@ template <typename T, typename Acc>
 void dq_pass(const BwdParams& p) {
   const int D = static_cast<int>(p.head_dim);
   const std::int64_t q_blocks = (p.seqlen_q + kBlockQ - 1) / kBlockQ;
-  const std::int64_t per_seq = p.heads_q * q_blocks;
-  const std::int64_t num_tasks = p.batch * per_seq;
+  const std::int64_t num_tasks = p.batch * p.heads_q * q_blocks;
   std::vector<double> dbias_part(p.dbias ? static_cast<std::size_t>(num_tasks) : 0, 0.0);
 
   parallel_for(num_tasks, p.num_threads, [&](std::int64_t task) {
-    const std::int64_t b = task / per_seq;
-    const std::int64_t h = (task % per_seq) % p.heads_q;
-    const std::int64_t i0 = (q_blocks - 1 - (task % per_seq) / p.heads_q) * kBlockQ;
+    const auto [b, h, i0] = block_task(task, p.heads_q, q_blocks, kBlockQ, true);
     const SeqInfo s = seq_info(p, b);
     if (i0 >= s.len_q) return;
     const ScoreTransform t = make_score_transform(p, s, b, h);
@@ -165,7 +160,8 @@ void dq_pass(const BwdParams& p) {
 
   if (p.dbias) {
     std::vector<double> db(static_cast<std::size_t>(p.heads_q), 0.0);
-    for (std::int64_t task = 0; task < num_tasks; ++task) db[(task % per_seq) % p.heads_q] += dbias_part[task];
+    for (std::int64_t task = 0; task < num_tasks; ++task)
+      db[block_task(task, p.heads_q, q_blocks, kBlockQ, true).h] += dbias_part[task];
     for (std::int64_t h = 0; h < p.heads_q; ++h) p.dbias[h] = static_cast<float>(db[h]);
   }
 }
@@ -231,11 +227,8 @@ struct Bf16BwdTiles {
 void dkdv_pass_bf16(const BwdParams& p, const Bf16BwdPanels& w) {
   const int D = static_cast<int>(p.head_dim);
   const std::int64_t k_blocks = (p.seqlen_k + kBlockK - 1) / kBlockK;
-  const std::int64_t per_seq = p.heads_kv * k_blocks;
-  parallel_for(p.batch * per_seq, p.num_threads, [&](std::int64_t task) {
-    const std::int64_t b = task / per_seq;
-    const std::int64_t kvh = (task % per_seq) % p.heads_kv;
-    const std::int64_t j0 = ((task % per_seq) / p.heads_kv) * kBlockK;
+  parallel_for(p.batch * p.heads_kv * k_blocks, p.num_threads, [&](std::int64_t task) {
+    const auto [b, kvh, j0] = block_task(task, p.heads_kv, k_blocks, kBlockK, false);
     const SeqInfo s = seq_info(p, b);
     if (j0 >= s.len_k) return;
     const AmxTiles tiles;
@@ -276,14 +269,11 @@ void dkdv_pass_bf16(const BwdParams& p, const Bf16BwdPanels& w) {
 void dq_pass_bf16(const BwdParams& p, const Bf16BwdPanels& w) {
   const int D = static_cast<int>(p.head_dim);
   const std::int64_t q_blocks = (p.seqlen_q + kBlockQ - 1) / kBlockQ;
-  const std::int64_t per_seq = p.heads_q * q_blocks;
-  const std::int64_t num_tasks = p.batch * per_seq;
+  const std::int64_t num_tasks = p.batch * p.heads_q * q_blocks;
   std::vector<double> dbias_part(p.dbias ? static_cast<std::size_t>(num_tasks) : 0, 0.0);
 
   parallel_for(num_tasks, p.num_threads, [&](std::int64_t task) {
-    const std::int64_t b = task / per_seq;
-    const std::int64_t h = (task % per_seq) % p.heads_q;
-    const std::int64_t i0 = (q_blocks - 1 - (task % per_seq) / p.heads_q) * kBlockQ;
+    const auto [b, h, i0] = block_task(task, p.heads_q, q_blocks, kBlockQ, true);
     const SeqInfo s = seq_info(p, b);
     if (i0 >= s.len_q) return;
     const ScoreTransform t = make_score_transform(p, s, b, h);
@@ -321,7 +311,8 @@ void dq_pass_bf16(const BwdParams& p, const Bf16BwdPanels& w) {
 
   if (p.dbias) {
     std::vector<double> db(static_cast<std::size_t>(p.heads_q), 0.0);
-    for (std::int64_t task = 0; task < num_tasks; ++task) db[(task % per_seq) % p.heads_q] += dbias_part[task];
+    for (std::int64_t task = 0; task < num_tasks; ++task)
+      db[block_task(task, p.heads_q, q_blocks, kBlockQ, true).h] += dbias_part[task];
     for (std::int64_t h = 0; h < p.heads_q; ++h) p.dbias[h] = static_cast<float>(db[h]);
   }
 }

@@ -45,10 +45,8 @@ struct Panels {
     for (std::int64_t b = 0; b < p.batch; ++b) seq_base[b + 1] = seq_base[b] + heads * padded(len(seq_info(p, b))) * dim;
     data.resize(static_cast<std::size_t>(seq_base[p.batch]));
     const std::int64_t blocks = padded(key_side ? p.seqlen_k : p.seqlen_q) / kBlock;
-    const std::int64_t per_seq = heads * blocks;
-    parallel_for(p.batch * per_seq, p.num_threads, [&](std::int64_t task) {
-      const std::int64_t b = task / per_seq, h = (task % per_seq) % heads;
-      const std::int64_t r0 = (task % per_seq) / heads * kBlock;
+    parallel_for(p.batch * heads * blocks, p.num_threads, [&](std::int64_t task) {
+      const auto [b, h, r0] = block_task(task, heads, blocks, kBlock, false);
       const SeqInfo s = seq_info(p, b);
       if (r0 >= len(s)) return;
       const auto x = head_rows<bfloat16_t>(ptr, st, b, key_side ? s.k_begin : s.q_begin, h, len(s));

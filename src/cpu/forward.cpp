@@ -16,15 +16,10 @@ template <typename T, typename Acc>
 void forward_impl(const AttnParams& p) {
   const int D = static_cast<int>(p.head_dim);
   const std::int64_t q_blocks = (p.seqlen_q + kBlockQ - 1) / kBlockQ;
-  const std::int64_t per_seq = p.heads_q * q_blocks;
 
-  // Task order: last query blocks first (with causal masks they see the most keys).
-  parallel_for(p.batch * per_seq, p.num_threads, [&](std::int64_t task) {
-    const std::int64_t b = task / per_seq;
-    const std::int64_t h = (task % per_seq) % p.heads_q;
-    const std::int64_t qb = q_blocks - 1 - (task % per_seq) / p.heads_q;
+  parallel_for(p.batch * p.heads_q * q_blocks, p.num_threads, [&](std::int64_t task) {
+    const auto [b, h, i0] = block_task(task, p.heads_q, q_blocks, kBlockQ, true);
     const SeqInfo s = seq_info(p, b);
-    const std::int64_t i0 = qb * kBlockQ;
     if (i0 >= s.len_q) return;
     const ScoreTransform t = make_score_transform(p, s, b, h);
     const std::int64_t kvh = h / p.group_size();
@@ -89,14 +84,10 @@ void forward_bf16(const AttnParams& p) {
   const Panels kp(p, p.k, p.k_stride, p.heads_kv, true, Pack::pairs_t);
   const Panels vp(p, p.v, p.v_stride, p.heads_kv, true, Pack::pairs);
   const std::int64_t q_blocks = (p.seqlen_q + kBlockQ - 1) / kBlockQ;
-  const std::int64_t per_seq = p.heads_q * q_blocks;
 
-  parallel_for(p.batch * per_seq, p.num_threads, [&](std::int64_t task) {
-    const std::int64_t b = task / per_seq;
-    const std::int64_t h = (task % per_seq) % p.heads_q;
-    const std::int64_t qb = q_blocks - 1 - (task % per_seq) / p.heads_q;
+  parallel_for(p.batch * p.heads_q * q_blocks, p.num_threads, [&](std::int64_t task) {
+    const auto [b, h, i0] = block_task(task, p.heads_q, q_blocks, kBlockQ, true);
     const SeqInfo s = seq_info(p, b);
-    const std::int64_t i0 = qb * kBlockQ;
     if (i0 >= s.len_q) return;
     const ScoreTransform t = make_score_transform(p, s, b, h);
     const std::int64_t kvh = h / p.group_size();

@@ -307,14 +307,7 @@ void pv_rows(const Acc* __restrict P, int m0, const T* const* v, std::int64_t of
 
 template <int D, typename T, typename Acc, typename Pf>
 void pv(const Acc* P, int M, const T* const* v, std::int64_t off, int valid, Acc* O, Pf& pf) {
-  int m0 = 0;
-  for (; m0 + 4 <= M; m0 += 4) pv_rows<D, 4>(P, m0, v, off, valid, O, pf);
-  switch (M - m0) {
-    case 3: pv_rows<D, 3>(P, m0, v, off, valid, O, pf); break;
-    case 2: pv_rows<D, 2>(P, m0, v, off, valid, O, pf); break;
-    case 1: pv_rows<D, 1>(P, m0, v, off, valid, O, pf); break;
-    default: break;
-  }
+  for_row_groups<4>(M, [&]<int R>(int m0) { pv_rows<D, R>(P, m0, v, off, valid, O, pf); });
 }
 
 #if defined(FLASHSIGMOID_KVCACHE_BF16_DOT)
@@ -382,14 +375,7 @@ void pv_bf16(const float* P, int M, const bfloat16_t* const* v, std::int64_t off
         _mm512_storeu_si512(Pp + r * (kBlockK / 2) + j / 2, (__m512i)_mm512_cvtne2ps_pbh(b, a));
       }
     float* Ob = O + mb * D;
-    int m0 = 0;
-    for (; m0 + 4 <= rows; m0 += 4) pv_bf16_rows<D, 4>(Pp, m0, v, off, valid, Ob, pf);
-    switch (rows - m0) {
-      case 3: pv_bf16_rows<D, 3>(Pp, m0, v, off, valid, Ob, pf); break;
-      case 2: pv_bf16_rows<D, 2>(Pp, m0, v, off, valid, Ob, pf); break;
-      case 1: pv_bf16_rows<D, 1>(Pp, m0, v, off, valid, Ob, pf); break;
-      default: break;
-    }
+    for_row_groups<4>(rows, [&]<int R>(int m0) { pv_bf16_rows<D, R>(Pp, m0, v, off, valid, Ob, pf); });
   }
 }
 #endif

@@ -40,6 +40,27 @@ void parallel_for(std::int64_t num_tasks, int num_threads, Fn&& fn) {
   for (auto& th : pool) th.join();
 }
 
+// Task `task` of a pass over (sequence b, head h, block of `block_rows` rows starting at row0), with
+// `heads` heads and `blocks` blocks per sequence. The heads of one block position are neighbouring
+// tasks; `last_first` takes the last blocks first (causal query blocks: they see the most keys).
+struct BlockTask {
+  std::int64_t b = 0, h = 0, row0 = 0;
+};
+inline BlockTask block_task(std::int64_t task, std::int64_t heads, std::int64_t blocks, int block_rows,
+                            bool last_first) {
+  const std::int64_t in_seq = task % (heads * blocks);
+  const std::int64_t block = in_seq / heads;
+  return {task / (heads * blocks), in_seq % heads, (last_first ? blocks - 1 - block : block) * block_rows};
+}
+
+// Calls fn.template operator()<R>(m0) on rows [m0, rows) in groups of R = MR rows, the rest in one
+// smaller group (register-blocked micro-kernels take their row count as a template argument).
+template <int MR, typename Fn>
+void for_row_groups(int rows, Fn&& fn, int m0 = 0) {
+  for (; m0 + MR <= rows; m0 += MR) fn.template operator()<MR>(m0);
+  if constexpr (MR > 1) for_row_groups<MR - 1>(rows, fn, m0);
+}
+
 // Rows [row0, row0 + rows) of one head of one operand, in storage type T.
 template <typename T>
 struct RowSlice {

@@ -1,5 +1,7 @@
 """Shared helpers: build random inputs, run flashsigmoid and the float64 reference, compare."""
 
+import importlib.util
+import os
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -17,6 +19,15 @@ BOUNDS = {
     # the result carries their ~6e-8 relative rounding; everything else accumulates in double.
     torch.float64: 1e-6,
 }
+
+
+def load_bench(name):
+    """bench/<name>.py as a module (bench/ is no package)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "bench", name + ".py")
+    spec = importlib.util.spec_from_file_location("fs_bench_" + name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @dataclass

@@ -1,21 +1,12 @@
 """bench/cpu_compare.py on tiny shapes: every method runs, the tables and the check are written."""
 
-import importlib.util
 import json
-import os
 
-CPU_COMPARE = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "cpu_compare.py")
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("fs_bench_cpu_compare", CPU_COMPARE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from helpers import load_bench
 
 
 def test_tiny_run(tmp_path):
-    stem = _load().main([str(tmp_path), "--ns", "64,96", "--dims", "32", "--reps", "1", "--gemm-n", "64",
+    stem = load_bench("cpu_compare").main([str(tmp_path), "--ns", "64,96", "--dims", "32", "--reps", "1", "--gemm-n", "64",
                          "--no-compile"])
     data = json.loads(open(stem + ".json").read())
     assert set(data["meta"]["gemm_tflops"]) == {"fp32", "bf16"}

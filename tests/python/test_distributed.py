@@ -11,10 +11,8 @@ over NCCL (groups of 1 and 2, bf16). The parent kills the processes when they ru
 limit, so a hang fails the tests instead of blocking.
 """
 
-import importlib.util
 import json
 import math
-import os
 import queue
 import socket
 import traceback
@@ -24,21 +22,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from helpers import BOUNDS
+from helpers import BOUNDS, load_bench
 from sigmoid_ref import attn_dense, attn_varlen, rel_l2
 
 TIME_LIMIT_S = 200
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH_ARGS = ["unused-out-dir", "--device", "cpu", "--world", "2", "--n", "128", "--heads", "2", "--dim", "32",
               "--dtype", "fp32", "--reps", "1", "--warmup", "0"]
-
-
-def _cp_bench():
-    """bench/cp_bench.py as a module (bench/ is no package)."""
-    spec = importlib.util.spec_from_file_location("cp_bench", os.path.join(ROOT, "bench", "cp_bench.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 ROWS_PER_CHUNK = 20  # rows per zigzag chunk: 40 per rank
 
 
@@ -293,7 +282,7 @@ def _worker(rank, port, seed, out_q, device="cpu", worlds=WORLDS):
                     errors = _error_cases(g, device)
                     after = _run_case(CASES[1], seed + 100, g, device)  # the group still works after the errors
                     if world == 2 and device == "cpu":  # bench/cp_bench.py's tiny CPU configuration, in this group
-                        bench = _cp_bench()
+                        bench = load_bench("cp_bench")
                         after = (after, bench.measure(bench.parse_args(BENCH_ARGS), g))
                     out_q.put((world, rank, "ok", results, errors, after))
                 except BaseException:  # noqa: BLE001 - the parent reports it
@@ -426,7 +415,7 @@ def test_cp_bench_tiny_cpu_configuration(reports, tmp_path):
     got, _ = reports
     assert 0 in got[2] and got[2][0][0] == "ok", "the 2-rank group did not finish"
     rows, checks = got[2][0][3][1]
-    bench = _cp_bench()
+    bench = load_bench("cp_bench")
     a = bench.parse_args([str(tmp_path)] + BENCH_ARGS[1:])
     assert bench.report(a, rows, checks, BENCH_ARGS), checks
     data = json.loads((tmp_path / "cp_bench.json").read_text())

@@ -1,26 +1,17 @@
 """bench/harness.py in its CPU dry-run mode: tiny shapes, every method, all three outputs."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-HARNESS = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "harness.py")
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("fs_bench_harness", HARNESS)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from helpers import load_bench
 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     """One dry run for the module's tests: tiny shapes on the CPU, 2 reps."""
     out = tmp_path_factory.mktemp("harness")
-    paths = _load().main(["--device", "cpu", "--quick", "--dims", "32,64", "--reps", "2", "--warmup", "1",
+    paths = load_bench("harness").main(["--device", "cpu", "--quick", "--dims", "32,64", "--reps", "2", "--warmup", "1",
                           "--sets", "2", "--out", str(out), "--name", "dry", "--commit", "test"])
     assert paths == {e: str(out / f"dry.{e}") for e in ("md", "json", "png")}
     return out, json.loads((out / "dry.json").read_text())
@@ -91,7 +82,7 @@ def test_triton_config_pruning_keeps_large_tiles(monkeypatch):
     """--triton-configs large: only configs whose BLOCK_* are all >= 64 stay in the autotuners."""
     import sys
     import types
-    h = _load()
+    h = load_bench("harness")
     mod = types.ModuleType("fake_triton_sigmoid.kernels")
     mod._fwd = _Tuner([_Config(BLOCK_M=32, BLOCK_N=64), _Config(BLOCK_M=64, BLOCK_N=64),
                        _Config(BLOCK_M=128, BLOCK_N=128, other=1)])
@@ -107,7 +98,7 @@ def test_triton_config_pruning_keeps_large_tiles(monkeypatch):
 
 def test_triton_runs_only_at_the_chosen_n():
     """--triton-ns: triton-sigmoid is skipped, with the reason, at any other N (before it is called)."""
-    h = _load()
+    h = load_bench("harness")
     args = h.argparse.Namespace(triton_ns="8192", plain_budget_gb=48.0, reps=1, warmup=0)
     shape = dict(D=64, causal=False, N=1024, B=1, Hq=1, Hkv=1)
     with pytest.raises(h.Skip, match="--triton-ns 8192"):
@@ -116,6 +107,6 @@ def test_triton_runs_only_at_the_chosen_n():
 
 def test_bad_triton_ns_is_a_clear_error(capsys):
     with pytest.raises(SystemExit) as e:
-        _load().main(["--device", "cpu", "--triton-ns", "8k"])
+        load_bench("harness").main(["--device", "cpu", "--triton-ns", "8k"])
     assert e.value.code == 2
     assert "--triton-ns is '8k'; accepted: 'all' or comma-separated sequence lengths" in capsys.readouterr().err
