@@ -39,6 +39,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include <cutlass/arch/barrier.h>
 
@@ -208,32 +209,193 @@ __device__ __forceinline__ float probs_and_dscores(Mma& mma_sdp, const FragK& tS
   return probs_to_dscores<true>(acc_dp, acc_s);  // acc_dp := dS^T
 }
 
-// This warpgroup's dQ part of step s (acc_dq) -> its staging tile (sdq_base; tDqcDq: each register's
-// (row, column) there) -> one TMA reduce-add into the workspace, issued by the warpgroup's first
-// thread (dq_issuer), in the deterministic mode once `order` says it is this key block's turn.
-template <class Traits, bool kOrderedDq, class AccDq, class CoordDq, class TmaSlice, class SrcDq>
+// A consumer thread's views of the shared-memory tiles (bwd_traits.cuh): K, V; Q, dO per stage and
+// the transposed views the dV / dK GEMMs read as B; K^T, the dQ GEMM's B; dS^T as the S^T accumulator
+// holds it and dS, the dQ GEMM's A, per buffer.
+template <class Traits>
+struct BwdSmemViews {
+  using Element = typename Traits::Element;
+  template <class Layout>
+  using View = decltype(make_tensor(make_smem_ptr(static_cast<Element*>(nullptr)), Layout{}));
+  View<typename Traits::SmemLayoutK> sK;
+  View<typename Traits::SmemLayoutV> sV;
+  View<typename Traits::SmemLayoutQ> sQ;
+  View<typename Traits::SmemLayoutDo> sdO;
+  View<typename Traits::SmemLayoutQt> sQt, sdOt;
+  View<typename Traits::SmemLayoutKt> sKt;
+  View<typename Traits::SmemLayoutDsT> sDsT;
+  View<typename Traits::SmemLayoutDs> sDs;
+
+  __device__ __forceinline__ explicit BwdSmemViews(typename Traits::SharedStorage& ss)
+      : sK(make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{})),
+        sV(make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{})),
+        sQ(make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{})),
+        sdO(make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutDo{})),
+        sQt(make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQt{})),
+        sdOt(make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQt{})),
+        sKt(make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKt{})),
+        sDsT(make_tensor(make_smem_ptr(ss.ds.data()), typename Traits::SmemLayoutDsT{})),
+        sDs(make_tensor(make_smem_ptr(ss.ds.data()), typename Traits::SmemLayoutDs{})) {}
+};
+
+// A consumer thread's wgmma operands: shared-memory descriptors of its warpgroup's slice of each tiled
+// MMA (warp-uniform: sm90::descriptor_slice). S^T, dP^T: this warpgroup's 64 keys of K / V against
+// Q / dO (per stage); dV, dK: B = dO^T / Q^T (D, queries, stage); dQ: A = dS (queries, keys, buffer),
+// B = this warpgroup's D / 2 columns of K^T.
+template <class Traits>
+struct BwdWgmmaOperands {
+  using Views = BwdSmemViews<Traits>;
+  template <class Mma>  // sm90::descriptor_slice's type (a device function cannot name it here)
+  using Slice = decltype(std::declval<Mma&>().get_slice(0));
+  template <class Mma, class Smem>
+  using FragA = decltype(std::declval<Slice<Mma>&>().partition_fragment_A(std::declval<Smem&>()));
+  template <class Mma, class Smem>
+  using FragB = decltype(std::declval<Slice<Mma>&>().partition_fragment_B(std::declval<Smem&>()));
+  using SdP = typename Traits::TiledMmaSdP;
+  using DKV = typename Traits::TiledMmaDKV;
+  using DQ = typename Traits::TiledMmaDQ;
+  FragA<SdP, decltype(Views::sK)> tSrK;
+  FragA<SdP, decltype(Views::sV)> tSrV;
+  FragB<SdP, decltype(Views::sQ)> tSrQ;    // (MMA, MMA_N, MMA_K, stage)
+  FragB<SdP, decltype(Views::sdO)> tSrDo;  // (MMA, MMA_N, MMA_K, stage)
+  FragB<DKV, decltype(Views::sdOt)> tKVrDo;
+  FragB<DKV, decltype(Views::sQt)> tKVrQ;
+  FragA<DQ, decltype(Views::sDs)> tQrDs;   // (MMA, MMA_M, MMA_K, buffer)
+  FragB<DQ, decltype(Views::sKt)> tQrK;
+
+  __device__ __forceinline__ BwdWgmmaOperands(SdP& mma_sdp, DKV& mma_dkv, DQ& mma_dq, Views& v, int ctid) {
+    auto desc_sdp = sm90::descriptor_slice(mma_sdp, ctid);
+    auto desc_dkv = sm90::descriptor_slice(mma_dkv, ctid);
+    auto desc_dq = sm90::descriptor_slice(mma_dq, ctid);
+    tSrK = desc_sdp.partition_fragment_A(v.sK);
+    tSrV = desc_sdp.partition_fragment_A(v.sV);
+    tSrQ = desc_sdp.partition_fragment_B(v.sQ);
+    tSrDo = desc_sdp.partition_fragment_B(v.sdO);
+    tKVrDo = desc_dkv.partition_fragment_B(v.sdOt);
+    tKVrQ = desc_dkv.partition_fragment_B(v.sQt);
+    tQrDs = desc_dq.partition_fragment_A(v.sDs);
+    tQrK = desc_dq.partition_fragment_B(v.sKt);
+  }
+};
+
+// A consumer thread's dQ path through shared memory. dS^T: registers -> the ds buffer by stmatrix (one
+// 32-bit shared address for the whole tile), read by both warpgroups' dQ GEMMs. dQ part: registers ->
+// this warpgroup's staging tile at the (row, column) each register has in a one-warpgroup MMA of its
+// D / 2 columns (tDqcDq) -> one TMA reduce-add into the workspace, issued by the warpgroup's first
+// thread (dq_issuer).
+template <class Traits>
+struct DqStaging {
+  using SmemLayoutDq = typename Traits::SmemLayoutDq;
+  using TileDq = Shape<Int<Traits::kBlockM>, Int<Traits::kDqCols>>;
+  using SmemDq = decltype(make_tensor(make_smem_ptr(static_cast<float*>(nullptr)), SmemLayoutDq{}));
+  using TmaSlice = decltype(std::declval<const typename Traits::TmaDq&>().get_slice(_0{}));
+  using R2S = decltype(make_tiled_copy_C(typename Traits::R2SAtom{}, std::declval<typename Traits::TiledMmaSdP&>()));
+  using SmemDsT = decltype(BwdSmemViews<Traits>::sDsT);
+  int wg;
+  bool dq_issuer;
+  uint32_t sdq_base;
+  decltype(typename Traits::TiledMmaDQPart{}.get_thread_slice(0).partition_C(make_identity_tensor(TileDq{}))) tDqcDq;
+  TmaSlice tma_dq;
+  decltype(std::declval<TmaSlice&>().partition_S(std::declval<SmemDq&>())) tDqsDqTma;
+  R2S r2s_ds;
+  decltype(r2s_ds.get_thread_slice(0)) r2s_ds_thr;
+  decltype(r2s_ds_thr.partition_D(std::declval<SmemDsT&>())) tR2SsDs;  // (CPY, CPY_M, CPY_N, buffer)
+
+  __device__ __forceinline__ DqStaging(const BwdKernelParams<Traits>& prm, typename Traits::SharedStorage& ss,
+                                       BwdSmemViews<Traits>& v, int ctid)
+      : wg(ctid / 128),
+        dq_issuer(ctid % 128 == 0),
+        sdq_base(cast_smem_ptr_to_uint(tile(ss, wg))),
+        tDqcDq(typename Traits::TiledMmaDQPart{}.get_thread_slice(ctid % 128).partition_C(
+            make_identity_tensor(TileDq{}))),
+        tma_dq(prm.tma_dq.get_slice(_0{})),
+        tDqsDqTma(tma_dq.partition_S(make_tensor(make_smem_ptr(tile(ss, wg)), SmemLayoutDq{}))),
+        r2s_ds_thr(r2s_ds.get_thread_slice(ctid)),
+        tR2SsDs(r2s_ds_thr.partition_D(v.sDsT)) {}
+
+  // Warpgroup wg's staging tile.
+  static __device__ __forceinline__ float* tile(typename Traits::SharedStorage& ss, int wg) {
+    return ss.dq.data() + wg * cosize_v<SmemLayoutDq>;
+  }
+};
+
+// This warpgroup's dQ part of step s (acc_dq) -> its staging tile -> one TMA reduce-add into the
+// workspace, issued by the warpgroup's first thread, in the deterministic mode once `order` says it
+// is this key block's turn.
+template <class Traits, bool kOrderedDq, class AccDq>
 __device__ __forceinline__ void add_dq_part(const BwdKernelParams<Traits>& prm, const AccDq& acc_dq,
-                                            const CoordDq& tDqcDq, uint32_t sdq_base, const TmaSlice& tma_dq,
-                                            const SrcDq& tDqsDqTma, const BwdStep& s, int b, std::int64_t j0, int wg,
-                                            bool dq_issuer, DqOrder& order) {
+                                            const DqStaging<Traits>& dq, const BwdStep& s, int b, std::int64_t j0,
+                                            DqOrder& order) {
   constexpr int BM = Traits::kBlockM;
-  static_assert(decltype(size(acc_dq))::value == decltype(size(tDqcDq))::value, "dQ staging partition");
-  store_pairs_shared(acc_dq, tDqcDq, typename Traits::SmemOffsetsDq{}, sdq_base);
+  static_assert(decltype(size(acc_dq))::value == decltype(size(dq.tDqcDq))::value, "dQ staging partition");
+  store_pairs_shared(acc_dq, dq.tDqcDq, typename Traits::SmemOffsetsDq{}, dq.sdq_base);
   cutlass::arch::fence_view_async_shared();  // visible to the TMA (async proxy)
-  cutlass::arch::NamedBarrier::sync(128, kBarDqStaged + wg);
-  if (dq_issuer) {
+  cutlass::arch::NamedBarrier::sync(128, kBarDqStaged + dq.wg);
+  if (dq.dq_issuer) {
     // (kBlockM, D / 2) tile (i0 / kBlockM, wg) of head h, from the sequence's first row; rows past
     // the tensor's end are clipped, rows of the next sequence (varlen) get exact zeros added.
     Tensor mDq = domain_offset(make_coord(s.seq.q_begin, _0{}),
                                prm.tma_dq.get_tma_tensor(prm.shape_q)(_, _, s.h, tma_batch_index(prm.p, b)));
-    Tensor gDq = local_tile(mDq, Shape<Int<BM>, Int<Traits::kDqCols>>{}, make_coord(s.i0 / BM, wg));
+    Tensor gDq = local_tile(mDq, Shape<Int<BM>, Int<Traits::kDqCols>>{}, make_coord(s.i0 / BM, dq.wg));
     if constexpr (kOrderedDq) {
-      order = DqOrder::make<Traits>(prm, b, s.h, int(j0 / Traits::kBlockN), s.i0, s.i1, wg);
+      order = DqOrder::make<Traits>(prm, b, s.h, int(j0 / Traits::kBlockN), s.i0, s.i1, dq.wg);
       order.wait_turn();
     }
-    copy(prm.tma_dq, tDqsDqTma, tma_dq.partition_D(gDq));
+    copy(prm.tma_dq, dq.tDqsDqTma, dq.tma_dq.partition_D(gDq));
     tma_store_arrive();
   }
+}
+
+// One step's GEMMs after probs_and_dscores (acc_s = P^T, acc_dp = dS^T of step s, Q and dO in `stage`,
+// dS buffer buf): dS^T -> shared memory, dV += P^T dO, dK += dS^T Q, dQ part = dS K, added by
+// add_dq_part. Releases the stage once dK, its last reader, is done.
+template <class Traits, bool kOrderedDq, class AccS, class AccKV>
+__device__ __forceinline__ void gradient_gemms(const BwdKernelParams<Traits>& prm,
+                                               typename Traits::TiledMmaDKV& mma_dkv,
+                                               typename Traits::TiledMmaDQ& mma_dq,
+                                               const BwdWgmmaOperands<Traits>& ops, DqStaging<Traits>& dq,
+                                               typename Traits::PipelineQdO& pipe,
+                                               typename Traits::PipelineState& state, const BwdStep& s, int b,
+                                               std::int64_t j0, int stage, int buf, AccS& acc_s, AccS& acc_dp,
+                                               AccKV& acc_dk, AccKV& acc_dv, DqOrder& order) {
+  using Element = typename Traits::Element;
+  constexpr int BM = Traits::kBlockM;
+  constexpr int BN = Traits::kBlockN;
+  // P^T and dS^T in the input dtype, viewed as the RS GEMMs' register A operand. Per step (not
+  // kept across the loop, where they would cost 32 registers during the S^T / dP^T GEMMs); the
+  // fences after this step's last warpgroup_wait keep their registers reserved until the RS
+  // wgmmas that read them asynchronously are done.
+  Tensor rP = convert_fragment<Element>(acc_s);
+  Tensor rdS = convert_fragment<Element>(acc_dp);
+  Tensor tPrP = make_tensor(rP.data(), sm90::acc_layout_as_a_operand(rP.layout()));
+  Tensor tdSrdS = make_tensor(rdS.data(), sm90::acc_layout_as_a_operand(rdS.layout()));
+  static_assert(std::is_same_v<decltype(shape(tPrP)), decltype(partition_shape_A(mma_dkv, Shape<Int<BN>, Int<BM>>{}))>,
+                "P^T is not laid out as the dV wgmma's A operand");
+
+  // dS^T -> shared memory (this warpgroup's 64 key rows) by stmatrix, visible to the async proxy (wgmma).
+  copy(dq.r2s_ds, dq.r2s_ds_thr.retile_S(rdS), dq.tR2SsDs(_, _, _, buf));
+  cutlass::arch::fence_view_async_shared();
+
+  // dV, dK first: they need only this warpgroup's registers, so they run while the other warpgroup
+  // finishes its dS^T rows. dQ is issued once P^T's registers are free (at D 128, acc_dQ next to
+  // P^T, dS^T, acc_dK and acc_dV made the consumers spill).
+  sm90::wgmma_gemm<false>(mma_dkv, tPrP, ops.tKVrDo(_, _, _, stage), acc_dv);   // dV += P^T dO
+  sm90::wgmma_gemm<false>(mma_dkv, tdSrdS, ops.tKVrQ(_, _, _, stage), acc_dk);  // dK += dS^T Q
+  if (dq.dq_issuer) tma_store_wait<0>();  // the previous step's dQ reduce-add has read the staging tile
+  cutlass::arch::NamedBarrier::sync(Traits::kNConsumerThreads, kBarDsReady);  // both warpgroups' dS^T rows are in
+  warpgroup_wait<1>();  // dV is done: P^T's registers are free
+  warpgroup_fence_operand(acc_dv);
+  warpgroup_fence_operand(rP);
+  Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<BM>, Int<Traits::kHeadDim>>{});
+  sm90::wgmma_gemm<true>(mma_dq, ops.tQrDs(_, _, _, buf), ops.tQrK, acc_dq);  // dQ part = dS K
+  warpgroup_wait<1>();  // dK is done: Q and dO of this stage are no longer read
+  warpgroup_fence_operand(acc_dk);
+  warpgroup_fence_operand(rdS);
+  pipe.consumer_release(state);
+  ++state;
+  warpgroup_wait<0>();
+  warpgroup_fence_operand(acc_dq);
+  add_dq_part<Traits, kOrderedDq>(prm, acc_dq, dq, s, b, j0, order);
 }
 
 // Every step of the key block into acc_dk (unscaled) and acc_dv; dQ into the workspace; d(bias)
@@ -243,57 +405,19 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
                                             typename Traits::PipelineQdO& pipe, const BwdSteps& steps,
                                             int b, int hk, std::int64_t j0,
                                             float* part, AccKV& acc_dk, AccKV& acc_dv, int ctid) {
-  using Element = typename Traits::Element;
   constexpr int BM = Traits::kBlockM;
   constexpr int BN = Traits::kBlockN;
-  constexpr int D = Traits::kHeadDim;
   constexpr int kThreads = Traits::kNConsumerThreads;
 
-  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
-  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
-  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
-  Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutDo{});
-  Tensor sQt = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQt{});
-  Tensor sdOt = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQt{});
-  Tensor sKt = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKt{});
-  Tensor sDsT = make_tensor(make_smem_ptr(ss.ds.data()), typename Traits::SmemLayoutDsT{});
-  Tensor sDs = make_tensor(make_smem_ptr(ss.ds.data()), typename Traits::SmemLayoutDs{});
-
+  BwdSmemViews<Traits> views(ss);
   typename Traits::TiledMmaSdP mma_sdp;
   typename Traits::TiledMmaDKV mma_dkv;
   typename Traits::TiledMmaDQ mma_dq;
   auto thr_sdp = mma_sdp.get_thread_slice(ctid);
-  auto desc_sdp = sm90::descriptor_slice(mma_sdp, ctid);
-  auto desc_dkv = sm90::descriptor_slice(mma_dkv, ctid);
-  auto desc_dq = sm90::descriptor_slice(mma_dq, ctid);
-  // wgmma descriptors. S^T, dP^T: this warpgroup's 64 keys of K / V against Q / dO (per stage).
-  Tensor tSrK = desc_sdp.partition_fragment_A(sK);
-  Tensor tSrV = desc_sdp.partition_fragment_A(sV);
-  Tensor tSrQ = desc_sdp.partition_fragment_B(sQ);    // (MMA, MMA_N, MMA_K, stage)
-  Tensor tSrDo = desc_sdp.partition_fragment_B(sdO);  // (MMA, MMA_N, MMA_K, stage)
-  // dV, dK: B = dO^T / Q^T views (D, queries, stage).
-  Tensor tKVrDo = desc_dkv.partition_fragment_B(sdOt);
-  Tensor tKVrQ = desc_dkv.partition_fragment_B(sQt);
-  // dQ: A = dS (queries, keys, buffer), B = this warpgroup's D / 2 columns of K^T.
-  Tensor tQrDs = desc_dq.partition_fragment_A(sDs);   // (MMA, MMA_M, MMA_K, buffer)
-  Tensor tQrK = desc_dq.partition_fragment_B(sKt);
-  // (key, query) of each S^T / dP^T register, and (query, column) of each dQ register.
+  const BwdWgmmaOperands<Traits> ops(mma_sdp, mma_dkv, mma_dq, views, ctid);
+  // (key, query) of each S^T / dP^T register.
   Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<BN>, Int<BM>>{}));
-  // dQ: registers -> this warpgroup's staging tile at the (row, column) each register has in a
-  // one-warpgroup MMA of its D / 2 columns, then tile -> workspace by one TMA reduce-add.
-  const int wg = ctid / 128;
-  const bool dq_issuer = ctid % 128 == 0;
-  float* const dq_tile = ss.dq.data() + wg * cosize_v<typename Traits::SmemLayoutDq>;
-  Tensor sDq = make_tensor(make_smem_ptr(dq_tile), typename Traits::SmemLayoutDq{});
-  const uint32_t sdq_base = cast_smem_ptr_to_uint(dq_tile);
-  Tensor tDqcDq = typename Traits::TiledMmaDQPart{}.get_thread_slice(ctid % 128).partition_C(
-      make_identity_tensor(Shape<Int<BM>, Int<Traits::kDqCols>>{}));
-  auto tma_dq = prm.tma_dq.get_slice(_0{});
-  Tensor tDqsDqTma = tma_dq.partition_S(sDq);
-  // dS^T register -> shared-memory copy (stmatrix: one 32-bit shared address for the whole tile).
-  auto r2s_ds = make_tiled_copy_C(typename Traits::R2SAtom{}, mma_sdp);
-  auto r2s_ds_thr = r2s_ds.get_thread_slice(ctid);
-  Tensor tR2SsDs = r2s_ds_thr.partition_D(sDsT);  // (CPY, CPY_M, CPY_N, buffer)
+  DqStaging<Traits> dq(prm, ss, views, ctid);
 
   float db = 0.0f;  // this thread's sum of dS over the current query head's steps
   DqOrder order;   // deterministic mode: the last dQ add issued, counted by done()
@@ -303,55 +427,20 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
   for (int t = 0; t < steps.count(); ++t) {
     const BwdStep s = make_step<Traits>(prm.p, steps, b, hk, j0, t);
     const int stage = state.index();
-    const int buf = t & 1;
 
-    // In the loop, so that the compiler sees them dead after the conversions below (the wgmma asm
-    // lists its accumulator as read even when ScaleOut::Zero ignores it).
+    // In the loop, so that the compiler sees them dead after the conversions (the wgmma asm lists
+    // its accumulator as read even when ScaleOut::Zero ignores it).
     Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<BN>, Int<BM>>{});
     Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<BN>, Int<BM>>{});
     pipe.consumer_wait(state);
-    db += probs_and_dscores<Traits>(mma_sdp, tSrK, tSrQ(_, _, _, stage), tSrV, tSrDo(_, _, _, stage), tScS, s, j0,
-                                    acc_s, acc_dp, [&] {
+    db += probs_and_dscores<Traits>(mma_sdp, ops.tSrK, ops.tSrQ(_, _, _, stage), ops.tSrV, ops.tSrDo(_, _, _, stage),
+                                    tScS, s, j0, acc_s, acc_dp, [&] {
                                       if constexpr (kOrderedDq) {  // the previous step's add
-                                        if (dq_issuer && t > 0) order.done();
+                                        if (dq.dq_issuer && t > 0) order.done();
                                       }
                                     });
-
-    // P^T and dS^T in the input dtype, viewed as the RS GEMMs' register A operand. Per step (not
-    // kept across the loop, where they would cost 32 registers during the S^T / dP^T GEMMs); the
-    // fences after this step's last warpgroup_wait keep their registers reserved until the RS
-    // wgmmas that read them asynchronously are done.
-    Tensor rP = convert_fragment<Element>(acc_s);
-    Tensor rdS = convert_fragment<Element>(acc_dp);
-    Tensor tPrP = make_tensor(rP.data(), sm90::acc_layout_as_a_operand(rP.layout()));
-    Tensor tdSrdS = make_tensor(rdS.data(), sm90::acc_layout_as_a_operand(rdS.layout()));
-    static_assert(std::is_same_v<decltype(shape(tPrP)), decltype(partition_shape_A(mma_dkv, Shape<Int<BN>, Int<BM>>{}))>,
-                  "P^T is not laid out as the dV wgmma's A operand");
-
-    // dS^T -> shared memory (this warpgroup's 64 key rows) by stmatrix, visible to the async proxy (wgmma).
-    copy(r2s_ds, r2s_ds_thr.retile_S(rdS), tR2SsDs(_, _, _, buf));
-    cutlass::arch::fence_view_async_shared();
-
-    // dV, dK first: they need only this warpgroup's registers, so they run while the other warpgroup
-    // finishes its dS^T rows. dQ is issued once P^T's registers are free (at D 128, acc_dQ next to
-    // P^T, dS^T, acc_dK and acc_dV made the consumers spill).
-    sm90::wgmma_gemm<false>(mma_dkv, tPrP, tKVrDo(_, _, _, stage), acc_dv);   // dV += P^T dO
-    sm90::wgmma_gemm<false>(mma_dkv, tdSrdS, tKVrQ(_, _, _, stage), acc_dk);  // dK += dS^T Q
-    if (dq_issuer) tma_store_wait<0>();  // the previous step's dQ reduce-add has read the staging tile
-    cutlass::arch::NamedBarrier::sync(kThreads, kBarDsReady);  // both warpgroups' dS^T rows are in
-    warpgroup_wait<1>();  // dV is done: P^T's registers are free
-    warpgroup_fence_operand(acc_dv);
-    warpgroup_fence_operand(rP);
-    Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<BM>, Int<D>>{});
-    sm90::wgmma_gemm<true>(mma_dq, tQrDs(_, _, _, buf), tQrK, acc_dq);  // dQ part = dS K
-    warpgroup_wait<1>();  // dK is done: Q and dO of this stage are no longer read
-    warpgroup_fence_operand(acc_dk);
-    warpgroup_fence_operand(rdS);
-    pipe.consumer_release(state);
-    ++state;
-    warpgroup_wait<0>();
-    warpgroup_fence_operand(acc_dq);
-    add_dq_part<Traits, kOrderedDq>(prm, acc_dq, tDqcDq, sdq_base, tma_dq, tDqsDqTma, s, b, j0, wg, dq_issuer, order);
+    gradient_gemms<Traits, kOrderedDq>(prm, mma_dkv, mma_dq, ops, dq, pipe, state, s, b, j0, stage, t & 1, acc_s,
+                                       acc_dp, acc_dk, acc_dv, order);
 
     if (part != nullptr && t % steps.m_count == steps.m_count - 1) {  // the head's last step: fixed order
       store_block_sum<kThreads / 32>(db, ss.warp_sums, ctid, part + std::int64_t(t / steps.m_count) * gridDim.x,
@@ -359,9 +448,9 @@ __device__ __forceinline__ void bwd_consume(const BwdKernelParams<Traits>& prm, 
       db = 0.0f;
     }
   }
-  if (dq_issuer) tma_store_wait<0>();  // the last reduce-add has read the staging tile before the CTA ends
+  if (dq.dq_issuer) tma_store_wait<0>();  // the last reduce-add has read the staging tile before the CTA ends
   if constexpr (kOrderedDq) {
-    if (dq_issuer && steps.count() > 0) order.done();
+    if (dq.dq_issuer && steps.count() > 0) order.done();
   }
 }
 
