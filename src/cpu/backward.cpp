@@ -114,7 +114,7 @@ void chunk_pass(const BwdParams& p, const DqChunks<Acc>& dq, std::vector<double>
 
 // Pass 2: dQ = scale * the chunks' accumulators summed in chunk order, and d(bias) in task order.
 template <typename T, typename Acc>
-void reduce_dq(const BwdParams& p, const DqChunks<Acc>& dq, const std::vector<double>& dbias_part) {
+void reduce_partials(const BwdParams& p, const DqChunks<Acc>& dq, const std::vector<double>& dbias_part) {
   const int D = dq.dim;
   const std::int64_t q_blocks = (p.seqlen_q + kBlockQ - 1) / kBlockQ;
   parallel_for(p.batch * p.heads_q * q_blocks, p.num_threads, [&](std::int64_t task) {
@@ -148,7 +148,7 @@ void backward_impl(const BwdParams& p, const Args&... args) {
   const DqChunks<Acc> dq(p, key_chunks(p));
   std::vector<double> dbias_part(p.dbias ? static_cast<std::size_t>(p.batch * p.heads_q * dq.chunks) : 0, 0.0);
   chunk_pass<Tiles>(p, dq, dbias_part, args...);
-  reduce_dq<T>(p, dq, dbias_part);
+  reduce_partials<T>(p, dq, dbias_part);
   if (p.is_varlen()) {
     const int D = static_cast<int>(p.head_dim);
     zero_rows<T>(p.dq, p.dq_stride, p.cu_seqlens_q[p.batch], p.total_q, p.heads_q, D);
@@ -216,7 +216,7 @@ struct BwdTiles {
     zero_masked(t, i0, kBlockQ, j0, kBlockK, dP);
     // Masked terms are skipped, not multiplied by 0: the Q / dO rows a key cannot see, and the K
     // rows a query cannot see, may hold NaN or Inf.
-    int lo[kBlockK], hi[kBlockK];
+    int lo[std::max(kBlockQ, kBlockK)], hi[std::max(kBlockQ, kBlockK)];  // per key, then per query
     visible_queries(t, j0, kBlockK, i0, kBlockQ, s.len_q, lo, hi);
     gemm_acc_rows<true>(S, kBlockK, dout, ldo, dV, D, kBlockK, D, lo, hi);
     gemm_acc_rows<true>(dP, kBlockK, q, ldq, dK, D, kBlockK, D, lo, hi);
@@ -304,7 +304,7 @@ struct Bf16BwdTiles {
     }
     // As BwdTiles::step: masked dS zeroed by a select, masked terms skipped (fp32 GEMMs).
     zero_masked(t, i0, kBlockQ, j0, kBlockK, dP);
-    int lo[kBlockK], hi[kBlockK];
+    int lo[std::max(kBlockQ, kBlockK)], hi[std::max(kBlockQ, kBlockK)];  // per key, then per query
     visible_queries(t, j0, kBlockK, i0, kBlockQ, s.len_q, lo, hi);
     load_tile(rows(p.dout, p.do_stride, b, s.q_begin, h, s.len_q), i0, kBlockQ, D, X);
     gemm_acc_rows<true>(S, kBlockK, X, D, dV, D, kBlockK, D, lo, hi);
