@@ -75,6 +75,41 @@ inline void to_bf16(const float* src, int rows, int cols, bf16_bits* dst) {
   }
 }
 
+// dst[c][r] = bf16(src[r][c]) for a [64][64] fp32 tile, rounded as to_bf16. 16 x 16 blocks are
+// transposed in registers (two unpack steps within 128-bit lanes, two lane shuffles): a scalar
+// transpose cost about a tenth of the bf16 backward's time.
+inline void transposed_to_bf16_64(const float* src, bf16_bits* dst) {
+  constexpr int n = 64;
+  for (int r0 = 0; r0 < n; r0 += 16) {
+    for (int c0 = 0; c0 < n; c0 += 16) {
+      __m512 x[16], y[16];
+      for (int i = 0; i < 16; ++i) x[i] = _mm512_loadu_ps(src + (r0 + i) * n + c0);
+      for (int i = 0; i < 16; i += 2) {  // lane k of y[i]: x[i][4k], x[i+1][4k], x[i][4k+1], x[i+1][4k+1]
+        y[i] = _mm512_unpacklo_ps(x[i], x[i + 1]);
+        y[i + 1] = _mm512_unpackhi_ps(x[i], x[i + 1]);
+      }
+      for (int g = 0; g < 16; g += 4) {  // lane k of x[g + m]: column 4k + m of rows g..g+3
+        x[g] = _mm512_shuffle_ps(y[g], y[g + 2], 0x44);
+        x[g + 1] = _mm512_shuffle_ps(y[g], y[g + 2], 0xEE);
+        x[g + 2] = _mm512_shuffle_ps(y[g + 1], y[g + 3], 0x44);
+        x[g + 3] = _mm512_shuffle_ps(y[g + 1], y[g + 3], 0xEE);
+      }
+      for (int m = 0; m < 4; ++m) {  // y[c]: column c of the 16 rows
+        const __m512 a = _mm512_shuffle_f32x4(x[m], x[4 + m], 0x88), b = _mm512_shuffle_f32x4(x[m], x[4 + m], 0xDD);
+        const __m512 c = _mm512_shuffle_f32x4(x[8 + m], x[12 + m], 0x88);
+        const __m512 d = _mm512_shuffle_f32x4(x[8 + m], x[12 + m], 0xDD);
+        y[m] = _mm512_shuffle_f32x4(a, c, 0x88);
+        y[8 + m] = _mm512_shuffle_f32x4(a, c, 0xDD);
+        y[4 + m] = _mm512_shuffle_f32x4(b, d, 0x88);
+        y[12 + m] = _mm512_shuffle_f32x4(b, d, 0xDD);
+      }
+      for (int c = 0; c < 16; ++c) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (c0 + c) * n + r0), (__m256i)_mm512_cvtneps_pbh(y[c]));
+      }
+    }
+  }
+}
+
 #if defined(FLASHSIGMOID_CPU_AMX)
 
 // The tile shapes gemm_bf16 uses: every tile 16 rows x 64 bytes (C: 16 x 16 fp32; A: 16 x 32

@@ -188,6 +188,21 @@ std::vector<Case> cases() {
        .positions = Pos{0, 70}});
   add({.name = "pos_varlen_causal_window_bf16", .dtype = bf16, .Hq = 2, .Hkv = 1, .lens_q = lq2, .lens_k = lk2,
        .causal = true, .window_left = 90, .bias_mode = BiasMode::per_head, .positions = Pos{64, 20}});
+  // The backward's chunks of key blocks (backward.cpp): 10 key blocks in 8 chunks of one or two blocks
+  // (a window leaves some chunks seeing few queries); 16 blocks in 8 chunks of two; varlen sequences with
+  // fewer key blocks than chunks (empty chunks), with GQA, causal and a learnable bias.
+  add({.name = "chunks_uneven_window_gqa_bias_f32", .dtype = f32, .B = 1, .Nq = 640, .Nk = 600, .Hq = 4, .Hkv = 2,
+       .D = 32, .window_left = 200, .window_right = 50, .bias_mode = BiasMode::per_head});
+  add({.name = "chunks_uneven_causal_gqa_bias_bf16", .dtype = bf16, .B = 1, .Nq = 600, .Nk = 600, .Hq = 4, .Hkv = 2,
+       .D = 64, .causal = true, .bias_mode = BiasMode::per_head});
+  add({.name = "chunks_two_blocks_bf16_d128", .dtype = bf16, .B = 1, .Nq = 1024, .Nk = 1024, .Hq = 1, .Hkv = 1,
+       .D = 128});
+  const std::vector<std::int64_t> lq3 = {300, 64, 1, 0, 190}, lk3 = {520, 40, 130, 70, 190};
+  add({.name = "varlen_chunks_gqa_causal_bias_bf16", .dtype = bf16, .Hq = 4, .Hkv = 2, .D = 32, .lens_q = lq3,
+       .lens_k = lk3, .causal = true, .bias_mode = BiasMode::per_head});
+  add({.name = "varlen_chunks_gqa_window_bias_f16", .dtype = f16, .Hq = 4, .Hkv = 1, .D = 32, .lens_q = lq3,
+       .lens_k = lk3, .window_left = 100, .window_right = 30, .bias_mode = BiasMode::per_head,
+       .alibi = Alibi::per_batch});
   return cs;
 }
 
@@ -210,6 +225,30 @@ TEST(CpuDeterminism, BackwardTwiceIsBitwiseEqual) {
     r = {out.bytes(), dq.bytes(), dk.bytes(), dv.bytes(), db.bytes()};
   }
   EXPECT_EQ(runs[0], runs[1]);
+}
+
+// ... and the same bits whatever the thread count: the backward's sums run in an order fixed by the
+// shapes (chunks of key blocks, reduced in chunk order), not by which thread ran which task.
+TEST(CpuDeterminism, BackwardSameBitsAnyThreadCount) {
+  const std::uint64_t seed = test_seed();
+  SCOPED_TRACE("FLASHSIGMOID_TEST_SEED=" + std::to_string(seed));
+  for (DType t : {DType::float32, DType::bfloat16}) {
+    Case c{.name = "threads", .dtype = t, .B = 2, .Nq = 300, .Nk = 330, .Hq = 4, .Hkv = 2, .D = 32, .causal = true,
+           .bias_mode = BiasMode::per_head};
+    std::vector<std::vector<unsigned char>> first;
+    for (int threads : {1, 2, 3, 8}) {
+      Problem p = make_problem(c, seed);
+      p.o.num_threads = threads;
+      HostTensor dq = p.like_q(), dk = p.like_k(), dv = p.like_k(), db(DType::float32, {c.Hq});
+      flashsigmoid::backward(p.q, p.k, p.v, p.dout, {dq, dk, dv, db}, p.o);
+      std::vector<std::vector<unsigned char>> run = {dq.bytes(), dk.bytes(), dv.bytes(), db.bytes()};
+      if (first.empty()) {
+        first = run;
+      } else {
+        EXPECT_TRUE(run == first) << flashsigmoid::to_string(t) << ": bits differ with " << threads << " threads";
+      }
+    }
+  }
 }
 
 }  // namespace
