@@ -50,7 +50,7 @@ struct Panels {
       const SeqInfo s = seq_info(p, b);
       if (r0 >= len(s)) return;
       const auto x = head_rows<bfloat16_t>(ptr, st, b, key_side ? s.k_begin : s.q_begin, h, len(s));
-      auto row = [&](int r) { return r0 + r < x.rows ? x.row(r0 + r) : nullptr; };
+      auto row = [&, r0 = r0](int r) { return r0 + r < x.rows ? x.row(r0 + r) : nullptr; };
       bf16_bits* out = data.data() + (block(s, b, h, r0) - data.data());
       switch (kind) {
         case Pack::rows: return pack_rows_bf16(row, kBlock, dim, out);
