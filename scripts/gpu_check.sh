@@ -87,9 +87,9 @@ fi
 
 # (not indented, to keep the diff small) the C++ build serves tests, sanitizer, bench and cli only;
 # python, harness and study use the pip-installed package.
-if want tests || want sanitizer || want bench || want cli; then
+if want tests || want sanitizer || want bench || want cli || want kvcache; then
 echo "== configure + build (archs $ARCHS, head dims $DIMS)"
-cmake -S . -B "$BUILD" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_BACKWARD=ON -DFLASHSIGMOID_CUDA_ARCHS="$ARCHS" \
+cmake -S . -B "$BUILD" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_BACKWARD=ON -DFLASHSIGMOID_HOPPER=AUTO -DFLASHSIGMOID_CUDA_ARCHS="$ARCHS" \
   -DFLASHSIGMOID_HEAD_DIMS="$DIMS" -DFLASHSIGMOID_BUILD_TESTS=ON -DFLASHSIGMOID_BUILD_BENCH=OFF \
   -DFLASHSIGMOID_BUILD_CLI=ON "${cmake_extra[@]}" ${EXTRA_CMAKE_ARGS:-} > "$LOG/build.log" 2>&1 ||
   { tail -30 "$LOG/build.log"; exit 1; }

@@ -6,6 +6,8 @@ with one that unpacks the tangents, runs that same kernel on the primals (revers
 before) and attaches the output's tangent, computed by _blockwise.jvp.
 """
 
+import inspect
+
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch._library.autograd import make_autograd_impl
@@ -38,4 +40,7 @@ def install(op, lib: torch.library.Library) -> None:
         full = primals + [a.default_value for a in schema_args[len(primals):]]
         return fwAD.make_dual(out, _blockwise.jvp(op, dict(zip(names, full)), tangents))
 
-    lib.impl(overload._opname, kernel, "Autograd", with_keyset=True)
+    # custom_op registered its own Autograd kernel through torch.library; replacing it needs
+    # allow_override=True where that is not the default (torch 2.11 and others before 2.15).
+    override = {"allow_override": True} if "allow_override" in inspect.signature(lib.impl).parameters else {}
+    lib.impl(overload._opname, kernel, "Autograd", with_keyset=True, **override)

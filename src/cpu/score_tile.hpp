@@ -32,7 +32,7 @@ void scores_to_probs(const ScoreTransform& t, std::int64_t i0, int rows, std::in
   if (t.alibi_slope == 0.0f) {
     // Without ALiBi the logit is scale * dot + bias: no per-element 64-bit distance to convert.
     const Acc scale = static_cast<Acc>(t.scale), bias = static_cast<Acc>(t.bias);
-    for (int e = 0; e < outer * inner; ++e) S[e] = sigmoid(scale * S[e] + bias);
+    sigmoid_affine(S, outer * inner, scale, bias);
   } else {
     for (int a = 0; a < outer; ++a) {
       Acc* s = S + a * inner;

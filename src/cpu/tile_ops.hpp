@@ -3,6 +3,10 @@
 // register-blocked GEMM that the compiler vectorises, and a vectorisable sigmoid.
 #pragma once
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -161,6 +165,11 @@ constexpr int kVectorBytes = 32;
 #else
 constexpr int kVectorBytes = 16;  // SSE only: wider vector types would be split through memory
 #endif
+// Whether this unit may use AVX-512 intrinsics (the 64-byte levels are x86-64-v4 and up).
+#if (defined(FLASHSIGMOID_CPU_VECTOR_BYTES) && FLASHSIGMOID_CPU_VECTOR_BYTES == 64) || \
+    (!defined(FLASHSIGMOID_CPU_VECTOR_BYTES) && defined(__AVX512F__))
+#define FLASHSIGMOID_CPU_AVX512 1
+#endif
 // 64-byte vectors: 16 accumulators of the 32 vector registers; else 8 of the 16.
 constexpr int kGemmRows = kVectorBytes == 64 ? 8 : 4;
 
@@ -272,6 +281,88 @@ inline float exp_fast(float x) {
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp_fast(-x)); }
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// 1 / d for d >= 1 (d = 1 + exp(-x)), a vector of them. With 32-byte vectors (AVX2): the hardware's
+// 12-bit reciprocal estimate and one Newton step (y + y (1 - d y), about 2^-23 relative) instead of a
+// division, which costs more than the whole exponential. NaN stays NaN.
+template <typename VT>
+inline VT reciprocal_ge1(VT d) {
+#if defined(__x86_64__) || defined(__i386__)
+  if constexpr (sizeof(VT) == 32 && sizeof(d[0]) == 4) {
+    const VT y = reinterpret_cast<VT>(_mm256_rcp_ps(reinterpret_cast<__m256>(d)));
+    return y + y * (1.0f - d * y);
+  }
+#endif
+  return 1.0f / d;
+}
+
+// exp_fast over a vector of floats (the same steps, so the same results up to the final product).
+template <typename VT>
+inline VT exp_fast_vec(VT x) {
+  using IT [[gnu::vector_size(sizeof(VT))]] = std::int32_t;
+  x = x < -87.0f ? VT{} - 87.0f : x;
+  x = x > 88.0f ? VT{} + 88.0f : x;
+  constexpr float kRound = 12582912.0f;
+  const VT t = x * 1.44269504088896341f + kRound;
+  const VT n = t - kRound;
+  const VT r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  VT p = VT{} + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const IT e = (reinterpret_cast<IT>(t) - static_cast<std::int32_t>(float_bits(kRound)) + 127) << 23;
+  return p * reinterpret_cast<VT>(e);
+}
+
+#if defined(FLASHSIGMOID_CPU_AVX512)
+// AVX-512: sigmoid(x) = 1 / (1 + 2^y), y = -x log2(e) = a s + c from the raw dot product s in one FMA.
+// 2^y = 2^n 2^f (n = round(y), f = y - n in [-1/2, 1/2]); 2^f by a degree-5 polynomial fitted for
+// relative error (1.3e-7 over the interval, in fp32 coefficients); vscalefps applies 2^n with the
+// exponent range handled in hardware (no exponent-bit arithmetic: about 14 operations per vector
+// against 21). y is kept in [-127, 125]: 1 + 2^y and its reciprocal stay normal numbers
+// (sigmoid below 2^-125 comes out as about 2^-125: an absolute error under 1e-37), and y = -inf
+// (x = +inf) gives 1, not inf - inf. The bounds keep a NaN y (min / max return their second operand
+// for NaN).
+inline __m512 sigmoid_avx512(__m512 s, __m512 a, __m512 c) {
+  __m512 y = _mm512_min_ps(_mm512_set1_ps(125.0f), _mm512_fmadd_ps(s, a, c));
+  y = _mm512_max_ps(_mm512_set1_ps(-127.0f), y);
+  const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(y, n);
+  __m512 p = _mm512_set1_ps(1.3281889e-3f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6755978e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5506967e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022119e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314700e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000001f));
+  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_scalef_ps(p, n));
+  const __m512 r = _mm512_rcp14_ps(d);
+  return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
+}
+#endif
+
+// s[e] = sigmoid(scale * s[e] + bias) for e < n, in place.
+inline void sigmoid_affine(float* s, int n, float scale, float bias) {
+  using V = Vec<float>;
+  int e = 0;
+#if defined(FLASHSIGMOID_CPU_AVX512)
+  {
+    constexpr float kLog2e = 1.44269504088896341f;
+    const __m512 a = _mm512_set1_ps(-scale * kLog2e), c = _mm512_set1_ps(-bias * kLog2e);
+    for (; e + 16 <= n; e += 16) _mm512_storeu_ps(s + e, sigmoid_avx512(_mm512_loadu_ps(s + e), a, c));
+  }
+#endif
+  for (; e + V::width <= n; e += V::width) {
+    const V::type x = V::load(s + e) * scale + bias;
+    V::store(s + e, reciprocal_ge1(1.0f + exp_fast_vec(-x)));
+  }
+  for (; e < n; ++e) s[e] = sigmoid(scale * s[e] + bias);
+}
+inline void sigmoid_affine(double* s, int n, double scale, double bias) {
+  for (int e = 0; e < n; ++e) s[e] = sigmoid(scale * s[e] + bias);
+}
 
 // Calls fn.template operator()<StorageType, AccType>() for the problem's dtype.
 template <typename Fn>

@@ -124,6 +124,38 @@ TEST_P(NonFinite, NanInAlibiSlopeGivesNanOut) {
   expect_head_one_nan(c, r);
 }
 
+// Logits at or past the ends of the float range: a bias of +inf / 1e30 makes every weight 1 (the row
+// is the sum of the value rows), -inf / -1e30 makes it 0 (the row is 0). The sigmoid's range
+// handling (clamps, the AVX-512 vscalefps path's bounds) must not turn them into NaN (inf - inf).
+TEST_P(NonFinite, SaturatedLogitsGiveOneOrZero) {
+  Case c = base();
+  c.bias_mode = BiasMode::per_head;
+  for (const double big : {kInf, 1e30}) {
+    const std::uint64_t seed = test_seed();
+    SCOPED_TRACE(describe(c) + "; bias +-" + std::to_string(big) + "; FLASHSIGMOID_TEST_SEED=" + std::to_string(seed));
+    Problem p = make_problem(c, seed);
+    p.bias.set(0, big);
+    p.bias.set(1, -big);
+    HostTensor out = p.like_q();
+    flashsigmoid::forward(p.q, p.k, p.v, out, p.o);
+    const std::vector<double> o = out.to_vector(), v = p.v.to_vector();
+    for (std::int64_t d = 0; d < c.D; ++d) {
+      double sum = 0.0, mag = 0.0;
+      for (std::int64_t j = 0; j < c.Nk; ++j) {
+        sum += v[at(c.Nk, c.Hkv, c.D, j, 0, d)];
+        mag += std::abs(v[at(c.Nk, c.Hkv, c.D, j, 0, d)]);
+      }
+      for (std::int64_t i = 0; i < c.Nq; ++i) {
+        // The output's storage rounding: 2^-8 of the magnitude for bf16, far less for the others.
+        EXPECT_NEAR(o[at(c.Nq, c.Hq, c.D, i, 0, d)], sum, 4e-3 * mag) << "row " << i << " head 0 dim " << d;
+        // The fp32 sigmoid floors at about 1e-38 (its exp / exponent range is clamped): zero next to
+        // any data, and never NaN.
+        EXPECT_LE(std::abs(o[at(c.Nq, c.Hq, c.D, i, 1, d)]), 1e-30 * mag) << "row " << i << " head 1 dim " << d;
+      }
+    }
+  }
+}
+
 // Causal: query i sees keys j <= i. A NaN value row 40 and an infinite key row 41 (inside the
 // diagonal block of queries 0..63, which is computed tile by tile) must not reach queries 0..39.
 TEST_P(NonFinite, MaskedKeyAndValueRowsContributeNothing) {
