@@ -256,27 +256,42 @@ void gemm_acc_rows(const Acc* __restrict A, int lda, const Acc* __restrict B, in
   }
 }
 
-// exp(x) for float without libm calls, so loops over it vectorise: 2^n * p(r) with
-// n = round(x / ln2), r = x - n ln2 (split in two for precision), p a degree-6
+// The bits of a float, or of each lane of a float vector, as unsigned integers (and back).
+template <typename T>
+struct FloatBits {  // GCC vector of floats
+  using type [[gnu::vector_size(sizeof(T))]] = std::uint32_t;
+  static type to(T x) { return reinterpret_cast<type>(x); }
+  static T from(type u) { return reinterpret_cast<T>(u); }
+};
+template <>
+struct FloatBits<float> {
+  using type = std::uint32_t;
+  static type to(float x) { return float_bits(x); }
+  static float from(type u) { return bits_float(u); }
+};
+
+// exp(x) for a float or a vector of floats without libm calls, so loops over it vectorise: 2^n * p(r)
+// with n = round(x / ln2), r = x - n ln2 (split in two for precision), p a degree-6
 // Taylor/minimax-style polynomial; about 2 ulp on [-87, 88]. The clamp is written with
 // comparisons that are false for NaN (std::min/max would return the bound), so NaN stays NaN;
 // n is read from the bits of x / ln2 + 1.5 * 2^23 rather than converted, which is defined for NaN.
-inline float exp_fast(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
+template <typename T>
+inline T exp_fast(T x) {
+  x = x < -87.0f ? T{} - 87.0f : x;
+  x = x > 88.0f ? T{} + 88.0f : x;
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: t's low mantissa bits hold round(x / ln2)
-  const float t = x * 1.44269504088896341f + kRound;
-  const float n = t - kRound;
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.0f / 720.0f;
+  const T t = x * 1.44269504088896341f + kRound;
+  const T n = t - kRound;
+  const T r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  T p = T{} + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
   p = p * r + 1.0f / 6.0f;
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const std::uint32_t e = float_bits(t) - float_bits(kRound) + 127u;
-  return p * bits_float(e << 23);
+  const typename FloatBits<T>::type e = FloatBits<T>::to(t) - float_bits(kRound) + 127u;
+  return p * FloatBits<T>::from(e << 23);
 }
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp_fast(-x)); }
@@ -294,27 +309,6 @@ inline VT reciprocal_ge1(VT d) {
   }
 #endif
   return 1.0f / d;
-}
-
-// exp_fast over a vector of floats (the same steps, so the same results up to the final product).
-template <typename VT>
-inline VT exp_fast_vec(VT x) {
-  using IT [[gnu::vector_size(sizeof(VT))]] = std::int32_t;
-  x = x < -87.0f ? VT{} - 87.0f : x;
-  x = x > 88.0f ? VT{} + 88.0f : x;
-  constexpr float kRound = 12582912.0f;
-  const VT t = x * 1.44269504088896341f + kRound;
-  const VT n = t - kRound;
-  const VT r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  VT p = VT{} + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const IT e = (reinterpret_cast<IT>(t) - static_cast<std::int32_t>(float_bits(kRound)) + 127) << 23;
-  return p * reinterpret_cast<VT>(e);
 }
 
 #if defined(FLASHSIGMOID_CPU_AVX512)
@@ -356,7 +350,7 @@ inline void sigmoid_affine(float* s, int n, float scale, float bias) {
 #endif
   for (; e + V::width <= n; e += V::width) {
     const V::type x = V::load(s + e) * scale + bias;
-    V::store(s + e, reciprocal_ge1(1.0f + exp_fast_vec(-x)));
+    V::store(s + e, reciprocal_ge1(1.0f + exp_fast(-x)));
   }
   for (; e < n; ++e) s[e] = sigmoid(scale * s[e] + bias);
 }
