@@ -99,6 +99,9 @@ std::vector<KVCase> accuracy_cases() {
        .page_size = 64, .causal = true, .window_left = 40});
   add({.name = "bf16_decode_32_8", .dtype = DType::bfloat16, .Hq = 32, .Hkv = 8, .D = 128, .cached = {700},
        .append = false, .page_size = 256});
+  // 64 query rows per kv head (8 new tokens, GQA 8:1): with AVX512-BF16 the scores run as a packed GEMM.
+  add({.name = "bf16_append8_gqa8_causal", .dtype = DType::bfloat16, .Nq = 8, .Hq = 8, .Hkv = 1, .D = 128,
+       .cached = {300, 70}, .page_size = 16, .causal = true});
   add({.name = "fp16_d32_gqa", .dtype = DType::float16, .Nq = 3, .Hq = 4, .Hkv = 1, .D = 32, .cached = {90, 9},
        .page_size = 1, .causal = true});
   add({.name = "fp64_d96", .dtype = DType::float64, .Nq = 2, .D = 96, .cached = {77, 31}, .page_size = 64});
