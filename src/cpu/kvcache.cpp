@@ -240,6 +240,27 @@ void scores(const Acc* __restrict Q, int M, const T* const* k, std::int64_t off,
 }
 
 #if defined(FLASHSIGMOID_KVCACHE_BF16_DOT)
+// Many query rows per kv head (append / speculative verification: Nq_new · G a multiple of 8, at
+// least kPackedScoreRows): the tile's keys are packed once as bf16 pairs (the forward's B operand) and
+// the scores are the 8 x 32 vdpbf16ps GEMM, whose work per key grows with the rows by 2 instructions
+// per row against scores_bf16's ~11 (4 key loads, 4 vdpbf16ps, lane sums); the packing is a fixed cost
+// per tile, so it pays from 64 rows on (measured: bench/NOTES.md). Not in AMX units: their gemm_bf16
+// is the tile GEMM, which wants 32-row blocks.
+#if !defined(FLASHSIGMOID_CPU_AMX)
+constexpr int kPackedScoreRows = 64;
+template <int D, typename Pf>
+void scores_bf16_packed(const bfloat16_t* __restrict Q, int M, const bfloat16_t* const* k, std::int64_t off,
+                        int valid, float* __restrict S, Pf& pf) {
+  alignas(64) bf16_bits kp[kBlockK * D];
+  pack_kt_pairs([&](int c) { return c < valid ? k[c] + off : nullptr; }, kBlockK, D, kp);
+  const auto* q = reinterpret_cast<const bf16_bits*>(Q);
+  for (int m0 = 0; m0 < M; m0 += 8) {  // 8 rows at a time, with scores_bf16's prefetch trickle for them
+    pf.step(8 * (kBlockK / 16) * kPrefetchLines);
+    gemm_bf16(q + m0 * D, D, kp, kBlockK, S + m0 * kBlockK, kBlockK, 8, kBlockK, D, /*accumulate=*/false);
+  }
+}
+#endif
+
 // scores() for bf16 caches and queries on CPUs with AVX512-BF16: vdpbf16ps multiplies pairs of bf16
 // (exactly, in fp32) and adds them into fp32 lanes, so the key rows are used as stored, 32 elements
 // per instruction.
@@ -247,6 +268,9 @@ constexpr bool kBf16Dot = true;
 template <int D, typename Pf>
 void scores_bf16(const bfloat16_t* __restrict Q, int M, const bfloat16_t* const* k, std::int64_t off, int valid,
                  float* __restrict S, Pf& pf) {
+#if !defined(FLASHSIGMOID_CPU_AMX)
+  if (M % 8 == 0 && M >= kPackedScoreRows) return scores_bf16_packed<D>(Q, M, k, off, valid, S, pf);
+#endif
   constexpr int C = D / 32, W = 16;  // 32 bf16 per 512-bit register, 16 fp32 lanes
   static_assert(D % 32 == 0, "head dims are multiples of 32");
   using F = Vec<float>::type;
@@ -277,34 +301,8 @@ void scores_bf16(const bfloat16_t* __restrict Q, int M, const bfloat16_t* const*
     }
   }
 }
-// Many query rows per kv head (append / speculative verification: Nq_new · G a multiple of 8, at
-// least kPackedScoreRows): the tile's keys are packed once as bf16 pairs (the forward's B operand) and
-// the scores are the 8 x 32 vdpbf16ps GEMM, whose work per key grows with the rows by 2 instructions
-// per row against scores_bf16's ~11 (4 key loads, 4 vdpbf16ps, lane sums); the packing is a fixed cost
-// per tile, so it pays from 64 rows on (measured: bench/NOTES.md). Not in AMX units: their gemm_bf16
-// is the tile GEMM, which wants 32-row blocks.
-#if !defined(FLASHSIGMOID_CPU_AMX)
-constexpr bool kPackedScores = true;
-constexpr int kPackedScoreRows = 64;
-template <int D, typename Pf>
-void scores_bf16_packed(const bfloat16_t* __restrict Q, int M, const bfloat16_t* const* k, std::int64_t off,
-                        int valid, float* __restrict S, Pf& pf) {
-  alignas(64) bf16_bits kp[kBlockK * D];
-  pack_kt_pairs([&](int c) { return c < valid ? k[c] + off : nullptr; }, kBlockK, D, kp);
-  const auto* q = reinterpret_cast<const bf16_bits*>(Q);
-  for (int m0 = 0; m0 < M; m0 += 8) {  // 8 rows at a time, with scores_bf16's prefetch trickle for them
-    pf.step(8 * (kBlockK / 16) * kPrefetchLines);
-    gemm_bf16(q + m0 * D, D, kp, kBlockK, S + m0 * kBlockK, kBlockK, 8, kBlockK, D, /*accumulate=*/false);
-  }
-}
-#else
-constexpr bool kPackedScores = false;
-constexpr int kPackedScoreRows = 0;
-#endif
 #else
 constexpr bool kBf16Dot = false;
-constexpr bool kPackedScores = false;
-constexpr int kPackedScoreRows = 0;
 #endif
 
 // O[m0 .. m0 + MR) += P[m][j] V[j] over j < valid (value row j of the head: v[j] + off): MR rows x
@@ -554,11 +552,7 @@ void attend(const KVCacheParams& p, int splits) {
         const std::int64_t k_off = hh * p.k_stride.head, v_off = hh * p.v_stride.head;
         if constexpr (bf16_dot) {
 #if defined(FLASHSIGMOID_KVCACHE_BF16_DOT)
-          if (kPackedScores && M % 8 == 0 && M >= kPackedScoreRows) {
-            if constexpr (kPackedScores) scores_bf16_packed<D>(q_bf16.data() + hh * M * D, M, k_rows[n], k_off, valid, P, pf);
-          } else {
-            scores_bf16<D>(q_bf16.data() + hh * M * D, M, k_rows[n], k_off, valid, P, pf);
-          }
+          scores_bf16<D>(q_bf16.data() + hh * M * D, M, k_rows[n], k_off, valid, P, pf);
 #endif
         } else {
           scores<D>(Q + hh * M * D, M, k_rows[n], k_off, valid, P, pf);
