@@ -4,14 +4,16 @@
 // and 8, bf16 (--dtype fp16: fp16). Reports the achieved K/V read bandwidth, bytes(K/V read + q
 // read + out written) / time, against the same run's device-to-device cudaMemcpy bandwidth (bytes
 // read + written). CUDA events, median of many samples (each the mean of 10 back-to-back calls)
-// after warm-up, rotating over enough
-// cache copies that together exceed 3x the L2 so L2 is not what is timed. Every sequence holds the
-// full cache length; --append also writes Nq_new new keys per sequence (append + attend).
+// after warm-up, rotating over enough cache copies that together exceed 3x the L2 so L2 is not what
+// is timed; the same 10 calls again as one replayed CUDA graph (no host time between calls), and the
+// host's time to enqueue one call. Every sequence holds the full cache length; --append also
+// writes Nq_new new keys per sequence (append + attend).
 //   usage: flashsigmoid_cuda_decode_bench [--reps N] [--quick] [--dtype bf16|fp16] [--append]
 //                                         [--splits N] [--shape B:CACHE:HQ:HKV:NQ:PAGE]
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -124,18 +126,39 @@ int main(int argc, char** argv) {
   check(cudaEventCreate(&stop), "cudaEventCreate");
   // Median over n samples of the mean time of `inner` back-to-back calls: a decode step takes a few
   // microseconds, about what the host needs to enqueue it, so single timed calls would time the host.
-  auto median_ms = [&](auto&& body, int n, int inner) {
+  // host_us: the median host time to enqueue one call (the floor of a stream-launched step).
+  auto median_ms = [&](auto&& body, int n, int inner, double* host_us = nullptr) {
     std::vector<float> ms(n);
+    std::vector<double> host(n);
     for (int r = 0; r < n; ++r) {
       check(cudaEventRecord(start, stream), "cudaEventRecord");
+      const auto t0 = std::chrono::steady_clock::now();
       for (int i = 0; i < inner; ++i) body(r * inner + i);
+      host[r] = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / inner;
       check(cudaEventRecord(stop, stream), "cudaEventRecord");
       check(cudaEventSynchronize(stop), "cudaEventSynchronize");
       cudaEventElapsedTime(&ms[r], start, stop);
       ms[r] /= float(inner);
     }
     std::sort(ms.begin(), ms.end());
+    std::sort(host.begin(), host.end());
+    if (host_us != nullptr) *host_us = host[n / 2];
     return double(ms[n / 2]);
+  };
+  // The same calls captured once in a CUDA graph (`inner` calls, one per cache set in turn) and
+  // replayed: no host time between them, what a serving engine that replays graphs sees.
+  auto graph_median_ms = [&](auto&& body, int n, int inner) {
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    for (int i = 0; i < inner; ++i) body(i);
+    check(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+    check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+    for (int w = 0; w < 3; ++w) check(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+    const double ms = median_ms([&](int) { check(cudaGraphLaunch(exec, stream), "cudaGraphLaunch"); }, n, 1);
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    return ms / inner;
   };
   // The split workspace comes from the device's default memory pool (cudaMallocAsync); keep what it
   // holds between calls, as a serving process would, instead of returning it at every synchronisation.
@@ -165,8 +188,8 @@ int main(int argc, char** argv) {
               append ? "append + attention" : "attention", prop.name, prop.multiProcessorCount,
               prop.l2CacheSize >> 20, dtype_arg.c_str(), D, reps, splits_str.c_str());
   std::printf("# device-to-device cudaMemcpy: %.0f GB/s (read + written)\n", copy_gbs);
-  std::printf("%4s %7s %4s %4s %3s %5s %5s %10s %9s %7s\n", "B", "cache", "Hq", "Hkv", "Nq", "page", "sets", "us",
-              "GB/s", "% copy");
+  std::printf("%4s %7s %4s %4s %3s %5s %5s %10s %9s %7s %10s %7s %8s\n", "B", "cache", "Hq", "Hkv", "Nq", "page",
+              "sets", "us", "GB/s", "% copy", "graph us", "% copy", "host us");
 
   const flashsigmoid::Device device{flashsigmoid::DeviceType::cuda, dev};
   std::mt19937 gen(1234);
@@ -243,11 +266,15 @@ int main(int argc, char** argv) {
       ok = false;
     }
     if (ok) {
-      const double ms = median_ms(run, reps, 10);
+      double host_us = 0.0;
+      const double ms = median_ms(run, reps, 10, &host_us);
+      const double graph_ms = graph_median_ms(run, reps, 10);
       const double bytes = kv_bytes + 2.0 * q_elems * 2 + (append ? 2.0 * 2 * new_elems * 2 : 0.0);
       const double gbs = bytes / (ms * 1e-3) * 1e-9;
-      std::printf("%4d %7d %4d %4d %3d %5d %5d %10.1f %9.0f %6.1f%%\n", s.B, s.cache, s.Hq, s.Hkv, s.Nq, s.page, sets,
-                  ms * 1e3, gbs, 100.0 * gbs / copy_gbs);
+      const double graph_gbs = bytes / (graph_ms * 1e-3) * 1e-9;
+      std::printf("%4d %7d %4d %4d %3d %5d %5d %10.1f %9.0f %6.1f%% %10.1f %6.1f%% %8.1f\n", s.B, s.cache, s.Hq, s.Hkv,
+                  s.Nq, s.page, sets, ms * 1e3, gbs, 100.0 * gbs / copy_gbs, graph_ms * 1e3,
+                  100.0 * graph_gbs / copy_gbs, host_us);
     }
     check(cudaDeviceSynchronize(), "benchmark run");
     for (int i = 0; i < sets; ++i) {

@@ -14,8 +14,9 @@
 #        PY_HEAD_DIMS (head dims of the pip-installed package, default $FLASHSIGMOID_HEAD_DIMS),
 #        SKIP_PORTABLE_PASS=1 (Hopper builds: one ctest pass with automatic dispatch instead of two),
 #        PY_REUSE=1 (keep a Python package already installed), SKIP_PYTEST=1,
-#        KV_BENCH_ARGS (extra flags for the C++ KV-cache benchmark, e.g. "--quick"), KV_NCU_SHAPE (an ncu
-#        report of the KV-cache attention kernel on one shape B:CACHE:HQ:HKV:NQ:PAGE),
+#        KV_BENCH_ARGS (extra flags for the C++ KV-cache benchmark, e.g. "--quick"), KV_NCU_SHAPE (ncu
+#        reports of the KV-cache kernels on shapes "B:CACHE:HQ:HKV:NQ:PAGE ..."), KV_NSYS_SHAPE (an
+#        nsys trace of the KV-cache benchmark on one shape: host time per CUDA call, time per kernel),
 #        PYTEST_ARGS (what pytest runs, default tests/python),
 #        cp (a stage, not in the default list; needs 2 GPUs and the Python package, so STAGES="python cp"):
 #        bench/cp_bench.py, context parallelism on 2 GPUs over NCCL, tables into $LOG/cp
@@ -26,6 +27,8 @@
 # Stage "cpu_amx" (not in the default list): where the host CPU has AMX (amx_tile, amx_bf16), the CPU
 #   accuracy suite at the x86-64-v4-amx level (and at x86-64-v4-bf16 for comparison), then
 #   `flashsigmoid run` bf16 timings of both levels, into $LOG/cpu_amx*.log.
+# Stage "cpu_compare" (not in the default list): bench/cpu_compare.py on the host CPU with the pip-installed
+#   package (STAGES="python cpu_compare"), into $LOG/cpu_compare; CPU_COMPARE_ARGS, CPU_COMPARE_TIMEOUT (400 s).
 # Stage "study" (not in the default list; it trains for minutes): the parity study's gpu preset
 #   (studies/parity/run.py) on the pip-installed package, into $LOG/parity-gpu; STUDY_ARGS adds flags
 #   (e.g. "--parts lm"), STUDY_TIMEOUT (default 420 s) bounds it; COMMIT names the commit there too.
@@ -58,8 +61,8 @@ STAGES=" ${STAGES:-tests sanitizer bench python harness decode cli} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 for stage in $STAGES; do
   case "$stage" in
-    tests|sanitizer|bench|python|harness|decode|cli|kvcache|study|cp) ;;
-    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness decode cli kvcache study cp" >&2; exit 2 ;;
+    tests|sanitizer|bench|python|harness|decode|cli|kvcache|study|cp|cpu_amx|cpu_compare) ;;
+    *) echo "gpu_check.sh: STAGES has '$stage'; accepted: tests sanitizer bench python harness decode cli kvcache study cp cpu_amx cpu_compare" >&2; exit 2 ;;
   esac
 done
 HOPPER=0
@@ -87,7 +90,7 @@ fi
 
 # (not indented, to keep the diff small) the C++ build serves tests, sanitizer, bench and cli only;
 # python, harness and study use the pip-installed package.
-if want tests || want sanitizer || want bench || want cli || want kvcache; then
+if want tests || want sanitizer || want bench || want cli || want kvcache || want cpu_amx; then
 echo "== configure + build (archs $ARCHS, head dims $DIMS)"
 cmake -S . -B "$BUILD" -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_BACKWARD=ON -DFLASHSIGMOID_HOPPER=AUTO -DFLASHSIGMOID_CUDA_ARCHS="$ARCHS" \
   -DFLASHSIGMOID_HEAD_DIMS="$DIMS" -DFLASHSIGMOID_BUILD_TESTS=ON -DFLASHSIGMOID_BUILD_BENCH=OFF \
@@ -185,13 +188,28 @@ if want kvcache; then
     echo "== KV-cache benchmark"
     timeout 400 "$BUILD/tests/gpu/flashsigmoid_cuda_decode_bench" ${KV_BENCH_ARGS:-} 2>&1 |
       tee "$LOG/bench_kvcache_cuda.txt" || status=1
-    # KV_NCU_SHAPE=B:CACHE:HQ:HKV:NQ:PAGE: one Nsight Compute report of the attention kernel on that shape.
+    # KV_NCU_SHAPE="B:CACHE:HQ:HKV:NQ:PAGE ...": Nsight Compute reports of the attention kernel and the
+    # split sum (one call's launches) on each shape, into one file.
     if [[ -n "${KV_NCU_SHAPE:-}" ]] && command -v ncu >/dev/null; then
-      echo "== Nsight Compute, KV-cache attention $KV_NCU_SHAPE"
-      timeout 240 ncu --kernel-name regex:decode_kernel --launch-skip 5 --launch-count 1 --section SpeedOfLight \
-        --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section SchedulerStats \
-        "$BUILD/tests/gpu/flashsigmoid_cuda_decode_bench" --shape "$KV_NCU_SHAPE" --reps 2 > "$LOG/ncu_kvcache.txt" 2>&1 ||
-        echo "ncu failed (see ncu_kvcache.txt)"
+      for shape in $KV_NCU_SHAPE; do
+        echo "== Nsight Compute, KV-cache attention $shape" | tee -a "$LOG/ncu_kvcache.txt"
+        timeout 120 ncu --kernel-name regex:'decode_kernel|sum_splits' --launch-skip 10 --launch-count 2 \
+          --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+          --section SchedulerStats --section LaunchStats "$BUILD/tests/gpu/flashsigmoid_cuda_decode_bench" \
+          --shape "$shape" --reps 2 >> "$LOG/ncu_kvcache.txt" 2>&1 || echo "ncu failed (see ncu_kvcache.txt)"
+      done
+      grep -E 'decode_kernel|sum_splits|Duration|DRAM Throughput|Grid Size|Registers Per' \
+        "$LOG/ncu_kvcache.txt" | tail -80
+    fi
+    # KV_NSYS_SHAPE=B:CACHE:HQ:HKV:NQ:PAGE: an Nsight Systems trace of the benchmark on that shape; its
+    # CUDA API and kernel summaries (host time per runtime call, time per kernel) into nsys_kvcache.txt.
+    if [[ -n "${KV_NSYS_SHAPE:-}" ]] && command -v nsys >/dev/null; then
+      echo "== Nsight Systems, KV-cache benchmark $KV_NSYS_SHAPE"
+      timeout 180 nsys profile -t cuda -o /tmp/kv_nsys -f true "$BUILD/tests/gpu/flashsigmoid_cuda_decode_bench" \
+        --shape "$KV_NSYS_SHAPE" --reps 50 > /dev/null 2>&1 &&
+        timeout 120 nsys stats -r cuda_api_sum,cuda_gpu_kern_sum /tmp/kv_nsys.nsys-rep > "$LOG/nsys_kvcache.txt" 2>&1 ||
+        echo "nsys failed"
+      grep -E 'cuda[A-Z][A-Za-z]*|decode_kernel|sum_splits' "$LOG/nsys_kvcache.txt" | cut -c1-160 | head -30
     fi
   fi
 fi
@@ -241,7 +259,7 @@ if want cpu_amx; then
     for level in x86-64-v4-amx x86-64-v4-bf16; do
       echo "== CPU accuracy suite at $level"
       FLASHSIGMOID_CPU_ISA=$level timeout 300 "$BUILD/tests/cpp/flashsigmoid_tests" \
-        --gtest_filter='CpuIsa.*:*/CpuAccuracy.*:*/NonFinite.*:CpuDeterminism.*' 2>&1 |
+        --gtest_filter='CpuIsa.*:*/CpuAccuracy.*:*/NonFinite.*:CpuDeterminism.*:*/KVCacheAccuracy.*:KVCache.*:*/DecodeMatchesForward.*' 2>&1 |
         tail -15 | tee "$LOG/cpu_amx_tests_$level.log"
       (( PIPESTATUS[0] == 0 )) || status=1
       for d in 64 128; do
@@ -252,6 +270,13 @@ if want cpu_amx; then
   else
     echo "== cpu_amx: this CPU has no AMX-BF16; skipped" | tee "$LOG/cpu_amx_skipped.log"
   fi
+fi
+if want cpu_compare; then
+  # The host CPU against PyTorch (bench/cpu_compare.py) with the pip-installed package, e.g. on a GPU
+  # machine whose CPU has AMX; CPU_COMPARE_ARGS adds flags (e.g. "--quick --dtypes bf16").
+  echo "== CPU comparison (bench/cpu_compare.py ${CPU_COMPARE_ARGS:-})"
+  timeout "${CPU_COMPARE_TIMEOUT:-400}" python3 bench/cpu_compare.py "$LOG/cpu_compare" ${CPU_COMPARE_ARGS:-} 2>&1 |
+    tee "$LOG/cpu_compare.txt" | tail -30 || status=1
 fi
 if want cli; then
   echo "== CLI main job"

@@ -14,7 +14,7 @@ namespace {
 
 namespace detail = flashsigmoid::detail;
 
-TEST(CpuIsa, HighestSupportedLevelButAmxByDefault) {
+TEST(CpuIsa, HighestSupportedLevelByDefault) {
   const auto levels = detail::cpu_isa_levels();
   ASSERT_EQ(levels, (std::vector<std::string>{"x86-64", "x86-64-v3", "x86-64-v4", "x86-64-v4-bf16", "x86-64-v4-amx"}));
   EXPECT_TRUE(detail::cpu_isa_supported("x86-64"));
@@ -22,7 +22,7 @@ TEST(CpuIsa, HighestSupportedLevelButAmxByDefault) {
   if (forced != nullptr && *forced != '\0') GTEST_SKIP() << "a level is forced (ForcedLevelIsUsed checks it)";
   std::string best = "x86-64";
   for (const auto& l : levels) {
-    if (l != "x86-64-v4-amx" && detail::cpu_isa_supported(l)) best = l;  // AMX: only when forced
+    if (detail::cpu_isa_supported(l)) best = l;
   }
   EXPECT_EQ(detail::cpu_isa(), best);
 }

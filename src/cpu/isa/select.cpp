@@ -99,9 +99,7 @@ Level parse(const std::string& name) {
   throw Error("flashsigmoid: unknown CPU level '" + name + "'; accepted: " + accepted);
 }
 
-// The AMX level is chosen only when FLASHSIGMOID_CPU_ISA names it: its kernels compile and match the
-// other levels' code path by path, but have not yet run on a CPU with AMX, so they are not used
-// without being asked for.
+// FLASHSIGMOID_CPU_ISA forces a level; otherwise the highest the CPU (and, for AMX, the kernel) grants.
 Level choose() {
   const char* forced = std::getenv("FLASHSIGMOID_CPU_ISA");
   if (forced != nullptr && *forced != '\0') {
@@ -112,7 +110,6 @@ Level choose() {
     return level;
   }
   for (int i = kNumLevels - 1; i > 0; --i) {
-    if (static_cast<Level>(i) == Level::x86_64_v4_amx) continue;  // opt-in (above)
     if (supported(static_cast<Level>(i))) return static_cast<Level>(i);
   }
   return Level::x86_64;

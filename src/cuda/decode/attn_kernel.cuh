@@ -3,7 +3,7 @@
 // once through a kStages-deep cp.async pipeline and multiplies them with all of its rows (every
 // query head of the GQA group, every new token): S = Q K^T and O += P V on the tensor cores, P =
 // sigmoid(transform(S)) in registers. Partial sums over disjoint key ranges simply add (no
-// softmax statistics), so a split writes its fp32 partial O and sum_splits adds them in order.
+// softmax statistics), so a split writes its fp32 partial O and sum_splits adds them in a fixed order.
 #pragma once
 
 #include <cmath>
@@ -34,6 +34,29 @@ __device__ __forceinline__ void store8(Element* dst, const float (&v)[8]) {
   for (int e = 0; e < 8; ++e) in[e] = v[e];
   const cutlass::Array<Element, 8> out = cutlass::NumericArrayConverter<Element, float, 8>{}(in);
   *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(&out);
+}
+
+// Eight-byte store of four fp32 values in the input dtype.
+template <class Element>
+__device__ __forceinline__ void store4(Element* dst, const float4& v) {
+  cutlass::Array<float, 4> in;
+  in[0] = v.x; in[1] = v.y; in[2] = v.z; in[3] = v.w;
+  const cutlass::Array<Element, 4> out = cutlass::NumericArrayConverter<Element, float, 4>{}(in);
+  *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(&out);
+}
+
+// Programmatic dependent launch (sm_90+; no-ops below): the attention lets its dependent (the split
+// sum) start early, and the dependent waits until the attention grid has finished and its memory is
+// visible. Without the launch attribute both are plain stream order.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_prerequisite_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
 }
 
 // workspace: null with one split (O is written in the input dtype), else [splits, B, Nq_new, Hq, D]
@@ -258,6 +281,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     }
   }
   cp_async_wait<0>();
+  allow_dependent_launch();
   __syncthreads();  // every warp is done with the K/V stages: they hold the fp32 sum now
 
   // ---- epilogue: the key slices' partial O summed in a fixed order, then stored ----
@@ -308,29 +332,49 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   }
 }
 
-// out = the sum of the splits' fp32 partials, in split order (deterministic), cast to the dtype.
+// out = the sum of the splits' fp32 partials, cast to the dtype. One CTA per output row: kLanes
+// threads per float4 column, lane l adding splits l, l + kLanes, ... in order with 8 loads in
+// flight, then the lanes added in order: a fixed order (the bits do not depend on timing) that
+// keeps many loads in flight (a single thread walking 256 splits waits on each in turn).
+// Launched as a programmatic dependent of decode_kernel on sm_90: it starts while the attention's
+// epilogue runs and waits here for all of that grid's writes.
 template <int D, class Element>
 __global__ void __launch_bounds__(256) sum_splits_kernel(const __grid_constant__ detail::KVCacheParams p,
                                                          const float* workspace, int splits) {
-  constexpr int kVecs = D / 8;
+  constexpr int kCols = D / 4;
+  constexpr int kLanes = 256 / kCols;
+  constexpr int kInFlight = 8;
+  static_assert(256 % kCols == 0, "whole columns per CTA");
+  __shared__ float4 part[kLanes][kCols];
+  wait_for_prerequisite_grid();
   const std::int64_t rows = p.batch * p.seqlen_q * p.heads_q;
-  const std::int64_t idx = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= rows * kVecs) return;
-  const std::int64_t row = idx / kVecs;
-  const int col = int(idx % kVecs) * 8;
-  float v[8];
-  CUTE_UNROLL
-  for (int e = 0; e < 8; ++e) v[e] = 0.0f;
-  for (int s = 0; s < splits; ++s) {
-    const float4* src = reinterpret_cast<const float4*>(workspace + (s * rows + row) * D + col);
-    const float4 lo = src[0], hi = src[1];
-    v[0] += lo.x; v[1] += lo.y; v[2] += lo.z; v[3] += lo.w;
-    v[4] += hi.x; v[5] += hi.y; v[6] += hi.z; v[7] += hi.w;
+  const std::int64_t row = blockIdx.x;
+  const int col = int(threadIdx.x) % kCols;
+  const int lane = int(threadIdx.x) / kCols;
+  const float4* src = reinterpret_cast<const float4*>(workspace) + row * kCols + col;
+  const std::int64_t step = rows * kCols;  // float4s from one split's partial to the next
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  auto add = [](float4& a, const float4& b) { a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w; };
+  int s = lane;
+  for (; s + (kInFlight - 1) * kLanes < splits; s += kInFlight * kLanes) {
+    float4 v[kInFlight];
+    CUTE_UNROLL
+    for (int k = 0; k < kInFlight; ++k) v[k] = src[(s + k * kLanes) * step];
+    CUTE_UNROLL
+    for (int k = 0; k < kInFlight; ++k) add(acc, v[k]);
   }
-  const std::int64_t h = row % p.heads_q;
-  const std::int64_t i = (row / p.heads_q) % p.seqlen_q;
-  const std::int64_t b = row / (p.heads_q * p.seqlen_q);
-  store8(static_cast<Element*>(p.o) + p.o_stride.offset(b, i, h) + col, v);
+  for (; s < splits; s += kLanes) add(acc, src[s * step]);
+  part[lane][col] = acc;
+  __syncthreads();
+  if (threadIdx.x < kCols) {
+    float4 sum = part[0][col];
+    CUTE_UNROLL
+    for (int l = 1; l < kLanes; ++l) add(sum, part[l][col]);
+    const std::int64_t h = row % p.heads_q;
+    const std::int64_t i = (row / p.heads_q) % p.seqlen_q;
+    const std::int64_t b = row / (p.heads_q * p.seqlen_q);
+    store4(static_cast<Element*>(p.o) + p.o_stride.offset(b, i, h) + col * 4, sum);
+  }
 }
 
 }  // namespace flashsigmoid::cuda::decode

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -26,15 +27,24 @@ void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {
   constexpr int kSmem = Traits::kSmemBytes;
   const std::int64_t m_blocks = (p.seqlen_q * p.group_size() + Traits::kBlockM - 1) / Traits::kBlockM;
   const std::int64_t pairs = p.batch * p.heads_kv;
-  if (m_blocks > 65535 || pairs > 65535) {
+  const std::int64_t rows = p.batch * p.seqlen_q * p.heads_q;
+  if (m_blocks > 65535 || pairs > 65535 || rows > 0x7fffffff) {
     throw Error("flashsigmoid: KV-cache attention grid too large (" + std::to_string(m_blocks) +
                 " row blocks of Nq_new * Hq / Hkv rows, " + std::to_string(pairs) +
-                " (sequence, kv head) pairs); accepted: at most 65535 of each");
+                " (sequence, kv head) pairs, " + std::to_string(rows) +
+                " output rows); accepted: at most 65535 row blocks and pairs, 2^31 - 1 rows");
   }
   auto kernel = &decode_kernel<Traits>;
+  const DeviceInfo info = device_info(p.device.index);
   if constexpr (kSmem > 48 * 1024) {
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
-               "cudaFuncSetAttribute(KV-cache attention shared memory)");
+    // Once per device (a decode step is a few microseconds; host calls add up).
+    static std::atomic<std::uint64_t> done{0};
+    const std::uint64_t bit = p.device.index < 64 ? std::uint64_t(1) << p.device.index : 0;
+    if ((done.load(std::memory_order_acquire) & bit) == 0 || bit == 0) {
+      check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
+                 "cudaFuncSetAttribute(KV-cache attention shared memory)");
+      done.fetch_or(bit, std::memory_order_acq_rel);
+    }
   }
   int splits = p.num_splits;
   if (splits <= 0) {
@@ -45,8 +55,7 @@ void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {
                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
       return n;
     }();
-    splits = auto_splits(m_blocks * pairs, p.cache_capacity, Traits::kBlockN, device_info(p.device.index).sms,
-                         ctas_per_sm);
+    splits = auto_splits(m_blocks * pairs, p.cache_capacity, Traits::kBlockN, info.sms, ctas_per_sm);
   }
   const dim3 grid{unsigned(splits), unsigned(m_blocks), unsigned(pairs)};
   if (splits == 1) {
@@ -54,18 +63,26 @@ void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {
     check_cuda(cudaGetLastError(), "KV-cache attention kernel launch");
     return;
   }
-  const std::int64_t rows = p.batch * p.seqlen_q * p.heads_q;
   void* workspace = nullptr;
   check_cuda(cudaMallocAsync(&workspace, std::size_t(splits) * rows * D * sizeof(float), stream),
              "cudaMallocAsync(KV-cache split workspace)");
   kernel<<<grid, Traits::kNThreads, kSmem, stream>>>(p, static_cast<float*>(workspace));
   const cudaError_t launched = cudaGetLastError();
+  cudaError_t summed = cudaSuccess;
   if (launched == cudaSuccess) {
-    const std::int64_t threads = rows * (D / 8);
-    sum_splits_kernel<D, Element><<<unsigned((threads + 255) / 256), 256, 0, stream>>>(
-        p, static_cast<const float*>(workspace), splits);
+    // One CTA per output row; on sm_90 a programmatic dependent of the attention (see sum_splits_kernel).
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(unsigned(rows));
+    config.blockDim = dim3(256);
+    config.stream = stream;
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &attr;
+    config.numAttrs = info.cc_major >= 9 ? 1 : 0;
+    summed = cudaLaunchKernelEx(&config, &sum_splits_kernel<D, Element>, p, static_cast<const float*>(workspace),
+                                splits);
   }
-  const cudaError_t summed = cudaGetLastError();
   cudaFreeAsync(workspace, stream);
   check_cuda(launched, "KV-cache attention kernel launch");
   check_cuda(summed, "KV-cache split sum kernel launch");
