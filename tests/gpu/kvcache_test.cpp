@@ -227,10 +227,10 @@ TEST(GpuKVCacheMisc, SplitCountsAndRepeatability) {
   const KVProblem p = fs_kv::make_kv_problem(c, seed);
   const std::vector<double> ref = p.reference();
   const std::vector<double> plain = p.reference(true);
-  // Up to 8: one split per lane of the sum at D 128; 13 and 40: lanes with several splits and a
-  // partial last round; 64 and 100: more splits than key blocks (empty splits add zeros), 8 loads
-  // in flight per lane.
-  for (int splits : {1, 2, 3, 4, 5, 6, 7, 8, 13, 40, 64, 100}) {
+  // The sum has 32 lanes, each adding every 32nd split, 4 loads at a time: up to 32 one split per
+  // lane; 40 and 100 partial rounds; 257 whole rounds of 4 and a remainder. From 40 on there are
+  // more splits than key blocks (empty splits add zeros).
+  for (int splits : {1, 2, 3, 5, 8, 13, 31, 32, 40, 100, 257}) {
     DeviceKV d(p);
     d.run(splits);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);

@@ -332,27 +332,35 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   }
 }
 
-// out = the sum of the splits' fp32 partials, cast to the dtype. One CTA per output row: kLanes
-// threads per float4 column, lane l adding splits l, l + kLanes, ... in order with 8 loads in
-// flight, then the lanes added in order: a fixed order (the bits do not depend on timing) that
-// keeps many loads in flight (a single thread walking 256 splits waits on each in turn).
+// out = the sum of the splits' fp32 partials, cast to the dtype. A CTA owns 32 columns of one
+// output row (grid: rows x D / 32): 32 lanes of 8 float4 columns, lane l adding splits l, l + 32,
+// ... in order with 4 loads in flight, then the lanes added in order. A fixed order (the bits do
+// not depend on timing) with every split's load in flight at once up to 128 splits: one thread
+// walking 256 splits in turn took longer than the attention at small shapes.
 // Launched as a programmatic dependent of decode_kernel on sm_90: it starts while the attention's
 // epilogue runs and waits here for all of that grid's writes.
+struct SumShape {
+  static constexpr int kThreads = 256;
+  static constexpr int kCols = 8;  // float4 columns of a CTA
+  static constexpr int kLanes = kThreads / kCols;
+  static constexpr int kInFlight = 4;
+};
+
 template <int D, class Element>
-__global__ void __launch_bounds__(256) sum_splits_kernel(const __grid_constant__ detail::KVCacheParams p,
-                                                         const float* workspace, int splits) {
-  constexpr int kCols = D / 4;
-  constexpr int kLanes = 256 / kCols;
-  constexpr int kInFlight = 8;
-  static_assert(256 % kCols == 0, "whole columns per CTA");
+__global__ void __launch_bounds__(SumShape::kThreads)
+    sum_splits_kernel(const __grid_constant__ detail::KVCacheParams p, const float* workspace, int splits) {
+  constexpr int kCols = SumShape::kCols;
+  constexpr int kLanes = SumShape::kLanes;
+  constexpr int kInFlight = SumShape::kInFlight;
+  static_assert(D % (4 * kCols) == 0, "whole 32-column chunks");
   __shared__ float4 part[kLanes][kCols];
   wait_for_prerequisite_grid();
   const std::int64_t rows = p.batch * p.seqlen_q * p.heads_q;
   const std::int64_t row = blockIdx.x;
-  const int col = int(threadIdx.x) % kCols;
+  const int col = int(blockIdx.y) * kCols + int(threadIdx.x) % kCols;  // float4 column of the row
   const int lane = int(threadIdx.x) / kCols;
-  const float4* src = reinterpret_cast<const float4*>(workspace) + row * kCols + col;
-  const std::int64_t step = rows * kCols;  // float4s from one split's partial to the next
+  const float4* src = reinterpret_cast<const float4*>(workspace) + row * (D / 4) + col;
+  const std::int64_t step = rows * (D / 4);  // float4s from one split's partial to the next
   float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   auto add = [](float4& a, const float4& b) { a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w; };
   int s = lane;
@@ -364,12 +372,12 @@ __global__ void __launch_bounds__(256) sum_splits_kernel(const __grid_constant__
     for (int k = 0; k < kInFlight; ++k) add(acc, v[k]);
   }
   for (; s < splits; s += kLanes) add(acc, src[s * step]);
-  part[lane][col] = acc;
+  part[lane][threadIdx.x % kCols] = acc;
   __syncthreads();
   if (threadIdx.x < kCols) {
-    float4 sum = part[0][col];
+    float4 sum = part[0][threadIdx.x];
     CUTE_UNROLL
-    for (int l = 1; l < kLanes; ++l) add(sum, part[l][col]);
+    for (int l = 1; l < kLanes; ++l) add(sum, part[l][threadIdx.x]);
     const std::int64_t h = row % p.heads_q;
     const std::int64_t i = (row / p.heads_q) % p.seqlen_q;
     const std::int64_t b = row / (p.heads_q * p.seqlen_q);

@@ -70,10 +70,10 @@ void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {
   const cudaError_t launched = cudaGetLastError();
   cudaError_t summed = cudaSuccess;
   if (launched == cudaSuccess) {
-    // One CTA per output row; on sm_90 a programmatic dependent of the attention (see sum_splits_kernel).
+    // A CTA per 32 columns of an output row; on sm_90 a programmatic dependent of the attention.
     cudaLaunchConfig_t config{};
-    config.gridDim = dim3(unsigned(rows));
-    config.blockDim = dim3(256);
+    config.gridDim = dim3(unsigned(rows), unsigned(D / (4 * SumShape::kCols)));
+    config.blockDim = dim3(SumShape::kThreads);
     config.stream = stream;
     cudaLaunchAttribute attr{};
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
