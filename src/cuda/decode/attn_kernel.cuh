@@ -332,56 +332,59 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   }
 }
 
-// out = the sum of the splits' fp32 partials, cast to the dtype. A CTA owns 32 columns of one
-// output row (grid: rows x D / 32): 32 lanes of 8 float4 columns, lane l adding splits l, l + 32,
-// ... in order with 4 loads in flight, then the lanes added in order. A fixed order (the bits do
-// not depend on timing) with every split's load in flight at once up to 128 splits: one thread
-// walking 256 splits in turn took longer than the attention at small shapes.
+// out = the sum of the splits' fp32 partials, cast to the dtype. The partials are [splits, rows,
+// D] with (row, D) flattened into float4 columns; a CTA of 256 threads owns 256 / kLanes
+// consecutive columns, and lane l of a column adds splits l, l + kLanes, ... in order (4 loads in
+// flight), then the lanes are added in order: a fixed order, so the bits do not depend on timing.
+// kLanes follows the split count (sum_lanes): 32 lanes keep every split's load in flight at once up
+// to 128 splits (one thread walking 256 splits in turn took longer than the attention); 4 lanes
+// keep few splits from leaving most threads idle.
 // Launched as a programmatic dependent of decode_kernel on sm_90: it starts while the attention's
 // epilogue runs and waits here for all of that grid's writes.
 struct SumShape {
   static constexpr int kThreads = 256;
-  static constexpr int kCols = 8;  // float4 columns of a CTA
-  static constexpr int kLanes = kThreads / kCols;
   static constexpr int kInFlight = 4;
+  static constexpr int lanes(int splits) { return splits > 8 ? 32 : 4; }
 };
 
-template <int D, class Element>
+template <int D, class Element, int kLanes>
 __global__ void __launch_bounds__(SumShape::kThreads)
     sum_splits_kernel(const __grid_constant__ detail::KVCacheParams p, const float* workspace, int splits) {
-  constexpr int kCols = SumShape::kCols;
-  constexpr int kLanes = SumShape::kLanes;
+  constexpr int kCols = SumShape::kThreads / kLanes;  // float4 columns of a CTA
   constexpr int kInFlight = SumShape::kInFlight;
-  static_assert(D % (4 * kCols) == 0, "whole 32-column chunks");
+  constexpr int kRowCols = D / 4;
   __shared__ float4 part[kLanes][kCols];
   wait_for_prerequisite_grid();
   const std::int64_t rows = p.batch * p.seqlen_q * p.heads_q;
-  const std::int64_t row = blockIdx.x;
-  const int col = int(blockIdx.y) * kCols + int(threadIdx.x) % kCols;  // float4 column of the row
+  const std::int64_t cols = rows * kRowCols;  // float4s of one split's partial
+  const int c = int(threadIdx.x) % kCols;
   const int lane = int(threadIdx.x) / kCols;
-  const float4* src = reinterpret_cast<const float4*>(workspace) + row * (D / 4) + col;
-  const std::int64_t step = rows * (D / 4);  // float4s from one split's partial to the next
+  const std::int64_t col = std::int64_t(blockIdx.x) * kCols + c;
   float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   auto add = [](float4& a, const float4& b) { a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w; };
-  int s = lane;
-  for (; s + (kInFlight - 1) * kLanes < splits; s += kInFlight * kLanes) {
-    float4 v[kInFlight];
-    CUTE_UNROLL
-    for (int k = 0; k < kInFlight; ++k) v[k] = src[(s + k * kLanes) * step];
-    CUTE_UNROLL
-    for (int k = 0; k < kInFlight; ++k) add(acc, v[k]);
+  if (col < cols) {
+    const float4* src = reinterpret_cast<const float4*>(workspace) + col;
+    int s = lane;
+    for (; s + (kInFlight - 1) * kLanes < splits; s += kInFlight * kLanes) {
+      float4 v[kInFlight];
+      CUTE_UNROLL
+      for (int k = 0; k < kInFlight; ++k) v[k] = src[(s + k * kLanes) * cols];
+      CUTE_UNROLL
+      for (int k = 0; k < kInFlight; ++k) add(acc, v[k]);
+    }
+    for (; s < splits; s += kLanes) add(acc, src[s * cols]);
   }
-  for (; s < splits; s += kLanes) add(acc, src[s * step]);
-  part[lane][threadIdx.x % kCols] = acc;
+  part[lane][c] = acc;
   __syncthreads();
-  if (threadIdx.x < kCols) {
-    float4 sum = part[0][threadIdx.x];
+  if (threadIdx.x < kCols && col < cols) {
+    float4 sum = part[0][c];
     CUTE_UNROLL
-    for (int l = 1; l < kLanes; ++l) add(sum, part[l][threadIdx.x]);
+    for (int l = 1; l < kLanes; ++l) add(sum, part[l][c]);
+    const std::int64_t row = col / kRowCols;
     const std::int64_t h = row % p.heads_q;
     const std::int64_t i = (row / p.heads_q) % p.seqlen_q;
     const std::int64_t b = row / (p.heads_q * p.seqlen_q);
-    store4(static_cast<Element*>(p.o) + p.o_stride.offset(b, i, h) + col * 4, sum);
+    store4(static_cast<Element*>(p.o) + p.o_stride.offset(b, i, h) + (col % kRowCols) * 4, sum);
   }
 }
 

@@ -28,11 +28,11 @@ void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {
   const std::int64_t m_blocks = (p.seqlen_q * p.group_size() + Traits::kBlockM - 1) / Traits::kBlockM;
   const std::int64_t pairs = p.batch * p.heads_kv;
   const std::int64_t rows = p.batch * p.seqlen_q * p.heads_q;
-  if (m_blocks > 65535 || pairs > 65535 || rows > 0x7fffffff) {
+  if (m_blocks > 65535 || pairs > 65535 || rows > 0x7fffffff / (D / 4)) {
     throw Error("flashsigmoid: KV-cache attention grid too large (" + std::to_string(m_blocks) +
                 " row blocks of Nq_new * Hq / Hkv rows, " + std::to_string(pairs) +
                 " (sequence, kv head) pairs, " + std::to_string(rows) +
-                " output rows); accepted: at most 65535 row blocks and pairs, 2^31 - 1 rows");
+                " output rows); accepted: at most 65535 row blocks and pairs, (2^31 - 1) / (D / 4) rows");
   }
   auto kernel = &decode_kernel<Traits>;
   const DeviceInfo info = device_info(p.device.index);
@@ -70,9 +70,11 @@ void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {
   const cudaError_t launched = cudaGetLastError();
   cudaError_t summed = cudaSuccess;
   if (launched == cudaSuccess) {
-    // A CTA per 32 columns of an output row; on sm_90 a programmatic dependent of the attention.
+    // 256 / lanes float4 columns per CTA; on sm_90 a programmatic dependent of the attention.
+    const int lanes = SumShape::lanes(splits);
+    const std::int64_t ctas = (rows * (D / 4) + SumShape::kThreads / lanes - 1) / (SumShape::kThreads / lanes);
     cudaLaunchConfig_t config{};
-    config.gridDim = dim3(unsigned(rows), unsigned(D / (4 * SumShape::kCols)));
+    config.gridDim = dim3(unsigned(ctas));
     config.blockDim = dim3(SumShape::kThreads);
     config.stream = stream;
     cudaLaunchAttribute attr{};
@@ -80,8 +82,8 @@ void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {
     attr.val.programmaticStreamSerializationAllowed = 1;
     config.attrs = &attr;
     config.numAttrs = info.cc_major >= 9 ? 1 : 0;
-    summed = cudaLaunchKernelEx(&config, &sum_splits_kernel<D, Element>, p, static_cast<const float*>(workspace),
-                                splits);
+    auto sum = lanes == 32 ? &sum_splits_kernel<D, Element, 32> : &sum_splits_kernel<D, Element, 4>;
+    summed = cudaLaunchKernelEx(&config, sum, p, static_cast<const float*>(workspace), splits);
   }
   cudaFreeAsync(workspace, stream);
   check_cuda(launched, "KV-cache attention kernel launch");
