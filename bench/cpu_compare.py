@@ -13,7 +13,7 @@ warm-up), all threads torch and flashsigmoid use (torch.get_num_threads()). TFLO
 is recorded before and after: on a shared machine the absolute figures move, the same-run ratios less.
 
   python3 bench/cpu_compare.py OUT_DIR [--quick] [--ns 1024,2048,4096,8192] [--dims 64,128]
-      [--dtypes fp32,bf16] [--heads 2] [--reps 3] [--threads T] [--no-compile]
+      [--dtypes fp32,bf16] [--heads 2] [--reps 3] [--threads T] [--no-compile] [--commit C]
 writes OUT_DIR/cpu-compare-<date>.{json,md}.
 """
 import argparse
@@ -192,6 +192,7 @@ def main(argv=None):
     ap.add_argument("--heads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--gemm-n", type=int, default=2048)
+    ap.add_argument("--commit", default=None, help="commit to record when git is not available")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch.set_num_threads (flashsigmoid follows it); 0 = leave as is")
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile'd plain sigmoid")
@@ -205,7 +206,7 @@ def main(argv=None):
 
     os.makedirs(args.out, exist_ok=True)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    meta = {"date": date, "commit": git_commit(), "machine": machine(), "heads": args.heads,
+    meta = {"date": date, "commit": args.commit or git_commit(), "machine": machine(), "heads": args.heads,
             "command": "python3 bench/cpu_compare.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()), "gemm_n": args.gemm_n}
     meta["gemm_tflops"] = {name: gemm_tflops(DTYPES[name], args.gemm_n, args.reps) for name in dtypes}

@@ -275,7 +275,7 @@ if want cpu_compare; then
   # The host CPU against PyTorch (bench/cpu_compare.py) with the pip-installed package, e.g. on a GPU
   # machine whose CPU has AMX; CPU_COMPARE_ARGS adds flags (e.g. "--quick --dtypes bf16").
   echo "== CPU comparison (bench/cpu_compare.py ${CPU_COMPARE_ARGS:-})"
-  timeout "${CPU_COMPARE_TIMEOUT:-400}" python3 bench/cpu_compare.py "$LOG/cpu_compare" ${CPU_COMPARE_ARGS:-} 2>&1 |
+  timeout "${CPU_COMPARE_TIMEOUT:-400}" python3 bench/cpu_compare.py "$LOG/cpu_compare" ${COMMIT:+--commit "$COMMIT"} ${CPU_COMPARE_ARGS:-} 2>&1 |
     tee "$LOG/cpu_compare.txt" | tail -30 || status=1
 fi
 if want cli; then
