@@ -1,0 +1,132 @@
+// Two probes behind the CPU decode figures (bench/NOTES.md):
+//   flashsigmoid_cpu_decode_probe decode B N HQ HKV PAGE THREADS [REPS]
+//     flashsigmoid::forward_with_kvcache on the CPU, bf16, D 128, one new token, a paged cache with
+//     shuffled pages, every sequence N keys; median time and K/V bytes / time. Small N keeps the
+//     cache in L2 / L3: the compute ceiling per core.
+//   flashsigmoid_cpu_decode_probe read CHUNK AHEAD THREADS
+//     reads 512 MiB in chunks of CHUNK bytes taken in a random order (CHUNK 0: in order), with a
+//     software prefetch of the chunk AHEAD positions later (0: none): what the memory system gives
+//     to reads of scattered pages, against which a paged decode is measured.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "flashsigmoid/flashsigmoid.hpp"
+
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+int decode(int B, int N, int Hq, int Hkv, int page, int threads, int reps) {
+  using namespace flashsigmoid;
+  constexpr int D = 128;
+  const std::int64_t pages_per_seq = (N + page - 1) / page, pages = B * pages_per_seq;
+  std::vector<std::uint16_t> k(std::size_t(pages) * page * Hkv * D), v(k.size()), q(std::size_t(B) * Hq * D),
+      o(q.size());
+  std::mt19937 gen(1);
+  // bf16 values in [0.5, 1) and [1, 2) with random mantissas: finite, never zero.
+  for (auto& x : k) x = std::uint16_t(0x3f00 | (gen() & 0xff));
+  for (auto& x : v) x = std::uint16_t(0x3f00 | (gen() & 0xff));
+  for (auto& x : q) x = std::uint16_t(0x3c00 | (gen() & 0xff));
+  std::vector<std::int32_t> table(pages), lens(B, N);
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), gen);
+  const Device cpu{DeviceType::cpu, 0};
+  KVCache c;
+  c.k_cache = TensorView::contiguous(k.data(), DType::bfloat16, {pages, page, Hkv, D}, cpu);
+  c.v_cache = TensorView::contiguous(v.data(), DType::bfloat16, {pages, page, Hkv, D}, cpu);
+  c.cache_seqlens = TensorView::contiguous(lens.data(), DType::int32, {B}, cpu);
+  c.block_table = TensorView::contiguous(table.data(), DType::int32, {B, pages_per_seq}, cpu);
+  Options opt;
+  opt.bias_mode = BiasMode::scalar;
+  opt.bias_value = -5.0f;
+  opt.num_threads = threads;
+  const auto qv = TensorView::contiguous(q.data(), DType::bfloat16, {B, 1, Hq, D}, cpu);
+  const auto ov = TensorView::contiguous(o.data(), DType::bfloat16, {B, 1, Hq, D}, cpu);
+  std::vector<double> ms;
+  for (int r = 0; r < reps + 2; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    forward_with_kvcache(qv, c, ov, opt, 0);
+    if (r >= 2) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  const double t = median(ms), bytes = 2.0 * B * N * Hkv * D * 2;
+  std::printf("decode B %d N %d %d:%d page %d threads %d: %.3f ms, K/V %.1f GB/s\n", B, N, Hq, Hkv, page, threads, t,
+              bytes / t * 1e-6);
+  return 0;
+}
+
+int read(std::size_t chunk, std::size_t ahead, int threads) {
+  const std::size_t n = std::size_t(512) << 20, step = chunk ? chunk : 4096;
+  auto* a = static_cast<char*>(std::aligned_alloc(4096, n));
+  std::memset(a, 1, n);
+  const std::size_t chunks = n / step;
+  std::vector<std::size_t> order(chunks);
+  std::iota(order.begin(), order.end(), 0);
+  if (chunk) std::shuffle(order.begin(), order.end(), std::mt19937(1));
+  std::atomic<long long> sink{0};  // keeps the loads alive
+  std::vector<double> gbs;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        __m512i s = _mm512_setzero_si512();
+        const std::size_t lo = chunks * t / threads, hi = chunks * (t + 1) / threads;
+        for (std::size_t c = lo; c < hi; ++c) {
+          const char* p = a + order[c] * step;
+          const char* f = ahead && c + ahead < hi ? a + order[c + ahead] * step : nullptr;
+          for (std::size_t i = 0; i < step; i += 64) {
+            if (f) _mm_prefetch(f + i, _MM_HINT_T1);
+            s = _mm512_xor_si512(s, _mm512_load_si512(p + i));
+          }
+        }
+        sink += _mm512_reduce_add_epi64(s);
+      });
+    }
+    for (auto& th : pool) th.join();
+    gbs.push_back(double(n) / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e-9);
+  }
+  std::printf("read chunk %zu%s ahead %zu threads %d: %.1f GB/s (median of 5; checksum %lld)\n", chunk,
+              chunk ? "" : " (in order)", ahead, threads, median(gbs), sink.load() & 0xff);
+  std::free(a);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "decode" && (argc == 8 || argc == 9)) {
+    const int B = std::atoi(argv[2]), N = std::atoi(argv[3]), hq = std::atoi(argv[4]), hkv = std::atoi(argv[5]),
+              page = std::atoi(argv[6]), threads = std::atoi(argv[7]), reps = argc == 9 ? std::atoi(argv[8]) : 20;
+    if (B > 0 && N > 0 && hkv > 0 && hq % hkv == 0 && page > 0 && threads >= 0 && reps > 0) {
+      return decode(B, N, hq, hkv, page, threads, reps);
+    }
+  } else if (mode == "read" && argc == 5) {
+    const long chunk = std::atol(argv[2]), ahead = std::atol(argv[3]);
+    const int threads = std::atoi(argv[4]);
+    if (chunk >= 0 && chunk % 64 == 0 && chunk <= (1 << 20) && ahead >= 0 && threads > 0) {
+      return read(std::size_t(chunk), std::size_t(ahead), threads);
+    }
+  }
+  std::fprintf(stderr,
+               "usage: %s decode B N HQ HKV PAGE THREADS [REPS]   (HQ a multiple of HKV; THREADS 0 = all)\n"
+               "       %s read CHUNK AHEAD THREADS                (CHUNK a multiple of 64 up to 1 MiB, 0 = in "
+               "order; AHEAD chunks prefetched ahead, 0 = none)\n",
+               argv[0], argv[0]);
+  return 2;
+}
