@@ -47,7 +47,7 @@ struct ByteRange {
 ByteRange byte_range(const char* name, const TensorView& t) {
   ByteRange r;
   if (t.numel() == 0) return r;
-  const std::string what = std::string("the memory extent of ") + name + " " + describe_shape(t);
+  auto what = [&] { return std::string("the memory extent of ") + name + " " + describe_shape(t); };
   std::int64_t last_element = 0;
   for (int d = 0; d < t.rank; ++d) {
     last_element = checked_add(last_element, checked_mul(t.shape[d] - 1, t.stride[d], what), what);
@@ -56,7 +56,7 @@ ByteRange byte_range(const char* name, const TensorView& t) {
   const std::int64_t bytes = checked_mul(checked_add(last_element, 1, what), es, what);
   r.first = reinterpret_cast<std::uintptr_t>(t.data);
   r.last = r.first + static_cast<std::uintptr_t>(bytes) - 1;
-  if (r.last < r.first) fail(what + " runs past the end of the address space");
+  if (r.last < r.first) fail(what() + " runs past the end of the address space");
   r.empty = false;
   return r;
 }

@@ -6,30 +6,44 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <type_traits>
 
 #include "flashsigmoid/flashsigmoid.hpp"
 
 namespace flashsigmoid::detail {
 
-[[noreturn]] inline void throw_overflow(std::int64_t a, const char* op, std::int64_t b, const std::string& what) {
-  throw Error("flashsigmoid: " + what + " overflows a 64-bit integer (" + std::to_string(a) + op +
+// `what` names the quantity: a string, or a callable that returns one, for callers on every call's
+// path (validation runs per call; a decode step is microseconds, so the message is built only when
+// it is thrown).
+template <class What>
+[[noreturn]] void throw_overflow(std::int64_t a, const char* op, std::int64_t b, const What& what) {
+  std::string name;
+  if constexpr (std::is_invocable_v<const What&>) {
+    name = what();
+  } else {
+    name = what;
+  }
+  throw Error("flashsigmoid: " + name + " overflows a 64-bit integer (" + std::to_string(a) + op +
               std::to_string(b) + ")");
 }
 
-inline std::int64_t checked_mul(std::int64_t a, std::int64_t b, const std::string& what) {
+template <class What>
+std::int64_t checked_mul(std::int64_t a, std::int64_t b, const What& what) {
   std::int64_t r = 0;
   if (__builtin_mul_overflow(a, b, &r)) throw_overflow(a, " x ", b, what);
   return r;
 }
 
-inline std::int64_t checked_add(std::int64_t a, std::int64_t b, const std::string& what) {
+template <class What>
+std::int64_t checked_add(std::int64_t a, std::int64_t b, const What& what) {
   std::int64_t r = 0;
   if (__builtin_add_overflow(a, b, &r)) throw_overflow(a, " + ", b, what);
   return r;
 }
 
 // The product of all of `factors`, checked.
-inline std::int64_t checked_product(std::initializer_list<std::int64_t> factors, const std::string& what) {
+template <class What>
+std::int64_t checked_product(std::initializer_list<std::int64_t> factors, const What& what) {
   std::int64_t r = 1;
   for (std::int64_t f : factors) r = checked_mul(r, f, what);
   return r;
