@@ -21,6 +21,25 @@
 
 namespace flashsigmoid::cuda::decode {
 
+// True when `sum` may be launched as a programmatic dependent on this device: only code built for
+// sm_90 or later has the wait on the prerequisite grid (sum_splits_kernel); a kernel JIT-compiled
+// from an older PTX target would read partials still being written. Asked once per device.
+template <class Kernel>
+bool dependent_launch_safe(Kernel sum, int device) {
+  static std::atomic<std::uint64_t> asked{0}, safe{0};
+  if (device < 0 || device >= 64) return false;
+  const std::uint64_t bit = std::uint64_t(1) << device;
+  if ((asked.load(std::memory_order_acquire) & bit) == 0) {
+    cudaFuncAttributes a{};
+    const cudaError_t got = cudaFuncGetAttributes(&a, sum);
+    if (got != cudaSuccess) cudaGetLastError();  // not left for the next launch check to find
+    const bool ok = got == cudaSuccess && a.ptxVersion >= 90 && a.binaryVersion >= 90;
+    if (ok) safe.fetch_or(bit, std::memory_order_acq_rel);
+    asked.fetch_or(bit, std::memory_order_acq_rel);
+  }
+  return (safe.load(std::memory_order_acquire) & bit) != 0;
+}
+
 template <int D, class Element, int kWarpsM>
 void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {
   using Traits = DecodeTraits<D, Element, kWarpsM>;
@@ -81,8 +100,8 @@ void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr.val.programmaticStreamSerializationAllowed = 1;
     config.attrs = &attr;
-    config.numAttrs = info.cc_major >= 9 ? 1 : 0;
     auto sum = lanes == 32 ? &sum_splits_kernel<D, Element, 32> : &sum_splits_kernel<D, Element, 4>;
+    config.numAttrs = info.cc_major >= 9 && dependent_launch_safe(sum, p.device.index) ? 1 : 0;
     summed = cudaLaunchKernelEx(&config, sum, p, static_cast<const float*>(workspace), splits);
   }
   cudaFreeAsync(workspace, stream);
