@@ -200,6 +200,8 @@ if want kvcache; then
       done
       grep -E 'decode_kernel|sum_splits|Duration|DRAM Throughput|Grid Size|Registers Per' \
         "$LOG/ncu_kvcache.txt" | tail -80
+    elif [[ -n "${KV_NCU_SHAPE:-}" ]]; then
+      echo "== KV_NCU_SHAPE given but ncu is not on this machine: no report" | tee "$LOG/ncu_kvcache.txt"
     fi
     # KV_NSYS_SHAPE=B:CACHE:HQ:HKV:NQ:PAGE: an Nsight Systems trace of the benchmark on that shape; its
     # CUDA API and kernel summaries (host time per runtime call, time per kernel) into nsys_kvcache.txt.
@@ -210,6 +212,8 @@ if want kvcache; then
         timeout 120 nsys stats -r cuda_api_sum,cuda_gpu_kern_sum /tmp/kv_nsys.nsys-rep > "$LOG/nsys_kvcache.txt" 2>&1 ||
         echo "nsys failed"
       grep -E 'cuda[A-Z][A-Za-z]*|decode_kernel|sum_splits' "$LOG/nsys_kvcache.txt" | cut -c1-160 | head -30
+    elif [[ -n "${KV_NSYS_SHAPE:-}" ]]; then
+      echo "== KV_NSYS_SHAPE given but nsys is not on this machine: no trace" | tee "$LOG/nsys_kvcache.txt"
     fi
   fi
 fi

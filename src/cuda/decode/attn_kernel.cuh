@@ -336,11 +336,11 @@ __global__ void __launch_bounds__(Traits::kNThreads)
 // D] with (row, D) flattened into float4 columns; a CTA of 256 threads owns 256 / kLanes
 // consecutive columns, and lane l of a column adds splits l, l + kLanes, ... in order (4 loads in
 // flight), then the lanes are added in order: a fixed order, so the bits do not depend on timing.
-// kLanes follows the split count (sum_lanes): 32 lanes keep every split's load in flight at once up
-// to 128 splits (one thread walking 256 splits in turn took longer than the attention); 4 lanes
-// keep few splits from leaving most threads idle.
-// Launched as a programmatic dependent of decode_kernel on sm_90: it starts while the attention's
-// epilogue runs and waits here for all of that grid's writes.
+// kLanes follows the split count (SumShape::lanes): 32 lanes keep every split's load in flight at
+// once up to 128 splits (one thread walking 256 splits in turn took longer than the attention); 4
+// lanes keep few splits from leaving most threads idle.
+// On sm_90 it is launched as a programmatic dependent of decode_kernel (launch.cuh): it starts while
+// the attention's epilogue runs and waits here for all of that grid's writes.
 struct SumShape {
   static constexpr int kThreads = 256;
   static constexpr int kInFlight = 4;

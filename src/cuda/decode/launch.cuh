@@ -103,6 +103,7 @@ void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {
     auto sum = lanes == 32 ? &sum_splits_kernel<D, Element, 32> : &sum_splits_kernel<D, Element, 4>;
     config.numAttrs = info.cc_major >= 9 && dependent_launch_safe(sum, p.device.index) ? 1 : 0;
     summed = cudaLaunchKernelEx(&config, sum, p, static_cast<const float*>(workspace), splits);
+    if (summed != cudaSuccess) cudaGetLastError();  // reported below, not again by the next call
   }
   cudaFreeAsync(workspace, stream);
   check_cuda(launched, "KV-cache attention kernel launch");
