@@ -8,6 +8,7 @@
 //     software prefetch of the chunk AHEAD positions later (0: none): what the memory system gives
 //     to reads of scattered pages, against which a paged decode is measured.
 #include <immintrin.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <numeric>
 #include <random>
 #include <string>
@@ -26,29 +28,48 @@
 
 namespace {
 
+// A host buffer, 2 MiB aligned; with `huge`, asked to be backed by transparent huge pages before it
+// is first touched (Linux madvise: where THP is "madvise", plain allocations get 4 KiB pages, and a
+// decode over scattered pages then pays a TLB miss per page).
+struct HostBuffer {
+  void* data = nullptr;
+  HostBuffer(std::size_t bytes, bool huge) {
+    const std::size_t align = std::size_t(2) << 20;
+    data = std::aligned_alloc(align, (bytes + align - 1) / align * align);
+    if (data == nullptr) throw std::bad_alloc();
+    if (huge) madvise(data, (bytes + align - 1) / align * align, MADV_HUGEPAGE);
+  }
+  ~HostBuffer() { std::free(data); }
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+};
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
 }
 
-int decode(int B, int N, int Hq, int Hkv, int page, int threads, int reps) {
+int decode(int B, int N, int Hq, int Hkv, int page, int threads, int reps, bool huge) {
   using namespace flashsigmoid;
   constexpr int D = 128;
   const std::int64_t pages_per_seq = (N + page - 1) / page, pages = B * pages_per_seq;
-  std::vector<std::uint16_t> k(std::size_t(pages) * page * Hkv * D), v(k.size()), q(std::size_t(B) * Hq * D),
-      o(q.size());
+  const std::size_t cache_elems = std::size_t(pages) * page * Hkv * D;
+  HostBuffer kb(cache_elems * 2, huge), vb(cache_elems * 2, huge);
+  auto* k = static_cast<std::uint16_t*>(kb.data);
+  auto* v = static_cast<std::uint16_t*>(vb.data);
+  std::vector<std::uint16_t> q(std::size_t(B) * Hq * D), o(q.size());
   std::mt19937 gen(1);
   // bf16 values in [0.5, 1) and [1, 2) with random mantissas: finite, never zero.
-  for (auto& x : k) x = std::uint16_t(0x3f00 | (gen() & 0xff));
-  for (auto& x : v) x = std::uint16_t(0x3f00 | (gen() & 0xff));
+  for (std::size_t i = 0; i < cache_elems; ++i) k[i] = std::uint16_t(0x3f00 | (gen() & 0xff));
+  for (std::size_t i = 0; i < cache_elems; ++i) v[i] = std::uint16_t(0x3f00 | (gen() & 0xff));
   for (auto& x : q) x = std::uint16_t(0x3c00 | (gen() & 0xff));
   std::vector<std::int32_t> table(pages), lens(B, N);
   std::iota(table.begin(), table.end(), 0);
   std::shuffle(table.begin(), table.end(), gen);
   const Device cpu{DeviceType::cpu, 0};
   KVCache c;
-  c.k_cache = TensorView::contiguous(k.data(), DType::bfloat16, {pages, page, Hkv, D}, cpu);
-  c.v_cache = TensorView::contiguous(v.data(), DType::bfloat16, {pages, page, Hkv, D}, cpu);
+  c.k_cache = TensorView::contiguous(k, DType::bfloat16, {pages, page, Hkv, D}, cpu);
+  c.v_cache = TensorView::contiguous(v, DType::bfloat16, {pages, page, Hkv, D}, cpu);
   c.cache_seqlens = TensorView::contiguous(lens.data(), DType::int32, {B}, cpu);
   c.block_table = TensorView::contiguous(table.data(), DType::int32, {B, pages_per_seq}, cpu);
   Options opt;
@@ -64,14 +85,15 @@ int decode(int B, int N, int Hq, int Hkv, int page, int threads, int reps) {
     if (r >= 2) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   const double t = median(ms), bytes = 2.0 * B * N * Hkv * D * 2;
-  std::printf("decode B %d N %d %d:%d page %d threads %d: %.3f ms, K/V %.1f GB/s\n", B, N, Hq, Hkv, page, threads, t,
-              bytes / t * 1e-6);
+  std::printf("decode B %d N %d %d:%d page %d threads %d%s: %.3f ms, K/V %.1f GB/s\n", B, N, Hq, Hkv, page, threads,
+              huge ? " huge pages" : "", t, bytes / t * 1e-6);
   return 0;
 }
 
-int read(std::size_t chunk, std::size_t ahead, int threads) {
+int read(std::size_t chunk, std::size_t ahead, int threads, bool huge) {
   const std::size_t n = std::size_t(512) << 20, step = chunk ? chunk : 4096;
-  auto* a = static_cast<char*>(std::aligned_alloc(4096, n));
+  HostBuffer buf(n, huge);
+  auto* a = static_cast<char*>(buf.data);
   std::memset(a, 1, n);
   const std::size_t chunks = n / step;
   std::vector<std::size_t> order(chunks);
@@ -100,33 +122,36 @@ int read(std::size_t chunk, std::size_t ahead, int threads) {
     for (auto& th : pool) th.join();
     gbs.push_back(double(n) / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e-9);
   }
-  std::printf("read chunk %zu%s ahead %zu threads %d: %.1f GB/s (median of 5; checksum %lld)\n", chunk,
-              chunk ? "" : " (in order)", ahead, threads, median(gbs), sink.load() & 0xff);
-  std::free(a);
+  std::printf("read chunk %zu%s ahead %zu threads %d%s: %.1f GB/s (median of 5; checksum %lld)\n", chunk,
+              chunk ? "" : " (in order)", ahead, threads, huge ? " huge pages" : "", median(gbs), sink.load() & 0xff);
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A trailing "huge" asks for transparent huge pages behind the cache (decode) or the buffer (read).
+  const bool huge = argc > 2 && std::string(argv[argc - 1]) == "huge";
+  if (huge) --argc;
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "decode" && (argc == 8 || argc == 9)) {
     const int B = std::atoi(argv[2]), N = std::atoi(argv[3]), hq = std::atoi(argv[4]), hkv = std::atoi(argv[5]),
               page = std::atoi(argv[6]), threads = std::atoi(argv[7]), reps = argc == 9 ? std::atoi(argv[8]) : 20;
     if (B > 0 && N > 0 && hkv > 0 && hq % hkv == 0 && page > 0 && threads >= 0 && reps > 0) {
-      return decode(B, N, hq, hkv, page, threads, reps);
+      return decode(B, N, hq, hkv, page, threads, reps, huge);
     }
   } else if (mode == "read" && argc == 5) {
     const long chunk = std::atol(argv[2]), ahead = std::atol(argv[3]);
     const int threads = std::atoi(argv[4]);
     if (chunk >= 0 && chunk % 64 == 0 && chunk <= (1 << 20) && ahead >= 0 && threads > 0) {
-      return read(std::size_t(chunk), std::size_t(ahead), threads);
+      return read(std::size_t(chunk), std::size_t(ahead), threads, huge);
     }
   }
   std::fprintf(stderr,
-               "usage: %s decode B N HQ HKV PAGE THREADS [REPS]   (HQ a multiple of HKV; THREADS 0 = all)\n"
-               "       %s read CHUNK AHEAD THREADS                (CHUNK a multiple of 64 up to 1 MiB, 0 = in "
-               "order; AHEAD chunks prefetched ahead, 0 = none)\n",
+               "usage: %s decode B N HQ HKV PAGE THREADS [REPS] [huge]   (HQ a multiple of HKV; THREADS 0 = all)\n"
+               "       %s read CHUNK AHEAD THREADS [huge]                (CHUNK a multiple of 64 up to 1 MiB, 0 = "
+               "in order; AHEAD chunks prefetched ahead, 0 = none)\n"
+               "  huge: the cache / buffer asked to be backed by transparent huge pages (madvise)\n",
                argv[0], argv[0]);
   return 2;
 }
