@@ -7,6 +7,9 @@
 //     reads 512 MiB in chunks of CHUNK bytes taken in a random order (CHUNK 0: in order), with a
 //     software prefetch of the chunk AHEAD positions later (0: none): what the memory system gives
 //     to reads of scattered pages, against which a paged decode is measured.
+//   flashsigmoid_cpu_decode_probe copy THREADS
+//     a 512 MiB memcpy over THREADS threads, (bytes read + written) / time: the decode target's reference.
+//   A trailing "huge" (decode, read) backs the cache / buffer by transparent huge pages.
 #include <immintrin.h>
 #include <sys/mman.h>
 
@@ -127,6 +130,30 @@ int read(std::size_t chunk, std::size_t ahead, int threads, bool huge) {
   return 0;
 }
 
+// The same-run reference of the decode benchmark: a 512 MiB copy split over the threads, (bytes
+// read + bytes written) / time, median of 5.
+int copy(int threads) {
+  const std::size_t n = std::size_t(512) << 20;
+  HostBuffer src(n, false), dst(n, false);
+  std::memset(src.data, 1, n);
+  std::memset(dst.data, 0, n);
+  std::vector<double> gbs;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        const std::size_t lo = n * t / threads, hi = n * (t + 1) / threads;
+        std::memcpy(static_cast<char*>(dst.data) + lo, static_cast<const char*>(src.data) + lo, hi - lo);
+      });
+    }
+    for (auto& th : pool) th.join();
+    gbs.push_back(2.0 * double(n) / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e-9);
+  }
+  std::printf("copy threads %d: %.1f GB/s read + written (median of 5)\n", threads, median(gbs));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -140,6 +167,8 @@ int main(int argc, char** argv) {
     if (B > 0 && N > 0 && hkv > 0 && hq % hkv == 0 && page > 0 && threads >= 0 && reps > 0) {
       return decode(B, N, hq, hkv, page, threads, reps, huge);
     }
+  } else if (mode == "copy" && argc == 3 && std::atoi(argv[2]) > 0) {
+    return copy(std::atoi(argv[2]));
   } else if (mode == "read" && argc == 5) {
     const long chunk = std::atol(argv[2]), ahead = std::atol(argv[3]);
     const int threads = std::atoi(argv[4]);
@@ -151,7 +180,8 @@ int main(int argc, char** argv) {
                "usage: %s decode B N HQ HKV PAGE THREADS [REPS] [huge]   (HQ a multiple of HKV; THREADS 0 = all)\n"
                "       %s read CHUNK AHEAD THREADS [huge]                (CHUNK a multiple of 64 up to 1 MiB, 0 = "
                "in order; AHEAD chunks prefetched ahead, 0 = none)\n"
+               "       %s copy THREADS                                    (the same-run copy bandwidth)\n"
                "  huge: the cache / buffer asked to be backed by transparent huge pages (madvise)\n",
-               argv[0], argv[0]);
+               argv[0], argv[0], argv[0]);
   return 2;
 }
