@@ -93,6 +93,20 @@ int decode(int B, int N, int Hq, int Hkv, int page, int threads, int reps, bool 
   return 0;
 }
 
+// Median over 5 runs of bytes / time, each run `threads` threads calling body(t) once.
+template <class Body>
+double median_gbs(int threads, double bytes, Body body) {
+  std::vector<double> gbs;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) pool.emplace_back(body, t);
+    for (auto& th : pool) th.join();
+    gbs.push_back(bytes / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e-9);
+  }
+  return median(gbs);
+}
+
 int read(std::size_t chunk, std::size_t ahead, int threads, bool huge) {
   const std::size_t n = std::size_t(512) << 20, step = chunk ? chunk : 4096;
   HostBuffer buf(n, huge);
@@ -103,30 +117,21 @@ int read(std::size_t chunk, std::size_t ahead, int threads, bool huge) {
   std::iota(order.begin(), order.end(), 0);
   if (chunk) std::shuffle(order.begin(), order.end(), std::mt19937(1));
   std::atomic<long long> sink{0};  // keeps the loads alive
-  std::vector<double> gbs;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = std::chrono::steady_clock::now();
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t) {
-      pool.emplace_back([&, t] {
-        __m512i s = _mm512_setzero_si512();
-        const std::size_t lo = chunks * t / threads, hi = chunks * (t + 1) / threads;
-        for (std::size_t c = lo; c < hi; ++c) {
-          const char* p = a + order[c] * step;
-          const char* f = ahead && c + ahead < hi ? a + order[c + ahead] * step : nullptr;
-          for (std::size_t i = 0; i < step; i += 64) {
-            if (f) _mm_prefetch(f + i, _MM_HINT_T1);
-            s = _mm512_xor_si512(s, _mm512_load_si512(p + i));
-          }
-        }
-        sink += _mm512_reduce_add_epi64(s);
-      });
+  const double gbs = median_gbs(threads, double(n), [&](int t) {
+    __m512i s = _mm512_setzero_si512();
+    const std::size_t lo = chunks * t / threads, hi = chunks * (t + 1) / threads;
+    for (std::size_t c = lo; c < hi; ++c) {
+      const char* p = a + order[c] * step;
+      const char* f = ahead && c + ahead < hi ? a + order[c + ahead] * step : nullptr;
+      for (std::size_t i = 0; i < step; i += 64) {
+        if (f) _mm_prefetch(f + i, _MM_HINT_T1);
+        s = _mm512_xor_si512(s, _mm512_load_si512(p + i));
+      }
     }
-    for (auto& th : pool) th.join();
-    gbs.push_back(double(n) / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e-9);
-  }
+    sink += _mm512_reduce_add_epi64(s);
+  });
   std::printf("read chunk %zu%s ahead %zu threads %d%s: %.1f GB/s (median of 5; checksum %lld)\n", chunk,
-              chunk ? "" : " (in order)", ahead, threads, huge ? " huge pages" : "", median(gbs), sink.load() & 0xff);
+              chunk ? "" : " (in order)", ahead, threads, huge ? " huge pages" : "", gbs, sink.load() & 0xff);
   return 0;
 }
 
@@ -137,20 +142,11 @@ int copy(int threads) {
   HostBuffer src(n, false), dst(n, false);
   std::memset(src.data, 1, n);
   std::memset(dst.data, 0, n);
-  std::vector<double> gbs;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = std::chrono::steady_clock::now();
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t) {
-      pool.emplace_back([&, t] {
-        const std::size_t lo = n * t / threads, hi = n * (t + 1) / threads;
-        std::memcpy(static_cast<char*>(dst.data) + lo, static_cast<const char*>(src.data) + lo, hi - lo);
-      });
-    }
-    for (auto& th : pool) th.join();
-    gbs.push_back(2.0 * double(n) / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e-9);
-  }
-  std::printf("copy threads %d: %.1f GB/s read + written (median of 5)\n", threads, median(gbs));
+  const double gbs = median_gbs(threads, 2.0 * double(n), [&](int t) {
+    const std::size_t lo = n * t / threads, hi = n * (t + 1) / threads;
+    std::memcpy(static_cast<char*>(dst.data) + lo, static_cast<const char*>(src.data) + lo, hi - lo);
+  });
+  std::printf("copy threads %d: %.1f GB/s read + written (median of 5)\n", threads, gbs);
   return 0;
 }
 
