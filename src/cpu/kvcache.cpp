@@ -181,17 +181,31 @@ template <int W, int S, bool kUpper, typename VT, int... R>
 VT fold_pick(VT x, VT y, std::integer_sequence<int, R...>) {
   return __builtin_shufflevector(x, y, fold_index(R, W, S, kUpper)...);
 }
+// One level: x[i] = the fold of x[2i] and x[2i + 1], for i < pairs.
 template <int W, int S, typename VT>
-VT lane_sums(VT* x) {  // x[0 .. S): S vectors of W / S keys each; clobbers x
+[[gnu::always_inline]] inline void fold_pairs(VT* x, int pairs) {
   constexpr auto lanes = std::make_integer_sequence<int, W>{};
-  for (int i = 0; i < S / 2; ++i) {
+  for (int i = 0; i < pairs; ++i) {
     x[i] = fold_pick<W, S, false>(x[2 * i], x[2 * i + 1], lanes) + fold_pick<W, S, true>(x[2 * i], x[2 * i + 1], lanes);
   }
+}
+template <int W, int S, typename VT>
+VT lane_sums(VT* x) {  // x[0 .. S): S vectors of W / S keys each; clobbers x
+  fold_pairs<W, S>(x, S / 2);
   if constexpr (S == 2) {
     return x[0];
   } else {
     return lane_sums<W, S / 2>(x);
   }
+}
+// lane_sums<16, 16>'s levels for keys 0-7 (or 8-15) alone: 8 single-key vectors into one vector of
+// those keys, two lanes each; the last level (S = 2) of two such vectors gives lane_sums' result.
+template <typename VT>
+[[gnu::always_inline]] inline VT fold_eight(VT* x) {
+  fold_pairs<16, 16>(x, 4);
+  fold_pairs<16, 8>(x, 2);
+  fold_pairs<16, 4>(x, 1);
+  return x[0];
 }
 
 // S[m][j] = Q[m] . K[j] for m < M, j < valid; key row j of the head is k[j] + off. Decode has a few
@@ -275,11 +289,53 @@ void scores_bf16(const bfloat16_t* __restrict Q, int M, const bfloat16_t* const*
   static_assert(D % 32 == 0, "head dims are multiples of 32");
   using F = Vec<float>::type;
   static_assert(sizeof(F) == sizeof(__m512), "AVX512-BF16 units use 64-byte vectors");
+  auto store = [&](int m, int j0, int n, const F& s) {
+    if (n == W) {
+      Vec<float>::store(S + m * kBlockK + j0, s);
+    } else {
+      for (int jj = 0; jj < n; ++jj) S[m * kBlockK + j0 + jj] = s[jj];
+    }
+  };
+  // Two query rows share each key load (up to D 128: 8 query and 16 accumulator registers), eight keys
+  // at a time; the sums fold in lane_sums' order, so the scores are the single-row path's bits.
+  constexpr bool kPairs = C <= 4;
   for (int j0 = 0; j0 < valid; j0 += W) {
     const int n = std::min(W, valid - j0);
     const bfloat16_t* rows[W];
     for (int jj = 0; jj < W; ++jj) rows[jj] = k[j0 + std::min(jj, n - 1)] + off;
-    for (int m = 0; m < M; ++m) {
+    int m = 0;
+    if constexpr (kPairs) {
+      for (; m + 1 < M; m += 2) {
+        pf.step(2 * kPrefetchLines);
+        __m512i q0[C], q1[C];
+        for (int c = 0; c < C; ++c) {
+          q0[c] = _mm512_loadu_si512(Q + m * D + c * 32);
+          q1[c] = _mm512_loadu_si512(Q + (m + 1) * D + c * 32);
+        }
+        F half[2][2];  // [row][keys 0-7, 8-15]: two lanes per key
+        for (int h = 0; h < 2; ++h) {
+          F a0[8], a1[8];
+#pragma GCC unroll 8
+          for (int jj = 0; jj < 8; ++jj) {
+            __m512 x0 = _mm512_setzero_ps(), x1 = _mm512_setzero_ps();
+            for (int c = 0; c < C; ++c) {
+              const __m512bh kv = (__m512bh)_mm512_loadu_si512(rows[h * 8 + jj] + c * 32);
+              x0 = _mm512_dpbf16_ps(x0, (__m512bh)q0[c], kv);
+              x1 = _mm512_dpbf16_ps(x1, (__m512bh)q1[c], kv);
+            }
+            a0[jj] = (F)x0;
+            a1[jj] = (F)x1;
+          }
+          half[0][h] = fold_eight(a0);
+          half[1][h] = fold_eight(a1);
+        }
+        for (int r = 0; r < 2; ++r) {
+          fold_pairs<W, 2>(half[r], 1);
+          store(m + r, j0, n, half[r][0]);
+        }
+      }
+    }
+    for (; m < M; ++m) {
       pf.step(kPrefetchLines);
       __m512i q[C];
       for (int c = 0; c < C; ++c) q[c] = _mm512_loadu_si512(Q + m * D + c * 32);
@@ -292,12 +348,7 @@ void scores_bf16(const bfloat16_t* __restrict Q, int M, const bfloat16_t* const*
         }
         acc[jj] = (F)a;
       }
-      const F s = lane_sums<W, W>(acc);
-      if (n == W) {
-        Vec<float>::store(S + m * kBlockK + j0, s);
-      } else {
-        for (int jj = 0; jj < n; ++jj) S[m * kBlockK + j0 + jj] = s[jj];
-      }
+      store(m, j0, n, lane_sums<W, W>(acc));
     }
   }
 }
