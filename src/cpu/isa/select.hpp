@@ -11,9 +11,9 @@ namespace flashsigmoid::detail {
 std::vector<std::string> cpu_isa_levels();
 // Whether this CPU (and OS) runs `level`.
 bool cpu_isa_supported(const std::string& level);
-// The level the CPU kernels run at: the highest the CPU supports other than x86-64-v4-amx (used only
-// when asked for), or the one named by the environment variable FLASHSIGMOID_CPU_ISA (read once, at
-// the first call; an unknown name or one this CPU cannot run is an Error).
+// The level the CPU kernels run at: the highest the CPU (and, for AMX, the OS) supports, or the one
+// named by the environment variable FLASHSIGMOID_CPU_ISA (read once, at the first call; an unknown
+// name or one this CPU cannot run is an Error).
 std::string cpu_isa();
 
 }  // namespace flashsigmoid::detail

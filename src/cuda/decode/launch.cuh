@@ -21,23 +21,37 @@
 
 namespace flashsigmoid::cuda::decode {
 
+// A yes / no answer per device, worked out once per device index below 64 (a decode step takes
+// microseconds, and runtime queries per call add up); `ask` may throw, and is then asked again.
+class PerDevice {
+ public:
+  template <class Ask>
+  bool get(int device, Ask&& ask) {
+    if (device < 0 || device >= 64) return ask();
+    const std::uint64_t bit = std::uint64_t(1) << device;
+    if ((asked_.load(std::memory_order_acquire) & bit) == 0) {
+      if (ask()) yes_.fetch_or(bit, std::memory_order_acq_rel);
+      asked_.fetch_or(bit, std::memory_order_acq_rel);
+    }
+    return (yes_.load(std::memory_order_acquire) & bit) != 0;
+  }
+
+ private:
+  std::atomic<std::uint64_t> asked_{0}, yes_{0};
+};
+
 // True when `sum` may be launched as a programmatic dependent on this device: only code built for
 // sm_90 or later has the wait on the prerequisite grid (sum_splits_kernel); a kernel JIT-compiled
-// from an older PTX target would read partials still being written. Asked once per device.
+// from an older PTX target would read partials still being written.
 template <class Kernel>
 bool dependent_launch_safe(Kernel sum, int device) {
-  static std::atomic<std::uint64_t> asked{0}, safe{0};
-  if (device < 0 || device >= 64) return false;
-  const std::uint64_t bit = std::uint64_t(1) << device;
-  if ((asked.load(std::memory_order_acquire) & bit) == 0) {
+  static PerDevice safe;
+  return safe.get(device, [&] {
     cudaFuncAttributes a{};
     const cudaError_t got = cudaFuncGetAttributes(&a, sum);
     if (got != cudaSuccess) cudaGetLastError();  // not left for the next launch check to find
-    const bool ok = got == cudaSuccess && a.ptxVersion >= 90 && a.binaryVersion >= 90;
-    if (ok) safe.fetch_or(bit, std::memory_order_acq_rel);
-    asked.fetch_or(bit, std::memory_order_acq_rel);
-  }
-  return (safe.load(std::memory_order_acquire) & bit) != 0;
+    return got == cudaSuccess && a.ptxVersion >= 90 && a.binaryVersion >= 90;
+  });
 }
 
 template <int D, class Element, int kWarpsM>
@@ -56,14 +70,12 @@ void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {
   auto kernel = &decode_kernel<Traits>;
   const DeviceInfo info = device_info(p.device.index);
   if constexpr (kSmem > 48 * 1024) {
-    // Once per device (a decode step is a few microseconds; host calls add up).
-    static std::atomic<std::uint64_t> done{0};
-    const std::uint64_t bit = p.device.index < 64 ? std::uint64_t(1) << p.device.index : 0;
-    if ((done.load(std::memory_order_acquire) & bit) == 0 || bit == 0) {
+    static PerDevice smem_set;
+    smem_set.get(p.device.index, [&] {
       check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
                  "cudaFuncSetAttribute(KV-cache attention shared memory)");
-      done.fetch_or(bit, std::memory_order_acq_rel);
-    }
+      return true;
+    });
   }
   int splits = p.num_splits;
   if (splits <= 0) {
