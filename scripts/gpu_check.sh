@@ -246,6 +246,8 @@ if want decode && [[ -z "${SKIP_BENCH:-}" ]]; then
   echo "== decode benchmark (bench/decode_bench.py ${DECODE_ARGS:-})"
   timeout 500 python3 bench/decode_bench.py --device cuda --out "$LOG/decode" ${COMMIT:+--commit "$COMMIT"} \
     ${DECODE_ARGS:-} 2>&1 | tee "$LOG/bench_decode.txt" || status=1
+  echo "== host time per KV-cache call (bench/op_overhead.py)"
+  timeout 120 python3 bench/op_overhead.py --device cuda 2>&1 | tee -a "$LOG/bench_decode.txt" || status=1
 fi
 if want cp; then
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')

@@ -254,6 +254,28 @@ def test_bias_is_required():
         fs.sigmoid_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=seqlens, block_table=table, bias=None)
 
 
+def test_not_differentiable_and_versions_bumped():
+    """An inference op: a backward through it fails loudly (no silently missing gradient); appending
+    bumps the caches' version counters, attending alone does not write them."""
+    q, kc, vc, kn, vn, seqlens, table = _small_problem()
+    kw = dict(cache_seqlens=seqlens, block_table=table, bias=-2.0)
+    qg = q.clone().requires_grad_()
+    out = fs.sigmoid_attn_with_kvcache(qg, kc, vc, **kw)
+    assert out.requires_grad
+    with pytest.raises(fs.FlashSigmoidError, match="not differentiable"):
+        out.sum().backward()
+    with torch.no_grad():
+        assert not fs.sigmoid_attn_with_kvcache(qg, kc, vc, **kw).requires_grad
+    expect = fs.sigmoid_attn_with_kvcache(q, kc.clone(), vc.clone(), **kw)
+    assert torch.equal(torch.nan_to_num(out.detach()), torch.nan_to_num(expect))
+
+    versions = (kc._version, vc._version)
+    fs.sigmoid_attn_with_kvcache(q, kc, vc, **kw)
+    assert (kc._version, vc._version) == versions
+    fs.sigmoid_attn_with_kvcache(q, kc, vc, kn, vn, **kw)
+    assert kc._version > versions[0] and vc._version > versions[1]
+
+
 # ---------------------------------------------------------------------------------------------
 # CUDA (skipped without a GPU)
 # ---------------------------------------------------------------------------------------------
