@@ -9,8 +9,9 @@ process, the same cache values for every method:
 - FlashInfer's paged decode (Nq_new = 1, CUDA) when flashinfer is importable, else a printed note.
 Reported: time (median of --reps after --warmup; on CUDA, CUDA events around each call, all calls
 queued behind a GPU sleep so host launch overhead is not timed), flashsigmoid's K/V read bandwidth
-(bytes of K and V read / time) and its ratio to the same run's copy bandwidth (a device-to-device
-copy on CUDA, a memcpy on the CPU; (bytes read + bytes written) / time), and time ratios to the peers.
+(bytes of K and V read / time) and its ratio to the bandwidth of a copy timed right before the shape
+(a device-to-device copy on CUDA, a memcpy on the CPU; (bytes read + bytes written) / time: on a shared
+host it moves by a third within minutes), and time ratios to the peers.
 Small caches rotate over several cache sets so that the last-level cache is not what is timed.
 
   python3 bench/decode_bench.py [--device cpu|cuda] [--quick] [--out DIR] [--dtype bf16|fp16|fp32]
@@ -176,7 +177,8 @@ def shapes(args):
                 for B in batches:
                     for N in lengths:
                         out.append((B, N, hq, hkv, 128, ps, nq))
-    return out
+    keep = {"B": args.batches, "N": args.lengths, "nq": args.nq}
+    return [s for s in out if all(v is None or s[i] in v for i, v in zip((0, 1, 6), keep.values()))]
 
 
 def git_commit():
@@ -205,7 +207,17 @@ def machine(cuda):
     except OSError:
         pass
     return (f"{cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
-            + (f", CPU flags {' '.join(flags)}" if flags else ""))
+            + (f", CPU flags {' '.join(flags)}" if flags else "") + f", {huge_pages()}")
+
+
+def huge_pages():
+    """Whether large CPU tensors get transparent huge pages (they cut TLB misses on scattered pages)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            mode = f.read().split("[", 1)[1].split("]", 1)[0]
+    except (OSError, IndexError):
+        mode = "unknown"
+    return f"transparent huge pages '{mode}', THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}"
 
 
 def fmt(x, spec=".3f"):
@@ -223,23 +235,25 @@ def write_markdown(path, meta, rows):
              *([f"- note: {meta['note']}"] if meta.get("note") else []),
              f"- load average (1, 5, 15 min) at start {fmt_load(meta['load_start'])}, at end {fmt_load(meta['load_end'])}",
              f"- copy bandwidth (read + write, {meta['copy_gib']} GiB buffer): median {meta['copy_gbs']:.1f} GB/s, "
-             f"range {meta['copy_min']:.1f}-{meta['copy_max']:.1f} over {meta['reps']} reps",
+             f"range {meta['copy_min']:.1f}-{meta['copy_max']:.1f} over {meta['reps']} reps; "
+             f"median {meta['copy_end']:.1f} GB/s again at the end; each row's % copy is against the copy timed right "
+             "before that row (median of 5)",
              "- flashsigmoid: paged cache, attend only (no append), non-causal, bias -5, num_splits 0 "
              "(heuristic); K/V GB/s = bytes of K and V read / time; % copy = that / copy bandwidth",
              "- SDPA: softmax on the same keys as a dense cache, fastest backend that runs; "
              "FlashInfer: paged decode when importable", "",
-             "| B | N | Hq:Hkv | page | Nq | flashsigmoid ms | K/V GB/s | % copy | SDPA ms (backend) | "
+             "| B | N | Hq:Hkv | page | Nq | flashsigmoid ms | K/V GB/s | copy GB/s | % copy | SDPA ms (backend) | "
              "SDPA / fs | FlashInfer ms | FlashInfer / fs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("skipped"):
             lines.append(f"| {r['B']} | {r['N']} | {r['Hq']}:{r['Hkv']} | {r['ps']} | {r['nq']} | skipped: "
-                         f"{r['skipped']} | | | | | | |")
+                         f"{r['skipped']} | | | | | | | |")
             continue
         fs_ms, sd_ms, fi_ms = r["fs_ms"], r["sdpa_ms"], r["flashinfer_ms"]
         lines.append(
             f"| {r['B']} | {r['N']} | {r['Hq']}:{r['Hkv']} | {r['ps']} | {r['nq']} | {fmt(fs_ms)} | "
-            f"{fmt(r['fs_gbs'], '.1f')} | {fmt(r['pct_copy'], '.0f')} | {fmt(sd_ms)} ({r['sdpa_note']}) | "
+            f"{fmt(r['fs_gbs'], '.1f')} | {fmt(r['copy_gbs'], '.1f')} | {fmt(r['pct_copy'], '.0f')} | {fmt(sd_ms)} ({r['sdpa_note']}) | "
             f"{fmt(sd_ms / fs_ms if sd_ms and fs_ms else None, '.2f')} | {fmt(fi_ms)} | "
             f"{fmt(fi_ms / fs_ms if fi_ms and fs_ms else None, '.2f')} |")
     notes = sorted({r["flashinfer_note"] for r in rows if not r.get("skipped") and r["flashinfer_ms"] is None})
@@ -254,6 +268,10 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="B {1, 4}, N {1k, 32k}")
     p.add_argument("--smoke", action="store_true", help="two tiny shapes: a check of the plumbing (tests)")
+    ints = lambda text: {int(x) for x in text.split(",")}  # noqa: E731
+    p.add_argument("--batches", type=ints, default=None, help="only these B (comma-separated)")
+    p.add_argument("--lengths", type=ints, default=None, help="only these cache lengths N")
+    p.add_argument("--nq", type=ints, default=None, help="only these Nq_new")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--reps", type=int, default=None, help="timed calls per measurement (default 50 cuda, 10 cpu)")
     p.add_argument("--warmup", type=int, default=3)
@@ -274,6 +292,7 @@ def main(argv=None):
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     copy_gib = 0.0625 if args.smoke else (1 if cuda else 0.5)
+    copy_timer = Timer(cuda, 5, 1)
     copy_gbs, copy_all = copy_bandwidth(timer, args.device, int(copy_gib * GIB))
     print(f"copy bandwidth: {copy_gbs:.1f} GB/s (median; range {min(copy_all):.1f}-{max(copy_all):.1f})",
           flush=True)
@@ -289,27 +308,32 @@ def main(argv=None):
             print(f"B {B} N {N} {Hq}:{Hkv} page {ps} Nq {nq}: skipped ({row['skipped']})", flush=True)
             continue
         sets = make_sets(shape, dtype, args.device, nsets)
+        # A copy right before each shape: the reference moves within minutes on a shared host.
+        row["copy_gbs"], _ = copy_bandwidth(copy_timer, args.device, int(copy_gib * GIB))
         try:
             fs_ms, _ = timer([lambda s=s: run_flashsigmoid(s, 0) for s in sets])
         except Exception as e:  # noqa: BLE001
             fs_ms, row["fs_error"] = None, first_line(e)
         row["fs_ms"] = fs_ms
         row["fs_gbs"] = kv_bytes / (fs_ms * 1e-3) / 1e9 if fs_ms else None
-        row["pct_copy"] = 100 * row["fs_gbs"] / copy_gbs if fs_ms else None
+        row["pct_copy"] = 100 * row["fs_gbs"] / row["copy_gbs"] if fs_ms else None
         row["sdpa_ms"], row["sdpa_note"] = time_sdpa(timer, sets, cuda)
         row["flashinfer_ms"], row["flashinfer_note"] = time_flashinfer(timer, sets, shape, dtype, cuda)
         rows.append(row)
         print(f"B {B} N {N} {Hq}:{Hkv} page {ps} Nq {nq}: flashsigmoid {fmt(fs_ms)} ms "
-              f"({fmt(row['fs_gbs'], '.1f')} GB/s, {fmt(row['pct_copy'], '.0f')} % copy), SDPA {fmt(row['sdpa_ms'])} ms, "
+              f"({fmt(row['fs_gbs'], '.1f')} GB/s, {fmt(row['pct_copy'], '.0f')} % of copy {row['copy_gbs']:.1f}), SDPA {fmt(row['sdpa_ms'])} ms, "
               f"FlashInfer {fmt(row['flashinfer_ms'])} ms", flush=True)
         del sets
         if cuda:
             torch.cuda.empty_cache()
 
+    # Again at the end: on a shared host the memory bandwidth moves with the neighbours' load.
+    copy_end, _ = copy_bandwidth(timer, args.device, int(copy_gib * GIB))
+    print(f"copy bandwidth at the end: {copy_end:.1f} GB/s", flush=True)
     date = datetime.date.today().isoformat()
     meta = dict(machine=machine(cuda), date=date, commit=args.commit or git_commit(), torch=torch.__version__, dtype=args.dtype,
                 command="python3 " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (argv or sys.argv[1:])),
-                note=args.note, copy_gbs=copy_gbs, copy_min=min(copy_all), copy_max=max(copy_all), copy_gib=copy_gib, reps=reps,
+                note=args.note, copy_gbs=copy_gbs, copy_min=min(copy_all), copy_max=max(copy_all), copy_end=copy_end, copy_gib=copy_gib, reps=reps,
                 load_start=load_start, load_end=os.getloadavg() if hasattr(os, "getloadavg") else None)
     os.makedirs(args.out, exist_ok=True)
     stem = args.name or f"decode-{args.device}-{date}" + ("-quick" if args.quick else "") + ("-smoke" if args.smoke else "")
