@@ -279,10 +279,11 @@ struct Engine {
     });
   }
 
-  // dbias_parts[s * Hq + h] receives the sum of dS of (s, h); the caller reduces in order.
+  // dbias_parts[s * Hq + h] receives the sum of dS of (s, h), abs_parts the sum of |dS|; the caller
+  // reduces in order.
   void backward(const std::vector<T>& q, const std::vector<T>& k, const std::vector<T>& v, const std::vector<T>& dout,
                 std::vector<T>& dq, std::vector<T>& dk, std::vector<T>& dv, std::vector<T>& dbias_parts,
-                int threads) const {
+                std::vector<T>& abs_parts, int threads) const {
     const std::int64_t D = p.dim, Hq = p.heads_q, Hkv = p.heads_kv, group = Hq / Hkv;
     parallel_for_pairs(p, threads, [&](std::int64_t s, std::int64_t hk) {
       const Seq& sq = p.seqs[s];
@@ -296,7 +297,7 @@ struct Engine {
       for (std::int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         const auto qh = head_rows(q, Hq, sq.q_row, Lq, h);
         const auto doh = head_rows(dout, Hq, sq.q_row, Lq, h);
-        T db = T(0);
+        T db = T(0), db_abs = T(0);
         for (std::int64_t i0 = 0; i0 < Lq; i0 += blk) {
           const std::int64_t rows = std::min(blk, Lq - i0);
           const T* qb = qh.data() + i0 * D;
@@ -306,6 +307,7 @@ struct Engine {
           for (std::int64_t n = 0; n < rows * Lk; ++n) {
             dS[n] = rnd(dS[n] * P[n] * (T(1) - P[n]));  // masked: P == 0, so dS == 0
             db += dS[n];
+            db_abs += std::abs(dS[n]);
           }
           for (std::int64_t r = 0; r < rows; ++r) {
             std::vector<T> acc(static_cast<std::size_t>(D), T(0));
@@ -322,6 +324,7 @@ struct Engine {
           }
         }
         dbias_parts[s * Hq + h] = db;
+        abs_parts[s * Hq + h] = db_abs;
       }
       for (std::int64_t j = 0; j < Lk; ++j) {
         for (std::int64_t d = 0; d < D; ++d) {
@@ -362,18 +365,23 @@ Grads run_backward(const TensorView& q, const TensorView& k, const TensorView& v
   }
   const Engine<T> e{p, low, low ? 0 : kReferenceRowBlock};
   std::vector<T> dq(static_cast<std::size_t>(q.numel()), T(0)), dk(static_cast<std::size_t>(k.numel()), T(0)),
-      dv(dk.size(), T(0)), parts(p.seqs.size() * static_cast<std::size_t>(p.heads_q), T(0));
+      dv(dk.size(), T(0)), parts(p.seqs.size() * static_cast<std::size_t>(p.heads_q), T(0)), abs_parts(parts);
   e.backward(convert<T>(to_vector(q)), convert<T>(to_vector(k)), convert<T>(to_vector(v)),
-             convert<T>(to_vector(dout)), dq, dk, dv, parts, threads);
+             convert<T>(to_vector(dout)), dq, dk, dv, parts, abs_parts, threads);
   Grads g;
   g.dq.assign(dq.begin(), dq.end());
   g.dk.assign(dk.begin(), dk.end());
   g.dv.assign(dv.begin(), dv.end());
   g.dbias.assign(static_cast<std::size_t>(p.heads_q), 0.0);
+  g.dbias_abs.assign(g.dbias.size(), 0.0);
   for (std::int64_t h = 0; h < p.heads_q; ++h) {
-    T acc = T(0);
-    for (std::size_t s = 0; s < p.seqs.size(); ++s) acc += parts[s * p.heads_q + h];
+    T acc = T(0), acc_abs = T(0);
+    for (std::size_t s = 0; s < p.seqs.size(); ++s) {
+      acc += parts[s * p.heads_q + h];
+      acc_abs += abs_parts[s * p.heads_q + h];
+    }
     g.dbias[h] = acc;
+    g.dbias_abs[h] = acc_abs;
   }
   return g;
 }

@@ -21,9 +21,10 @@ namespace flashsigmoid::reference {
 std::vector<double> forward(const TensorView& q, const TensorView& k, const TensorView& v, const Options& o);
 
 // dq/dk/dv contiguous in q/k/v's shapes; dbias [Hq] = sum over sequences, i, j of dS
-// (always filled, whatever the bias mode).
+// (always filled, whatever the bias mode); dbias_abs [Hq] = the sum of |dS|: the size of the terms
+// dbias adds, against which its rounding error is measured (the terms cancel).
 struct Grads {
-  std::vector<double> dq, dk, dv, dbias;
+  std::vector<double> dq, dk, dv, dbias, dbias_abs;
 };
 Grads backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& dout,
                const Options& o);

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "problem.hpp"
@@ -24,9 +25,10 @@ double dtype_bound(DType t) {
 }
 
 // Checks one output tensor of dtype `dtype` against the reference and against the plain
-// implementation's error.
+// implementation's error. `conditioning` (>= 1) scales the float32 floor of the plain bar for a
+// tensor whose elements are sums of terms that cancel (see dbias below).
 void check_tensor(const char* what, DType dtype, const std::vector<double>& expected,
-                  const std::vector<double>& plain, const HostTensor& got) {
+                  const std::vector<double>& plain, const HostTensor& got, double conditioning = 1.0) {
   SCOPED_TRACE(what);
   EXPECT_TRUE(got.guard_intact()) << what << ": a write landed outside the tensor (guard band or padding)";
   const double err = rel_l2(expected, got.view());  // +inf when any NaN survived (an unwritten element)
@@ -36,9 +38,16 @@ void check_tensor(const char* what, DType dtype, const std::vector<double>& expe
   // summation order), so 2x of it is not a stable bound; it gets a floor of 1e-6, still 10x tighter
   // than SPEC's 1e-5.
   const bool low = dtype == DType::float16 || dtype == DType::bfloat16;
-  const double plain_bound = low ? 2.0 * plain_err : std::max(2.0 * plain_err, 1e-6);
+  const double plain_bound = low ? 2.0 * plain_err : std::max(2.0 * plain_err, 1e-6 * conditioning);
   EXPECT_LE(err, dtype_bound(dtype)) << what << " rel L2 error " << err << " (plain: " << plain_err << ")";
-  EXPECT_LE(err, plain_bound) << what << " rel L2 error " << err << " > 2x plain " << plain_err;
+  EXPECT_LE(err, plain_bound) << what << " rel L2 error " << err << " > 2x plain " << plain_err
+                              << " (float32 floor 1e-6 x conditioning " << conditioning << ")";
+}
+
+double l2(const std::vector<double>& x) {
+  double s = 0.0;
+  for (double v : x) s += v * v;
+  return std::sqrt(s);
 }
 
 class CpuAccuracy : public ::testing::TestWithParam<Case> {};
@@ -69,7 +78,12 @@ TEST_P(CpuAccuracy, ForwardAndBackward) {
   check_tensor("dv", c.dtype, eg.dv, pg.dv, dv);
   if (c.bias_mode == BiasMode::per_head) {
     // dbias is a float32 tensor whatever the inputs' dtype, computed from exact inputs: float32's bound.
-    check_tensor("dbias", DType::float32, eg.dbias, pg.dbias, dbias);
+    // Each element sums Nq x Nk terms dS of both signs: its rounding error scales with sum |dS|, not
+    // with the sum, so where the terms cancel its relative error grows for any summation order (and
+    // can be tiny by chance for one, the plain one included). The floor of the plain bar therefore
+    // grows with the cancellation, |sum |dS|| / |sum dS| (L2 over heads); SPEC's 1e-5 stays as is.
+    const double conditioning = std::max(1.0, l2(eg.dbias_abs) / l2(eg.dbias));
+    check_tensor("dbias", DType::float32, eg.dbias, pg.dbias, dbias, conditioning);
   } else {
     EXPECT_TRUE(dbias.guard_intact());
   }
