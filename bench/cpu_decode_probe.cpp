@@ -52,44 +52,57 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-int decode(int B, int N, int Hq, int Hkv, int page, int threads, int reps, bool huge) {
+int decode(int B, int N, int Hq, int Hkv, int page, int threads, int reps, bool huge, bool fp32) {
   using namespace flashsigmoid;
   constexpr int D = 128;
   const std::int64_t pages_per_seq = (N + page - 1) / page, pages = B * pages_per_seq;
-  const std::size_t cache_elems = std::size_t(pages) * page * Hkv * D;
-  HostBuffer kb(cache_elems * 2, huge), vb(cache_elems * 2, huge);
-  auto* k = static_cast<std::uint16_t*>(kb.data);
-  auto* v = static_cast<std::uint16_t*>(vb.data);
-  std::vector<std::uint16_t> q(std::size_t(B) * Hq * D), o(q.size());
+  const std::size_t cache_elems = std::size_t(pages) * page * Hkv * D, esize = fp32 ? 4 : 2;
+  const DType dtype = fp32 ? DType::float32 : DType::bfloat16;
+  HostBuffer kb(cache_elems * esize, huge), vb(cache_elems * esize, huge);
+  std::vector<std::uint32_t> q(std::size_t(B) * Hq * D), o(q.size());  // room for either dtype
   std::mt19937 gen(1);
-  // bf16 values in [0.5, 1) and [1, 2) with random mantissas: finite, never zero.
-  for (std::size_t i = 0; i < cache_elems; ++i) k[i] = std::uint16_t(0x3f00 | (gen() & 0xff));
-  for (std::size_t i = 0; i < cache_elems; ++i) v[i] = std::uint16_t(0x3f00 | (gen() & 0xff));
-  for (auto& x : q) x = std::uint16_t(0x3c00 | (gen() & 0xff));
+  // Values in [0.5, 1) and [1, 2) with random mantissas: finite, never zero (bf16: the top halves).
+  auto fill = [&](void* dst, std::size_t n, std::uint32_t top) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint32_t bits = (top | (gen() & 0xff)) << 16 | (fp32 ? gen() & 0xffff : 0);
+      if (fp32) static_cast<std::uint32_t*>(dst)[i] = bits;
+      else static_cast<std::uint16_t*>(dst)[i] = std::uint16_t(bits >> 16);
+    }
+  };
+  fill(kb.data, cache_elems, 0x3f00);
+  fill(vb.data, cache_elems, 0x3f00);
+  fill(q.data(), q.size(), 0x3c00);
+  void* k = kb.data;
+  void* v = vb.data;
   std::vector<std::int32_t> table(pages), lens(B, N);
   std::iota(table.begin(), table.end(), 0);
   std::shuffle(table.begin(), table.end(), gen);
   const Device cpu{DeviceType::cpu, 0};
   KVCache c;
-  c.k_cache = TensorView::contiguous(k, DType::bfloat16, {pages, page, Hkv, D}, cpu);
-  c.v_cache = TensorView::contiguous(v, DType::bfloat16, {pages, page, Hkv, D}, cpu);
+  c.k_cache = TensorView::contiguous(k, dtype, {pages, page, Hkv, D}, cpu);
+  c.v_cache = TensorView::contiguous(v, dtype, {pages, page, Hkv, D}, cpu);
   c.cache_seqlens = TensorView::contiguous(lens.data(), DType::int32, {B}, cpu);
   c.block_table = TensorView::contiguous(table.data(), DType::int32, {B, pages_per_seq}, cpu);
   Options opt;
   opt.bias_mode = BiasMode::scalar;
   opt.bias_value = -5.0f;
   opt.num_threads = threads;
-  const auto qv = TensorView::contiguous(q.data(), DType::bfloat16, {B, 1, Hq, D}, cpu);
-  const auto ov = TensorView::contiguous(o.data(), DType::bfloat16, {B, 1, Hq, D}, cpu);
+  const auto qv = TensorView::contiguous(q.data(), dtype, {B, 1, Hq, D}, cpu);
+  const auto ov = TensorView::contiguous(o.data(), dtype, {B, 1, Hq, D}, cpu);
   std::vector<double> ms;
   for (int r = 0; r < reps + 2; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
     forward_with_kvcache(qv, c, ov, opt, 0);
     if (r >= 2) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
-  const double t = median(ms), bytes = 2.0 * B * N * Hkv * D * 2;
-  std::printf("decode B %d N %d %d:%d page %d threads %d%s: %.3f ms, K/V %.1f GB/s\n", B, N, Hq, Hkv, page, threads,
-              huge ? " huge pages" : "", t, bytes / t * 1e-6);
+  const double t = median(ms), bytes = 2.0 * B * N * Hkv * D * double(esize);
+  // FNV-1a of the output bytes: two builds that claim the same bits can be compared.
+  std::uint64_t hash = 1469598103934665603ull;
+  const auto* ob = reinterpret_cast<const unsigned char*>(o.data());
+  for (std::size_t i = 0; i < std::size_t(B) * Hq * D * esize; ++i) hash = (hash ^ ob[i]) * 1099511628211ull;
+  std::printf("decode %s B %d N %d %d:%d page %d threads %d%s: %.3f ms, K/V %.1f GB/s (output hash %016llx)\n",
+              fp32 ? "fp32" : "bf16", B, N, Hq, Hkv, page, threads, huge ? " huge pages" : "", t, bytes / t * 1e-6,
+              static_cast<unsigned long long>(hash));
   return 0;
 }
 
@@ -153,15 +166,21 @@ int copy(int threads) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // A trailing "huge" asks for transparent huge pages behind the cache (decode) or the buffer (read).
-  const bool huge = argc > 2 && std::string(argv[argc - 1]) == "huge";
-  if (huge) --argc;
+  // Trailing flags: "huge" asks for transparent huge pages behind the cache (decode) or the buffer
+  // (read); "fp32" decodes an fp32 cache instead of bf16.
+  bool huge = false, fp32 = false;
+  for (; argc > 2; --argc) {
+    const std::string flag = argv[argc - 1];
+    if (flag == "huge") huge = true;
+    else if (flag == "fp32") fp32 = true;
+    else break;
+  }
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "decode" && (argc == 8 || argc == 9)) {
     const int B = std::atoi(argv[2]), N = std::atoi(argv[3]), hq = std::atoi(argv[4]), hkv = std::atoi(argv[5]),
               page = std::atoi(argv[6]), threads = std::atoi(argv[7]), reps = argc == 9 ? std::atoi(argv[8]) : 20;
     if (B > 0 && N > 0 && hkv > 0 && hq % hkv == 0 && page > 0 && threads >= 0 && reps > 0) {
-      return decode(B, N, hq, hkv, page, threads, reps, huge);
+      return decode(B, N, hq, hkv, page, threads, reps, huge, fp32);
     }
   } else if (mode == "copy" && argc == 3 && std::atoi(argv[2]) > 0) {
     return copy(std::atoi(argv[2]));
@@ -173,11 +192,12 @@ int main(int argc, char** argv) {
     }
   }
   std::fprintf(stderr,
-               "usage: %s decode B N HQ HKV PAGE THREADS [REPS] [huge]   (HQ a multiple of HKV; THREADS 0 = all)\n"
+               "usage: %s decode B N HQ HKV PAGE THREADS [REPS] [huge] [fp32]   (HQ a multiple of HKV; THREADS 0 = all)\n"
                "       %s read CHUNK AHEAD THREADS [huge]                (CHUNK a multiple of 64 up to 1 MiB, 0 = "
                "in order; AHEAD chunks prefetched ahead, 0 = none)\n"
                "       %s copy THREADS                                    (the same-run copy bandwidth)\n"
-               "  huge: the cache / buffer asked to be backed by transparent huge pages (madvise)\n",
+               "  huge: the cache / buffer asked to be backed by transparent huge pages (madvise)\n"
+               "  fp32: an fp32 cache and query (default bf16)\n",
                argv[0], argv[0], argv[0]);
   return 2;
 }

@@ -208,6 +208,43 @@ template <typename VT>
   return x[0];
 }
 
+// Scores of two query rows (q, q + D) against W keys: the rows share each key load, four keys at a
+// time; each group of four is folded to one vector at once (lane_sums' first two levels) and the
+// W / 4 of them finish the sums in lane_sums' order, so the result is the single-row path's bits.
+template <int D, typename Acc>
+[[gnu::always_inline]] inline void score_pair(const Acc* __restrict q, const Acc* const* rows,
+                                              typename Vec<Acc>::type& s0, typename Vec<Acc>::type& s1) {
+  using V = Vec<Acc>;
+  constexpr int W = V::width, C = D / W;
+  typename V::type q0[C], q1[C], part0[W / 4], part1[W / 4];
+  for (int c = 0; c < C; ++c) {
+    q0[c] = V::load(q + c * W);
+    q1[c] = V::load(q + D + c * W);
+  }
+  for (int g = 0; g < W / 4; ++g) {
+    typename V::type a0[4], a1[4];
+#pragma GCC unroll 4
+    for (int jj = 0; jj < 4; ++jj) {
+      typename V::type x0{}, x1{};
+      for (int c = 0; c < C; ++c) {
+        const typename V::type kv = V::load(rows[g * 4 + jj] + c * W);
+        x0 += q0[c] * kv;
+        x1 += q1[c] * kv;
+      }
+      a0[jj] = x0;
+      a1[jj] = x1;
+    }
+    fold_pairs<W, W>(a0, 2);
+    fold_pairs<W, W / 2>(a0, 1);
+    fold_pairs<W, W>(a1, 2);
+    fold_pairs<W, W / 2>(a1, 1);
+    part0[g] = a0[0];
+    part1[g] = a1[0];
+  }
+  s0 = lane_sums<W, W / 4>(part0);
+  s1 = lane_sums<W, W / 4>(part1);
+}
+
 // S[m][j] = Q[m] . K[j] for m < M, j < valid; key row j of the head is k[j] + off. Decode has a few
 // query rows per kv head, too few for a GEMM tile: W keys at a time (W = SIMD lanes), each query row
 // in registers is dotted with each key row along the head dim into its own vector, and lane_sums
@@ -221,8 +258,17 @@ void scores(const Acc* __restrict Q, int M, const T* const* k, std::int64_t off,
   constexpr bool kConvert = !std::is_same_v<T, Acc>;
   static_assert(D % W == 0, "head dims are multiples of the SIMD width");
   alignas(64) Acc converted[kConvert ? W * D : 1];
+  // Row pairs (score_pair) where two rows' query vectors and eight accumulators fit the registers.
+  constexpr bool kPairRows = W >= 8 && 2 * C + 10 <= (kVectorBytes == 64 ? 32 : 16);
   for (int j0 = 0; j0 < valid; j0 += W) {
     const int n = std::min(W, valid - j0);
+    auto store = [&](int m, const typename V::type& s) {
+      if (n == W) {
+        V::store(S + m * kBlockK + j0, s);
+      } else {
+        for (int jj = 0; jj < n; ++jj) S[m * kBlockK + j0 + jj] = s[jj];
+      }
+    };
     const Acc* rows[W];  // past n: the last key again (its sums are not stored)
     for (int jj = 0; jj < W; ++jj) {
       const T* row = k[j0 + std::min(jj, n - 1)] + off;
@@ -233,7 +279,17 @@ void scores(const Acc* __restrict Q, int M, const T* const* k, std::int64_t off,
         rows[jj] = row;
       }
     }
-    for (int m = 0; m < M; ++m) {
+    int m = 0;
+    if constexpr (kPairRows) {
+      for (; m + 1 < M; m += 2) {
+        pf.step(2 * kPrefetchLines);
+        typename V::type s0, s1;
+        score_pair<D>(Q + m * D, rows, s0, s1);
+        store(m, s0);
+        store(m + 1, s1);
+      }
+    }
+    for (; m < M; ++m) {
       pf.step(kPrefetchLines);
       typename V::type q[C], acc[W];
       for (int c = 0; c < C; ++c) q[c] = V::load(Q + m * D + c * W);
@@ -243,12 +299,7 @@ void scores(const Acc* __restrict Q, int M, const T* const* k, std::int64_t off,
         for (int c = 0; c < C; ++c) a += q[c] * V::load(rows[jj] + c * W);
         acc[jj] = a;
       }
-      const typename V::type s = lane_sums<W, W>(acc);
-      if (n == W) {
-        V::store(S + m * kBlockK + j0, s);
-      } else {
-        for (int jj = 0; jj < n; ++jj) S[m * kBlockK + j0 + jj] = s[jj];
-      }
+      store(m, lane_sums<W, W>(acc));
     }
   }
 }
