@@ -17,6 +17,8 @@
 #        KV_BENCH_ARGS (extra flags for the C++ KV-cache benchmark, e.g. "--quick"), KV_NCU_SHAPE (ncu
 #        reports of the KV-cache kernels on shapes "B:CACHE:HQ:HKV:NQ:PAGE ..."), KV_NSYS_SHAPE (an
 #        nsys trace of the KV-cache benchmark on one shape: host time per CUDA call, time per kernel),
+#        KV_SPLITS_SWEEP (the KV-cache benchmark per split count: "B:CACHE:HQ:HKV:NQ:PAGE=N,N,... ..."; each
+#        shape also with the heuristic, into bench_kvcache_splits.txt),
 #        PYTEST_ARGS (what pytest runs, default tests/python),
 #        cp (a stage, not in the default list; needs 2 GPUs and the Python package, so STAGES="python cp"):
 #        bench/cp_bench.py, context parallelism on 2 GPUs over NCCL, tables into $LOG/cp
@@ -215,6 +217,15 @@ if want kvcache; then
     elif [[ -n "${KV_NSYS_SHAPE:-}" ]]; then
       echo "== KV_NSYS_SHAPE given but nsys is not on this machine: no trace" | tee "$LOG/nsys_kvcache.txt"
     fi
+    # KV_SPLITS_SWEEP="1:1024:32:8:1:16=2,4,8,16 ...": where the small-shape floor sits against the split count.
+    for item in ${KV_SPLITS_SWEEP:-}; do
+      shape=${item%%=*}
+      counts=${item#*=}
+      for n in 0 ${counts//,/ }; do
+        echo "== KV-cache benchmark $shape, splits $n (0 = heuristic)"
+        timeout 60 "$BUILD/tests/gpu/flashsigmoid_cuda_decode_bench" --shape "$shape" --splits "$n" 2>&1
+      done
+    done 2>&1 | tee "$LOG/bench_kvcache_splits.txt"
   fi
 fi
 if want python && [[ -z "${SKIP_PYTHON:-}" ]]; then
