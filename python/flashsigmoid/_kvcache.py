@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from . import _C
-from ._ops import _describe, _describe_opt, _device_guard, _new_like, _options, _scale_arg, _window_args
+from ._ops import _device_guard, _new_like, _options, _scale_arg, _window_args
 
 
 # Registered with torch.library.Library rather than torch.library.custom_op: custom_op adds a Python
@@ -33,12 +33,9 @@ def _fwd_kvcache_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cac
     out = _new_like(q)
     opts = _options(q, None, None, 0, 0, causal, scale, bias_mode, bias_value, bias, window_left, window_right,
                     alibi_slopes)
-    with _device_guard(q):
-        _C.forward_with_kvcache(
-            _describe(q, "q"), _describe(k_cache, "k_cache"), _describe(v_cache, "v_cache"),
-            _describe(cache_seqlens, "cache_seqlens"), _describe_opt(block_table, "block_table"),
-            _describe_opt(cache_batch_idx, "cache_batch_idx"), _describe_opt(k, "k"), _describe_opt(v, "v"),
-            _describe(out, "out"), opts, num_splits)
+    with _device_guard(q):  # the tensors are described in C++ (a decode step is microseconds)
+        _C.forward_with_kvcache_tensors(q, k_cache, v_cache, cache_seqlens, block_table, cache_batch_idx, k, v, out,
+                                        opts, num_splits)
     if k is not None:
         torch.autograd.graph.increment_version((k_cache, v_cache))
     return out

@@ -1,9 +1,10 @@
 """PyTorch custom ops around the flashsigmoid C++ library.
 
-The C++ extension (``flashsigmoid._C``) only sees raw data pointers, shapes,
-strides, dtype codes, device and stream. Everything PyTorch-specific lives here:
-``torch.library.custom_op`` registration (namespace ``flashsigmoid``), fake
-(meta) implementations for tracing, and autograd. Input checks happen once, in
+The C++ extension (``flashsigmoid._C``) turns tensors into descriptors (data pointer,
+shapes, strides, dtype code, device) through their Python attributes and takes the
+stream as an integer; it includes nothing of PyTorch. Everything else PyTorch-specific
+lives here: ``torch.library.custom_op`` registration (namespace ``flashsigmoid``),
+fake (meta) implementations for tracing, and autograd. Input checks happen once, in
 C++; this module only converts arguments.
 """
 
@@ -24,42 +25,17 @@ _DTYPE_CODES = {
     torch.float64: _C.DTYPE_FLOAT64,
     torch.int32: _C.DTYPE_INT32,
 }
-_DEVICE_CODES = {"cpu": _C.DEVICE_CPU, "cuda": _C.DEVICE_CUDA}
+_C.set_dtype_codes(list(_DTYPE_CODES.items()))  # the table _C.describe reads
 
 # Test hook: when True, every floating-point output buffer is filled with NaN before
 # the kernel runs, so an element the kernel fails to write shows up as a mismatch.
 _POISON_OUTPUTS = False
 
 
-def _describe(t: Tensor, name: str) -> "_C.Tensor":
-    """A torch tensor -> the C++ TensorView descriptor (pointer, dtype, device, sizes, strides)."""
-    # On the path of every call (a decode step takes microseconds): the cheapest attribute reads
-    # (is_cuda / get_device, not t.device.type) and lists, which the binding converts fastest.
-    dtype = _DTYPE_CODES.get(t.dtype)
-    if dtype is None:
-        raise _C.FlashSigmoidError(
-            f"flashsigmoid: {name} has dtype {str(t.dtype).replace('torch.', '')}, which flashsigmoid "
-            "does not take; accepted: float32, float16, bfloat16, float64 (cu_seqlens: int32)"
-        )
-    if t.is_cuda:
-        device, index = _C.DEVICE_CUDA, t.get_device()
-    elif t.is_cpu:
-        device, index = _C.DEVICE_CPU, 0
-    else:
-        raise _C.FlashSigmoidError(
-            f"flashsigmoid: {name} is on device type '{t.device.type}'; accepted: cpu, cuda"
-        )
-    rank = t.dim()
-    if rank == 0 or rank > 4:
-        raise _C.FlashSigmoidError(
-            f"flashsigmoid: {name} has rank {rank} {list(t.shape)}; accepted: rank 4 "
-            "[batch, seqlen, heads, head_dim], 3 for varlen, 1 or 2 for bias/alibi/cu_seqlens"
-        )
-    return _C.Tensor(t.data_ptr(), dtype, device, index, list(t.shape), list(t.stride()))
-
-
-def _describe_opt(t: Optional[Tensor], name: str) -> "_C.Tensor":
-    return _C.Tensor() if t is None else _describe(t, name)
+# A torch tensor -> the C++ TensorView descriptor (pointer, dtype, device, sizes, strides); None -> an
+# undefined one. Described in C++ from the tensor's attributes, with the errors for dtypes, devices
+# and ranks flashsigmoid does not take.
+_describe = _describe_opt = _C.describe
 
 
 def _new_like(t: Tensor) -> Tensor:

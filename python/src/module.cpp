@@ -1,10 +1,9 @@
 // flashsigmoid._C: the nanobind extension behind the Python package.
 //
-// It deliberately knows nothing about PyTorch: Python hands it raw data pointers,
-// dtype codes, device, shapes, strides and the CUDA stream, and it calls the C++
-// API. The binary therefore does not depend on the PyTorch version or its C++ ABI;
-// dispatcher registration, autograd, fake tensors and torch.compile live in Python
-// (flashsigmoid/_ops.py, torch.library custom ops).
+// It includes nothing of PyTorch: tensors become descriptors (pointer, dtype code, device, shapes,
+// strides) through their Python attributes, and the CUDA stream comes as an integer. The binary
+// therefore does not depend on the PyTorch version or its C++ ABI; dispatcher registration,
+// autograd, fake tensors and torch.compile live in Python (flashsigmoid/_ops.py, torch.library ops).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
@@ -50,6 +49,63 @@ fs::TensorView make_view(std::uintptr_t data, int dtype, int device_type, int de
     t.stride[d] = strides[d];
   }
   return t;
+}
+
+// torch tensors read through their Python attributes (no PyTorch headers: the binary stays
+// independent of PyTorch's version and C++ ABI). The package registers its dtype -> code table once
+// (set_dtype_codes); the messages are those of the package's Python checks.
+// Handles whose references are kept for the life of the process (static nb::objects would be
+// released after the interpreter is gone).
+std::vector<std::pair<nb::handle, int>>& dtype_codes() {
+  static std::vector<std::pair<nb::handle, int>> codes;
+  return codes;
+}
+
+std::string python_str(nb::handle h) { return nb::str(h).c_str(); }
+
+fs::TensorView view_of(nb::handle t, const char* name) {
+  if (t.is_none()) return {};
+  static const nb::handle kDtype = nb::str("dtype").release(), kIsCuda = nb::str("is_cuda").release(),
+                          kIsCpu = nb::str("is_cpu").release(), kGetDevice = nb::str("get_device").release(),
+                          kShape = nb::str("shape").release(), kStride = nb::str("stride").release(),
+                          kDataPtr = nb::str("data_ptr").release();
+  const nb::object dtype = t.attr(kDtype);
+  int code = -1;
+  for (const auto& [obj, c] : dtype_codes()) {
+    if (obj.is(dtype)) code = c;
+  }
+  if (code < 0) {
+    std::string d = python_str(dtype);
+    if (d.rfind("torch.", 0) == 0) d = d.substr(6);
+    throw fs::Error(std::string("flashsigmoid: ") + name + " has dtype " + d +
+                    ", which flashsigmoid does not take; accepted: float32, float16, bfloat16, float64 (cu_seqlens: "
+                    "int32)");
+  }
+  int device = 0, index = 0;
+  if (nb::cast<bool>(t.attr(kIsCuda))) {
+    device = static_cast<int>(fs::DeviceType::cuda);
+    index = nb::cast<int>(t.attr(kGetDevice)());
+  } else if (nb::cast<bool>(t.attr(kIsCpu))) {
+    device = static_cast<int>(fs::DeviceType::cpu);
+  } else {
+    throw fs::Error(std::string("flashsigmoid: ") + name + " is on device type '" +
+                    python_str(t.attr("device").attr("type")) + "'; accepted: cpu, cuda");
+  }
+  const nb::object shape = t.attr(kShape);
+  const std::size_t rank = nb::len(shape);
+  if (rank == 0 || rank > 4) {
+    throw fs::Error(std::string("flashsigmoid: ") + name + " has rank " + std::to_string(rank) + " " +
+                    python_str(nb::list(shape)) +
+                    "; accepted: rank 4 [batch, seqlen, heads, head_dim], 3 for varlen, 1 or 2 for "
+                    "bias/alibi/cu_seqlens");
+  }
+  const nb::object stride = t.attr(kStride)();
+  std::vector<std::int64_t> sizes(rank), strides(rank);
+  for (std::size_t d = 0; d < rank; ++d) {
+    sizes[d] = nb::cast<std::int64_t>(shape[d]);
+    strides[d] = nb::cast<std::int64_t>(stride[d]);
+  }
+  return make_view(nb::cast<std::uintptr_t>(t.attr(kDataPtr)()), code, device, index, sizes, strides);
 }
 
 std::string repr_view(const fs::TensorView& t) {
@@ -183,6 +239,37 @@ NB_MODULE(_C, m) {
       nb::arg("cache_batch_idx"), nb::arg("k_new"), nb::arg("v_new"), nb::arg("out"), nb::arg("options"),
       nb::arg("num_splits"), nb::call_guard<nb::gil_scoped_release>(),
       "flashsigmoid::forward_with_kvcache: appends k_new / v_new (when defined) into the cache, writes out");
+
+  m.def(
+      "set_dtype_codes",
+      [](const std::vector<std::pair<nb::object, int>>& codes) {
+        dtype_codes().clear();  // a re-registration keeps the old references: a few immortal dtypes
+        for (const auto& [dtype, code] : codes) dtype_codes().emplace_back(nb::object(dtype).release(), code);
+      },
+      "Registers the torch dtype -> dtype code table that describe and forward_with_kvcache_tensors read");
+
+  m.def("describe", &view_of, nb::arg("tensor").none(), nb::arg("name"),
+        "A torch tensor's descriptor (an undefined one for None); name is for the error messages");
+
+  m.def(
+      "forward_with_kvcache_tensors",
+      [](nb::handle q, nb::handle k_cache, nb::handle v_cache, nb::handle cache_seqlens, nb::handle block_table,
+         nb::handle cache_batch_idx, nb::handle k_new, nb::handle v_new, nb::handle out, const fs::Options& options,
+         int num_splits) {
+        // Described in the order the checks report: q, the cache's tensors, k, v, out.
+        const fs::TensorView qv = view_of(q, "q");
+        const fs::KVCache cache{view_of(k_cache, "k_cache"),      view_of(v_cache, "v_cache"),
+                                view_of(cache_seqlens, "cache_seqlens"), view_of(block_table, "block_table"),
+                                view_of(cache_batch_idx, "cache_batch_idx"), view_of(k_new, "k"),
+                                view_of(v_new, "v")};
+        const fs::TensorView ov = view_of(out, "out");
+        nb::gil_scoped_release release;
+        fs::forward_with_kvcache(qv, cache, ov, options, num_splits);
+      },
+      nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"), nb::arg("cache_seqlens"), nb::arg("block_table").none(),
+      nb::arg("cache_batch_idx").none(), nb::arg("k_new").none(), nb::arg("v_new").none(), nb::arg("out"),
+      nb::arg("options"), nb::arg("num_splits"),
+      "forward_with_kvcache on torch tensors (None for an absent one), described here instead of in Python");
 
   m.def("cuda_head_dims", &fs::cuda_head_dims,
         "Head dims this build has CUDA kernels for (empty without the CUDA backend)");

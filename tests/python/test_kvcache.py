@@ -219,6 +219,8 @@ def _bytes(t):
     ("dtype", "k_cache has dtype float64"),
     ("seqlens_dtype", "cache_seqlens must be int32"),
     ("splits", "num_splits is -2"),
+    ("table_int64", "block_table has dtype int64, which flashsigmoid does not take"),
+    ("q_rank5", "q has rank 5 \\[2, 2, 4, 32, 1\\]; accepted: rank 4"),
 ])
 def test_bad_input_leaves_cache_unchanged(breakage, match):
     q, kc, vc, kn, vn, seqlens, table = _small_problem()
@@ -240,6 +242,10 @@ def test_bad_input_leaves_cache_unchanged(breakage, match):
         kw["cache_seqlens"] = seqlens.float()
     elif breakage == "splits":
         kw["num_splits"] = -2
+    elif breakage == "table_int64":
+        kw["block_table"] = table.long()
+    elif breakage == "q_rank5":
+        args[0] = q.unsqueeze(-1)
     before = (_bytes(kc), _bytes(vc))
     with pytest.raises(fs.FlashSigmoidError, match=match):
         fs.sigmoid_attn_with_kvcache(*args, **kw)
