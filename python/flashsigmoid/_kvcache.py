@@ -12,20 +12,22 @@ import torch
 from torch import Tensor
 
 from . import _C
+from ._checks import check_same_device
 from ._ops import _device_guard, _new_like, _options, _scale_arg, _window_args
 
 
 # Registered with torch.library.Library rather than torch.library.custom_op: custom_op adds a Python
 # autograd kernel and a Python version-counter kernel to every call (~10 us of a ~30 us decode step
-# on the host). The op is inference only: its Autograd kernel falls through (the output does not
-# require grad), the public function below attaches a grad_fn that refuses backward when an input
-# requires grad, and the kernel bumps the caches' version counters itself when it writes them.
+# on the host). The op is inference only: its Autograd kernel falls through, so called directly its
+# output never requires grad; the public function below attaches a grad_fn that refuses backward when
+# an input requires grad. The kernel bumps the caches' version counters itself when it writes them.
 _lib = torch.library.Library("flashsigmoid", "FRAGMENT")
 _lib.define(
     "fwd_kvcache(Tensor q, Tensor(a1!) k_cache, Tensor(a2!) v_cache, Tensor? k, Tensor? v, "
     "Tensor cache_seqlens, Tensor? block_table, Tensor? cache_batch_idx, bool causal, float? scale, "
     "SymInt bias_mode, float bias_value, Tensor? bias, SymInt window_left, SymInt window_right, "
-    "Tensor? alibi_slopes, SymInt num_splits) -> Tensor")
+    "Tensor? alibi_slopes, SymInt num_splits) -> Tensor",
+    tags=(torch.Tag.pt2_compliant_tag,))
 
 
 def _fwd_kvcache_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, causal, scale,
@@ -43,11 +45,13 @@ def _fwd_kvcache_impl(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cac
 
 def _fwd_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, causal, scale,
                       bias_mode, bias_value, bias, window_left, window_right, alibi_slopes, num_splits):
+    # The dispatcher also lands here when real tensors are mixed with meta ones.
+    check_same_device(q, k_cache=k_cache, v_cache=v_cache, k=k, v=v, cache_seqlens=cache_seqlens,
+                      block_table=block_table, cache_batch_idx=cache_batch_idx, bias=bias, alibi_slopes=alibi_slopes)
     return torch.empty_like(q)
 
 
-_lib.impl("fwd_kvcache", _fwd_kvcache_impl, "CPU")
-_lib.impl("fwd_kvcache", _fwd_kvcache_impl, "CUDA")
+_lib.impl("fwd_kvcache", _fwd_kvcache_impl, "CompositeExplicitAutograd")  # C++ rejects other devices
 _lib.impl("fwd_kvcache", torch.library.fallthrough_kernel, "Autograd")
 torch.library.register_fake("flashsigmoid::fwd_kvcache", _fwd_kvcache_fake, lib=_lib)
 _fwd_kvcache = torch.ops.flashsigmoid.fwd_kvcache.default
@@ -59,7 +63,7 @@ class _NoBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, *inputs):
-        return out
+        return out.detach()  # not `out`: an input returned as is would be a view, closed to in-place ops
 
     @staticmethod
     def backward(ctx, *grads):
@@ -130,7 +134,8 @@ def sigmoid_attn_with_kvcache(
     out = _fwd_kvcache(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, bool(causal),
                        _scale_arg(scale), bias_mode, bias_value, bias_t, wl, wr, alibi_slopes, num_splits)
     if torch.is_grad_enabled():
-        needs = [t for t in (q, k_cache, v_cache, k, v, bias_t, alibi_slopes) if t is not None and t.requires_grad]
+        needs = [t for t in (q, k_cache, v_cache, k, v, bias_t, alibi_slopes)
+                 if isinstance(t, Tensor) and t.requires_grad]  # not fx proxies (symbolic tracing)
         if needs:
             out = _NoBackward.apply(out, *needs)
     return out

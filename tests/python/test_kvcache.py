@@ -252,6 +252,15 @@ def test_bad_input_leaves_cache_unchanged(breakage, match):
     assert torch.equal(_bytes(kc), before[0]) and torch.equal(_bytes(vc), before[1])
 
 
+def test_registration():
+    """Tagged PT2-compliant (torch.compile may insist); a meta tensor among real ones is an error, not an
+    uninitialised output from the fake kernel."""
+    assert torch.Tag.pt2_compliant_tag in torch.ops.flashsigmoid.fwd_kvcache.default.tags
+    q, kc, vc, kn, vn, seqlens, table = _small_problem()
+    with pytest.raises(fs.FlashSigmoidError, match="k_cache is on meta but q is on cpu"):
+        fs.sigmoid_attn_with_kvcache(q, kc.to("meta"), vc, cache_seqlens=seqlens, block_table=table, bias=-1.0)
+
+
 def test_bias_is_required():
     q, kc, vc, kn, vn, seqlens, table = _small_problem()
     with pytest.raises(TypeError, match="bias"):
@@ -268,6 +277,7 @@ def test_not_differentiable_and_versions_bumped():
     qg = q.clone().requires_grad_()
     out = fs.sigmoid_attn_with_kvcache(qg, kc, vc, **kw)
     assert out.requires_grad
+    fs.sigmoid_attn_with_kvcache(qg, kc, vc, **kw).mul_(2.0)  # not a view: in-place ops are fine
     with pytest.raises(fs.FlashSigmoidError, match="not differentiable"):
         out.sum().backward()
     with torch.no_grad():
