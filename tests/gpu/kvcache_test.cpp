@@ -417,4 +417,35 @@ TEST(GpuKVCacheErrors, HeadDimWithoutKernel) {
   fs_gpu::expect_error([&] { d.run(0); }, "no kernel for head_dim " + std::to_string(missing));
 }
 
+// More output rows than the attention's 32-bit element offsets cover ((2^31 - 1) / (D / 4) rows of
+// D / 4 float4s): an Error before anything is launched. The tensors claim that size over a small
+// allocation (nothing touches them when the guard holds): q [2^12 / D, 2^18, 8, D] (16 GiB), one kv
+// head; out starts where q's claimed bytes end, as the overlap check wants.
+TEST(GpuKVCacheErrors, TooManyOutputRows) {
+  FS_SKIP_WITHOUT_GPU();
+  const KVCase c = misc_case("too_many_rows");
+  FS_SKIP_WITHOUT_DECODE_DIM(c);
+  using flashsigmoid::TensorView;
+  const std::int64_t D = c.D, B = 4096 / D, Nq = std::int64_t(1) << 18, Hq = 8, Nmax = 64;
+  void* mem = nullptr;
+  FS_CUDA_OK(cudaMalloc(&mem, 1 << 20));
+  FS_CUDA_OK(cudaMemset(mem, 0, 1 << 20));
+  const flashsigmoid::Device gpu{flashsigmoid::DeviceType::cuda, 0};
+  flashsigmoid::KVCache cache;
+  cache.k_cache = TensorView::contiguous(mem, DType::bfloat16, {B, Nmax, 1, D}, gpu);
+  cache.v_cache = cache.k_cache;
+  cache.cache_seqlens = TensorView::contiguous(mem, DType::int32, {B}, gpu);
+  const TensorView q = TensorView::contiguous(mem, DType::bfloat16, {B, Nq, Hq, D}, gpu);
+  flashsigmoid::Options o;
+  o.bias_mode = flashsigmoid::BiasMode::scalar;
+  o.bias_value = -4.0f;
+  TensorView out = q;
+  out.data = static_cast<unsigned char*>(mem) + q.numel() * 2;
+  // Row blocks (2^21 rows / 64) and (sequence, kv head) pairs stay within their limits: rows alone trip.
+  fs_gpu::expect_error([&] { flashsigmoid::forward_with_kvcache(q, cache, out, o, 1); },
+                       std::to_string(B * Nq * Hq) + " output rows");
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cudaFree(mem);
+}
+
 }  // namespace
