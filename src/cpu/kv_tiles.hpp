@@ -25,6 +25,9 @@
 
 namespace flashsigmoid::detail::cpu {
 inline namespace FLASHSIGMOID_CPU_LEVEL {
+// Internal linkage (kvcache.cpp is the one includer): GCC then inlines the kernels into the tile
+// loop, where the prefetcher's state stays in registers (out of line: ~10 % slower, measured).
+namespace {
 
 // Asks for the next tile's K and V rows (all heads of the task) into L2 while the current tile is
 // computed, a few cache lines at a time from inside the compute loops. Cache rows of one sequence
@@ -458,5 +461,6 @@ void pv_visible(const ScoreTransform& t, std::int64_t i0, int rows, int G, std::
   }
 }
 
+}  // namespace
 }  // namespace FLASHSIGMOID_CPU_LEVEL
 }  // namespace flashsigmoid::detail::cpu
