@@ -141,28 +141,47 @@ template <typename VT>
 // Scores of two query rows (q, q + D) against W keys: the rows share each key load, four keys at a
 // time; each group of four is folded to one vector at once (lane_sums' first two levels) and the
 // W / 4 of them finish the sums in lane_sums' order, so the result is the single-row path's bits.
+// Where both rows' query vectors fit the registers next to eight accumulators (AVX-512 up to D 128)
+// they are loaded once; otherwise (AVX2's 16 registers, D 256) the head dim is the outer loop, one
+// chunk of each row against four keys (the same per-key sums, in the same order).
 template <int D, typename Acc>
 [[gnu::always_inline]] inline void score_pair(const Acc* __restrict q, const Acc* const* rows,
                                               typename Vec<Acc>::type& s0, typename Vec<Acc>::type& s1) {
   using V = Vec<Acc>;
   constexpr int W = V::width, C = D / W;
-  typename V::type q0[C], q1[C], part0[W / 4], part1[W / 4];
-  for (int c = 0; c < C; ++c) {
-    q0[c] = V::load(q + c * W);
-    q1[c] = V::load(q + D + c * W);
+  constexpr bool kQueryInRegisters = 2 * C + 10 <= (kVectorBytes == 64 ? 32 : 16);
+  typename V::type q0[kQueryInRegisters ? C : 1], q1[kQueryInRegisters ? C : 1], part0[W / 4], part1[W / 4];
+  if constexpr (kQueryInRegisters) {
+    for (int c = 0; c < C; ++c) {
+      q0[c] = V::load(q + c * W);
+      q1[c] = V::load(q + D + c * W);
+    }
   }
   for (int g = 0; g < W / 4; ++g) {
     typename V::type a0[4], a1[4];
+    if constexpr (kQueryInRegisters) {
 #pragma GCC unroll 4
-    for (int jj = 0; jj < 4; ++jj) {
-      typename V::type x0{}, x1{};
-      for (int c = 0; c < C; ++c) {
-        const typename V::type kv = V::load(rows[g * 4 + jj] + c * W);
-        x0 += q0[c] * kv;
-        x1 += q1[c] * kv;
+      for (int jj = 0; jj < 4; ++jj) {
+        typename V::type x0{}, x1{};
+        for (int c = 0; c < C; ++c) {
+          const typename V::type kv = V::load(rows[g * 4 + jj] + c * W);
+          x0 += q0[c] * kv;
+          x1 += q1[c] * kv;
+        }
+        a0[jj] = x0;
+        a1[jj] = x1;
       }
-      a0[jj] = x0;
-      a1[jj] = x1;
+    } else {
+      for (int jj = 0; jj < 4; ++jj) a0[jj] = a1[jj] = typename V::type{};
+      for (int c = 0; c < C; ++c) {
+        const typename V::type x = V::load(q + c * W), y = V::load(q + D + c * W);
+#pragma GCC unroll 4
+        for (int jj = 0; jj < 4; ++jj) {
+          const typename V::type kv = V::load(rows[g * 4 + jj] + c * W);
+          a0[jj] += x * kv;
+          a1[jj] += y * kv;
+        }
+      }
     }
     fold_pairs<W, W>(a0, 2);
     fold_pairs<W, W / 2>(a0, 1);
@@ -188,8 +207,7 @@ void scores(const Acc* __restrict Q, int M, const T* const* k, std::int64_t off,
   constexpr bool kConvert = !std::is_same_v<T, Acc>;
   static_assert(D % W == 0, "head dims are multiples of the SIMD width");
   alignas(64) Acc converted[kConvert ? W * D : 1];
-  // Row pairs (score_pair) where two rows' query vectors and eight accumulators fit the registers.
-  constexpr bool kPairRows = W >= 8 && 2 * C + 10 <= (kVectorBytes == 64 ? 32 : 16);
+  constexpr bool kPairRows = W >= 8;  // score_pair folds four keys at a time
   for (int j0 = 0; j0 < valid; j0 += W) {
     const int n = std::min(W, valid - j0);
     auto store = [&](int m, const typename V::type& s) {
