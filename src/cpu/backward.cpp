@@ -82,7 +82,7 @@ double tile_sum(const Acc* x) {
 template <typename Tiles, typename Acc, typename... Args>
 void chunk_pass(const BwdParams& p, const DqChunks<Acc>& dq, std::vector<double>& dbias_part, const Args&... args) {
   const std::int64_t group = p.group_size();
-  parallel_for(p.batch * p.heads_kv * dq.chunks, p.num_threads, [&](std::int64_t task) {
+  parallel_for(p.batch * p.heads_kv * dq.chunks, attn_threads(p), [&](std::int64_t task) {
     // Chunk-major task order: with a causal mask the first chunks see the most queries, and start first.
     const auto [b, kvh, c] = block_task(task, p.heads_kv, dq.chunks, 1, false);
     const SeqInfo s = seq_info(p, b);
@@ -117,7 +117,7 @@ template <typename T, typename Acc>
 void reduce_partials(const BwdParams& p, const DqChunks<Acc>& dq, const std::vector<double>& dbias_part) {
   const int D = dq.dim;
   const std::int64_t q_blocks = (p.seqlen_q + kBlockQ - 1) / kBlockQ;
-  parallel_for(p.batch * p.heads_q * q_blocks, p.num_threads, [&](std::int64_t task) {
+  parallel_for(p.batch * p.heads_q * q_blocks, attn_threads(p), [&](std::int64_t task) {
     const auto [b, h, i0] = block_task(task, p.heads_q, q_blocks, kBlockQ, false);
     const SeqInfo s = seq_info(p, b);
     T* out = head_rows_out<T>(p.dq, p.dq_stride, b, s.q_begin, h);

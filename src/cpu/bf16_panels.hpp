@@ -45,7 +45,7 @@ struct Panels {
     for (std::int64_t b = 0; b < p.batch; ++b) seq_base[b + 1] = seq_base[b] + heads * padded(len(seq_info(p, b))) * dim;
     data.resize(static_cast<std::size_t>(seq_base[p.batch]));
     const std::int64_t blocks = padded(key_side ? p.seqlen_k : p.seqlen_q) / kBlock;
-    parallel_for(p.batch * heads * blocks, p.num_threads, [&](std::int64_t task) {
+    parallel_for(p.batch * heads * blocks, attn_threads(p), [&](std::int64_t task) {
       const auto [b, h, r0] = block_task(task, heads, blocks, kBlock, false);
       const SeqInfo s = seq_info(p, b);
       if (r0 >= len(s)) return;

@@ -17,7 +17,7 @@ void forward_impl(const AttnParams& p) {
   const int D = static_cast<int>(p.head_dim);
   const std::int64_t q_blocks = (p.seqlen_q + kBlockQ - 1) / kBlockQ;
 
-  parallel_for(p.batch * p.heads_q * q_blocks, p.num_threads, [&](std::int64_t task) {
+  parallel_for(p.batch * p.heads_q * q_blocks, attn_threads(p), [&](std::int64_t task) {
     const auto [b, h, i0] = block_task(task, p.heads_q, q_blocks, kBlockQ, true);
     const SeqInfo s = seq_info(p, b);
     if (i0 >= s.len_q) return;
@@ -85,7 +85,7 @@ void forward_bf16(const AttnParams& p) {
   const Panels vp(p, p.v, p.v_stride, p.heads_kv, true, Pack::pairs);
   const std::int64_t q_blocks = (p.seqlen_q + kBlockQ - 1) / kBlockQ;
 
-  parallel_for(p.batch * p.heads_q * q_blocks, p.num_threads, [&](std::int64_t task) {
+  parallel_for(p.batch * p.heads_q * q_blocks, attn_threads(p), [&](std::int64_t task) {
     const auto [b, h, i0] = block_task(task, p.heads_q, q_blocks, kBlockQ, true);
     const SeqInfo s = seq_info(p, b);
     if (i0 >= s.len_q) return;

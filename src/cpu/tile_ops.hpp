@@ -44,6 +44,16 @@ void parallel_for(std::int64_t num_tasks, int num_threads, Fn&& fn) {
   for (auto& th : pool) th.join();
 }
 
+// Threads worth starting for a pass over an attention problem: at most p.num_threads (0 = all), one
+// per 2^20 multiply-adds of Q K^T and P V. Starting a thread costs tens of microseconds, more than a
+// small problem's whole work; the results do not depend on the thread count.
+inline int attn_threads(const AttnParams& p) {
+  const double macs = 2.0 * double(p.batch) * double(p.heads_q) * double(p.seqlen_q) * double(p.seqlen_k) *
+                      double(p.head_dim);
+  const int all = p.num_threads > 0 ? p.num_threads : static_cast<int>(std::thread::hardware_concurrency());
+  return static_cast<int>(std::clamp(macs / double(1 << 20), 1.0, double(std::max(all, 1))));
+}
+
 // Task `task` of a pass over (sequence b, head h, block of `block_rows` rows starting at row0), with
 // `heads` heads and `blocks` blocks per sequence. The heads of one block position are neighbouring
 // tasks; `last_first` takes the last blocks first (causal query blocks: they see the most keys).
