@@ -18,6 +18,7 @@
 #include "common/float_convert.hpp"
 #include "common/params.hpp"
 #include "cpu/isa.hpp"
+#include "cpu/thread_pool.hpp"
 
 namespace flashsigmoid::detail::cpu {
 inline namespace FLASHSIGMOID_CPU_LEVEL {
@@ -26,22 +27,14 @@ inline namespace FLASHSIGMOID_CPU_LEVEL {
 constexpr int kBlockQ = 64;
 constexpr int kBlockK = 64;
 
-// Runs fn(task) for task in [0, num_tasks) on up to num_threads threads; tasks are
-// taken in order from a shared counter, so callers put the longest tasks first.
+// Runs fn(task) for task in [0, num_tasks) on up to num_threads threads (0 = all) of the backend's
+// pool; tasks are taken in order from a shared counter, so callers put the longest tasks first. fn
+// must not throw (an exception terminates, as from any worker thread).
 template <typename Fn>
 void parallel_for(std::int64_t num_tasks, int num_threads, Fn&& fn) {
-  if (num_tasks <= 0) return;
-  int threads = num_threads > 0 ? num_threads : static_cast<int>(std::thread::hardware_concurrency());
-  threads = static_cast<int>(std::clamp<std::int64_t>(threads, 1, num_tasks));
-  std::atomic<std::int64_t> next{0};
-  auto worker = [&] {
-    for (std::int64_t t = next.fetch_add(1); t < num_tasks; t = next.fetch_add(1)) fn(t);
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(threads - 1);
-  for (int i = 1; i < threads; ++i) pool.emplace_back(worker);
-  worker();
-  for (auto& th : pool) th.join();
+  const int threads = num_threads > 0 ? num_threads : static_cast<int>(std::thread::hardware_concurrency());
+  auto call = [](void* ctx, std::int64_t task) noexcept { (*static_cast<std::remove_reference_t<Fn>*>(ctx))(task); };
+  run_tasks(num_tasks, threads, call, const_cast<void*>(static_cast<const void*>(&fn)));
 }
 
 // Threads worth starting for a pass over an attention problem: at most p.num_threads (0 = all), one

@@ -21,3 +21,4 @@
 #include "common/float_convert.hpp"
 #include "common/params.hpp"
 #include "common/score_transform.hpp"
+#include "cpu/thread_pool.hpp"
