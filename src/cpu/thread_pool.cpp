@@ -2,7 +2,7 @@
 // tens of microseconds (40 on a 2-core VM), more than a small pass's work, and a call makes up to five
 // passes. The workers sleep on a condition variable between loops. One loop runs on the pool at a
 // time: a loop that finds it busy (another caller, or a loop started inside a task) starts its own
-// threads instead. Workers are added as loops ask for more; they are never joined (the pool lives
+// threads instead. Workers are added as loops ask for more, up to one per other core; they are never joined (the pool lives
 // until the process exits), and after fork() the child starts a new pool (the parent's threads do
 // not exist there).
 #include "cpu/thread_pool.hpp"
@@ -36,8 +36,16 @@ class Pool {
  public:
   // False when the pool is busy; the caller then runs the loop some other way.
   bool try_run(std::int64_t num_tasks, int threads, TaskFn fn, void* ctx) {
-    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
-    if (!busy.owns_lock()) return false;
+    // A flag, not a mutex: a loop started inside a task on this thread must see "busy", not lock twice.
+    if (busy_.exchange(true, std::memory_order_acquire)) return false;
+    struct Release {
+      std::atomic<bool>& flag;
+      ~Release() { flag.store(false, std::memory_order_release); }
+    } release{busy_};
+    // At most one worker per other core: more would only wait (the results do not depend on it).
+    static const int kMaxWorkers = std::max(1, static_cast<int>(std::thread::hardware_concurrency())) - 1;
+    threads = std::min(threads, kMaxWorkers + 1);
+    if (threads < 2) return false;
     while (int(workers_.size()) < threads - 1) workers_.emplace_back([this] { work(); });
     {
       std::lock_guard<std::mutex> lock(m_);
@@ -76,7 +84,7 @@ class Pool {
     }
   }
 
-  std::mutex busy_;  // held by the loop running on the pool
+  std::atomic<bool> busy_{false};  // set by the loop running on the pool
   std::mutex m_;     // guards the fields below and the wake / done waits
   std::condition_variable wake_, done_;
   std::uint64_t generation_ = 0;
@@ -85,7 +93,7 @@ class Pool {
   std::int64_t num_tasks_ = 0;
   std::atomic<std::int64_t> next_{0};
   int helpers_ = 0, running_ = 0;
-  std::vector<std::thread> workers_;  // only the thread holding busy_ adds to it
+  std::vector<std::thread> workers_;  // only the thread that set busy_ adds to it
 };
 
 // The pool, created on first use; a fork()ed child drops the parent's (leaked: its threads are gone
@@ -93,14 +101,17 @@ class Pool {
 std::atomic<Pool*> g_pool{nullptr};
 std::mutex g_create;
 
-void forget_pool_in_child() { g_pool.store(nullptr); }
+// fork() holds g_create, so that the child never inherits it locked mid-creation.
+const bool g_fork_handlers = pthread_atfork([] { g_create.lock(); }, [] { g_create.unlock(); },
+                                            [] {
+                                              g_pool.store(nullptr);
+                                              g_create.unlock();
+                                            }) == 0;
 
 Pool& pool() {
   Pool* p = g_pool.load(std::memory_order_acquire);
   if (p != nullptr) return *p;
   std::lock_guard<std::mutex> lock(g_create);
-  static const bool registered = pthread_atfork(nullptr, nullptr, forget_pool_in_child) == 0;
-  (void)registered;
   p = g_pool.load(std::memory_order_acquire);
   if (p == nullptr) {
     p = new Pool;  // never deleted: its threads live until the process exits
@@ -118,6 +129,7 @@ void run_tasks(std::int64_t num_tasks, int threads, TaskFn fn, void* ctx) {
     for (std::int64_t t = 0; t < num_tasks; ++t) fn(ctx, t);
     return;
   }
+  (void)g_fork_handlers;
   if (!pool().try_run(num_tasks, threads, fn, ctx)) run_on_new_threads(num_tasks, threads, fn, ctx);
 }
 
