@@ -35,7 +35,7 @@ _POISON_OUTPUTS = False
 # A torch tensor -> the C++ TensorView descriptor (pointer, dtype, device, sizes, strides); None -> an
 # undefined one. Described in C++ from the tensor's attributes, with the errors for dtypes, devices
 # and ranks flashsigmoid does not take.
-_describe = _describe_opt = _C.describe
+_describe = _C.describe
 
 
 def _new_like(t: Tensor) -> Tensor:
@@ -76,13 +76,13 @@ def _options(
     o.scale = scale if scale_tensor is None else _args.scale_from_tensor(scale_tensor, scale)
     o.bias_mode = bias_mode
     o.bias_value = bias_value
-    o.bias = _describe_opt(bias, "bias")
+    o.bias = _describe(bias, "bias")
     o.causal = causal
     o.window_left = window_left
     o.window_right = window_right
-    o.alibi_slopes = _describe_opt(alibi_slopes, "alibi_slopes")
-    o.cu_seqlens_q = _describe_opt(cu_seqlens_q, "cu_seqlens_q")
-    o.cu_seqlens_k = _describe_opt(cu_seqlens_k, "cu_seqlens_k")
+    o.alibi_slopes = _describe(alibi_slopes, "alibi_slopes")
+    o.cu_seqlens_q = _describe(cu_seqlens_q, "cu_seqlens_q")
+    o.cu_seqlens_k = _describe(cu_seqlens_k, "cu_seqlens_k")
     o.max_seqlen_q = max_seqlen_q
     o.max_seqlen_k = max_seqlen_k
     if q.device.type == "cuda":

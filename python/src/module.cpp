@@ -53,8 +53,7 @@ fs::TensorView make_view(std::uintptr_t data, int dtype, int device_type, int de
 
 // torch tensors read through their Python attributes (no PyTorch headers: the binary stays
 // independent of PyTorch's version and C++ ABI). The package registers its dtype -> code table once
-// (set_dtype_codes); the messages are those of the package's Python checks.
-// Handles whose references are kept for the life of the process (static nb::objects would be
+// (set_dtype_codes), as handles kept for the life of the process (static nb::objects would be
 // released after the interpreter is gone).
 std::vector<std::pair<nb::handle, int>>& dtype_codes() {
   static std::vector<std::pair<nb::handle, int>> codes;

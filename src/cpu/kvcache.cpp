@@ -32,12 +32,6 @@ constexpr std::int64_t kRowsPerThread = 2048;
 
 std::int64_t cdiv(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
-// Threads for `parallel` units of work: at most `requested` (0 = all), at least 1.
-int thread_count(int requested, std::int64_t parallel) {
-  const int all = requested > 0 ? requested : static_cast<int>(std::thread::hardware_concurrency());
-  return static_cast<int>(std::clamp<std::int64_t>(parallel, 1, std::max(all, 1)));
-}
-
 // Keys of sequence b (cached + appended).
 std::int64_t seq_keys(const KVCacheParams& p, std::int64_t b) {
   return std::int64_t(p.cache_seqlens[b]) + (p.k_new != nullptr ? p.seqlen_q : 0);

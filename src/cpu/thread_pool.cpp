@@ -2,9 +2,9 @@
 // tens of microseconds (40 on a 2-core VM), more than a small pass's work, and a call makes up to five
 // passes. The workers sleep on a condition variable between loops. One loop runs on the pool at a
 // time: a loop that finds it busy (another caller, or a loop started inside a task) starts its own
-// threads instead. Workers are added as loops ask for more, up to one per other core; they are never joined (the pool lives
-// until the process exits), and after fork() the child starts a new pool (the parent's threads do
-// not exist there).
+// threads instead. Workers are added as loops ask for more, up to one per other core; they are never
+// joined (the pool lives until the process exits), and after fork() the child starts a new pool (the
+// parent's threads do not exist there).
 #include "cpu/thread_pool.hpp"
 
 #include <pthread.h>

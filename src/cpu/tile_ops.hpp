@@ -27,24 +27,28 @@ inline namespace FLASHSIGMOID_CPU_LEVEL {
 constexpr int kBlockQ = 64;
 constexpr int kBlockK = 64;
 
-// Runs fn(task) for task in [0, num_tasks) on up to num_threads threads (0 = all) of the backend's
-// pool; tasks are taken in order from a shared counter, so callers put the longest tasks first. fn
-// must not throw (an exception terminates, as from any worker thread).
+// Runs fn(task) for task in [0, num_tasks) on up to `threads` threads of the backend's pool; tasks
+// are taken in order from a shared counter, so callers put the longest tasks first. fn must not
+// throw (an exception terminates, as from any worker thread).
 template <typename Fn>
-void parallel_for(std::int64_t num_tasks, int num_threads, Fn&& fn) {
-  const int threads = num_threads > 0 ? num_threads : static_cast<int>(std::thread::hardware_concurrency());
+void parallel_for(std::int64_t num_tasks, int threads, Fn&& fn) {
   auto call = [](void* ctx, std::int64_t task) noexcept { (*static_cast<std::remove_reference_t<Fn>*>(ctx))(task); };
   run_tasks(num_tasks, threads, call, const_cast<void*>(static_cast<const void*>(&fn)));
 }
 
-// Threads worth starting for a pass over an attention problem: at most p.num_threads (0 = all), one
-// per 2^20 multiply-adds of Q K^T and P V. Starting a thread costs tens of microseconds, more than a
-// small problem's whole work; the results do not depend on the thread count.
+// Threads for `units` units of work, each worth a thread of its own: at most `requested` (0 = all
+// hardware threads), at least 1. Starting a thread costs tens of microseconds, more than a small
+// problem's whole work; the results never depend on the thread count.
+inline int thread_count(int requested, double units) {
+  const int all = requested > 0 ? requested : static_cast<int>(std::thread::hardware_concurrency());
+  return static_cast<int>(std::clamp(units, 1.0, double(std::max(all, 1))));
+}
+
+// Threads for a pass over an attention problem: one per 2^20 multiply-adds of Q K^T and P V.
 inline int attn_threads(const AttnParams& p) {
   const double macs = 2.0 * double(p.batch) * double(p.heads_q) * double(p.seqlen_q) * double(p.seqlen_k) *
                       double(p.head_dim);
-  const int all = p.num_threads > 0 ? p.num_threads : static_cast<int>(std::thread::hardware_concurrency());
-  return static_cast<int>(std::clamp(macs / double(1 << 20), 1.0, double(std::max(all, 1))));
+  return thread_count(p.num_threads, macs / double(1 << 20));
 }
 
 // Task `task` of a pass over (sequence b, head h, block of `block_rows` rows starting at row0), with
