@@ -7,9 +7,12 @@
 // after warm-up, rotating over enough cache copies that together exceed 3x the L2 so L2 is not what
 // is timed; the same 10 calls again as one replayed CUDA graph (no host time between calls), and the
 // host's time to enqueue one call. Every sequence holds the full cache length; --append also
-// writes Nq_new new keys per sequence (append + attend).
+// writes Nq_new new keys per sequence (append + attend). Each row names the split count that ran
+// and how the splits were added; --split-sum and --dependent-launch force the launch choices
+// (src/cuda/decode/launch.hpp) for comparing them in one process.
 //   usage: flashsigmoid_cuda_decode_bench [--reps N] [--quick] [--dtype bf16|fp16] [--append]
 //                                         [--splits N] [--shape B:CACHE:HQ:HKV:NQ:PAGE]
+//                                         [--split-sum auto|kernel|cluster] [--dependent-launch on|off]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -24,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/kernel_choice.hpp"  // launch choices and what a call ran (not public API)
 #include "flashsigmoid/flashsigmoid.hpp"
 
 namespace {
@@ -64,6 +68,8 @@ int main(int argc, char** argv) {
   int splits = 0;
   std::string dtype_arg = "bf16";
   std::string shape_arg;
+  std::string sum_arg = "auto";
+  std::string dependent_arg;  // empty: the library's default
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--dtype") && i + 1 < argc) dtype_arg = argv[++i];
@@ -71,12 +77,28 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) shape_arg = argv[++i];
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--append")) append = true;
+    else if (!std::strcmp(argv[i], "--split-sum") && i + 1 < argc) sum_arg = argv[++i];
+    else if (!std::strcmp(argv[i], "--dependent-launch") && i + 1 < argc) dependent_arg = argv[++i];
     else {
       std::fprintf(stderr, "unknown argument %s; accepted: --reps N, --quick, --dtype bf16|fp16, --append, "
-                   "--splits N, --shape B:CACHE:HQ:HKV:NQ:PAGE\n", argv[i]);
+                   "--splits N, --shape B:CACHE:HQ:HKV:NQ:PAGE, --split-sum auto|kernel|cluster, "
+                   "--dependent-launch on|off\n", argv[i]);
       return 2;
     }
   }
+  using flashsigmoid::cuda::decode::SplitSum;
+  if (sum_arg != "auto" && sum_arg != "kernel" && sum_arg != "cluster") {
+    std::fprintf(stderr, "--split-sum takes auto, kernel or cluster; got %s\n", sum_arg.c_str());
+    return 2;
+  }
+  flashsigmoid::cuda::kernel_choice().decode.sum =
+      sum_arg == "kernel" ? SplitSum::kernel : (sum_arg == "cluster" ? SplitSum::cluster : SplitSum::automatic);
+  if (!dependent_arg.empty() && dependent_arg != "on" && dependent_arg != "off") {
+    std::fprintf(stderr, "--dependent-launch takes on or off; got %s\n", dependent_arg.c_str());
+    return 2;
+  }
+  if (!dependent_arg.empty()) flashsigmoid::cuda::kernel_choice().decode.dependent_launch = dependent_arg == "on";
+  const bool dependent_launch = flashsigmoid::cuda::kernel_choice().decode.dependent_launch;
   if (dtype_arg != "bf16" && dtype_arg != "fp16") {
     std::fprintf(stderr, "--dtype takes bf16 or fp16; got %s\n", dtype_arg.c_str());
     return 2;
@@ -184,12 +206,14 @@ int main(int argc, char** argv) {
     cudaFree(b);
   }
   const std::string splits_str = splits == 0 ? "auto" : std::to_string(splits);
-  std::printf("# flashsigmoid CUDA KV-cache %s, %s (%d SMs, %d MB L2), %s, D %d, median of %d reps, splits %s\n",
+  std::printf("# flashsigmoid CUDA KV-cache %s, %s (%d SMs, %d MB L2), %s, D %d, median of %d reps, splits %s, "
+              "split sum %s, dependent launch %s\n",
               append ? "append + attention" : "attention", prop.name, prop.multiProcessorCount,
-              prop.l2CacheSize >> 20, dtype_arg.c_str(), D, reps, splits_str.c_str());
+              prop.l2CacheSize >> 20, dtype_arg.c_str(), D, reps, splits_str.c_str(), sum_arg.c_str(),
+              dependent_launch ? "on" : "off");
   std::printf("# device-to-device cudaMemcpy: %.0f GB/s (read + written)\n", copy_gbs);
-  std::printf("%4s %7s %4s %4s %3s %5s %5s %10s %9s %7s %10s %7s %8s\n", "B", "cache", "Hq", "Hkv", "Nq", "page",
-              "sets", "us", "GB/s", "% copy", "graph us", "% copy", "host us");
+  std::printf("%4s %7s %4s %4s %3s %5s %5s %10s %9s %7s %10s %7s %8s %6s %9s\n", "B", "cache", "Hq", "Hkv", "Nq",
+              "page", "sets", "us", "GB/s", "% copy", "graph us", "% copy", "host us", "splits", "sum");
 
   const flashsigmoid::Device device{flashsigmoid::DeviceType::cuda, dev};
   std::mt19937 gen(1234);
@@ -272,9 +296,10 @@ int main(int argc, char** argv) {
       const double bytes = kv_bytes + 2.0 * q_elems * 2 + (append ? 2.0 * 2 * new_elems * 2 : 0.0);
       const double gbs = bytes / (ms * 1e-3) * 1e-9;
       const double graph_gbs = bytes / (graph_ms * 1e-3) * 1e-9;
-      std::printf("%4d %7d %4d %4d %3d %5d %5d %10.1f %9.0f %6.1f%% %10.1f %6.1f%% %8.1f\n", s.B, s.cache, s.Hq, s.Hkv,
-                  s.Nq, s.page, sets, ms * 1e3, gbs, 100.0 * gbs / copy_gbs, graph_ms * 1e3,
-                  100.0 * graph_gbs / copy_gbs, host_us);
+      const auto ran = flashsigmoid::cuda::last_kvcache_launch();
+      std::printf("%4d %7d %4d %4d %3d %5d %5d %10.1f %9.0f %6.1f%% %10.1f %6.1f%% %8.1f %6d %9s\n", s.B, s.cache,
+                  s.Hq, s.Hkv, s.Nq, s.page, sets, ms * 1e3, gbs, 100.0 * gbs / copy_gbs, graph_ms * 1e3,
+                  100.0 * graph_gbs / copy_gbs, host_us, ran.splits, ran.sum);
     }
     check(cudaDeviceSynchronize(), "benchmark run");
     for (int i = 0; i < sets; ++i) {

@@ -107,6 +107,7 @@ void zero_varlen_tail(const char* name, void* out, const OperandStrides& s, std:
 thread_local const char* g_last_forward_kernel = "none";
 thread_local const char* g_last_backward_kernel = "none";
 thread_local cuda::KernelChoice g_kernel_choice;
+thread_local cuda::decode::LaunchInfo g_last_kvcache_launch;
 
 #if defined(FLASHSIGMOID_HOPPER_ENABLED)
 // True when device `index` has compute capability 9.0 (H100/H200: the sm_90a kernels run there).
@@ -280,7 +281,7 @@ void cuda_forward_kvcache(const KVCacheParams& p) {
     using Element = decltype(element);
     dispatch_decode_head_dim(p.head_dim, [&](auto d) {
       constexpr int D = decltype(d)::value;
-      cuda::decode::run_kvcache<D, Element>(p);
+      g_last_kvcache_launch = cuda::decode::run_kvcache<D, Element>(p, g_kernel_choice.decode);
     });
   });
 }
@@ -291,4 +292,5 @@ namespace flashsigmoid::cuda {
 const char* last_forward_kernel() { return detail::g_last_forward_kernel; }
 const char* last_backward_kernel() { return detail::g_last_backward_kernel; }
 KernelChoice& kernel_choice() { return detail::g_kernel_choice; }
+decode::LaunchInfo last_kvcache_launch() { return detail::g_last_kvcache_launch; }
 }  // namespace flashsigmoid::cuda

@@ -3,6 +3,7 @@
 // public API; every other caller gets the defaults. Host code only (device code never includes it).
 #pragma once
 
+#include "cuda/decode/launch.hpp"
 #include "cuda/hopper/schedule.hpp"
 
 namespace flashsigmoid::cuda {
@@ -16,6 +17,7 @@ struct KernelChoice {
   KernelFamily forward = KernelFamily::automatic;
   KernelFamily backward = KernelFamily::automatic;
   hopper::Schedule hopper_schedule;  // the Hopper forward's schedule switches (launch.hpp)
+  decode::LaunchChoice decode;       // the KV-cache attention's launches (decode/launch.hpp)
 };
 
 // This thread's choice, read by every CUDA forward / backward call on the thread. Defined in backend.cu.
@@ -38,5 +40,8 @@ class ScopedKernelChoice {
 const char* last_forward_kernel();
 // The same for flashsigmoid::backward().
 const char* last_backward_kernel();
+// What the last flashsigmoid::forward_with_kvcache() on CUDA tensors ran in this thread: its split
+// count and how the splits were added (for the benchmark's report and the tests).
+decode::LaunchInfo last_kvcache_launch();
 
 }  // namespace flashsigmoid::cuda

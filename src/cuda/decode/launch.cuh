@@ -1,5 +1,6 @@
 // Host side of the KV-cache path: append, then attention (one split writes O directly; several
-// write fp32 partials into a workspace that sum_splits adds). Everything is enqueued on p.stream:
+// write fp32 partials into a workspace that sum_splits adds, or, as a cluster on sm_90, add them
+// through shared memory). Everything is enqueued on p.stream:
 // no host synchronisation, and the workspace (cudaMallocAsync / cudaFreeAsync on that stream) has
 // a size that depends only on the shapes and the number of splits, so a call can be captured in
 // a CUDA graph.
@@ -11,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "cuda/common/check.hpp"
 #include "cuda/common/device_info.hpp"
@@ -40,24 +42,86 @@ class PerDevice {
   std::atomic<std::uint64_t> asked_{0}, yes_{0};
 };
 
-// True when `sum` may be launched as a programmatic dependent on this device: only code built for
-// sm_90 or later has the wait on the prerequisite grid (sum_splits_kernel); a kernel JIT-compiled
-// from an older PTX target would read partials still being written.
-template <class Kernel>
-bool dependent_launch_safe(Kernel sum, int device) {
+// True when `Kernel` may be launched as a programmatic dependent or in a cluster on this device: only
+// code built for sm_90 or later has the wait on the prerequisite grid and the cluster barriers; a
+// kernel JIT-compiled from an older PTX target would read memory still being written.
+template <auto Kernel>
+bool built_for_sm90(int device) {
   static PerDevice safe;
   return safe.get(device, [&] {
     cudaFuncAttributes a{};
-    const cudaError_t got = cudaFuncGetAttributes(&a, sum);
+    const cudaError_t got = cudaFuncGetAttributes(&a, Kernel);
     if (got != cudaSuccess) cudaGetLastError();  // not left for the next launch check to find
     return got == cudaSuccess && a.ptxVersion >= 90 && a.binaryVersion >= 90;
   });
 }
 
+// The largest cluster of the attention's splits on this device: 16 where a 16-CTA cluster of this
+// kernel fits (a non-portable size, allowed once per device), else the portable 8.
+template <auto Kernel>
+int max_cluster_splits(int device, int threads, int smem) {
+  static PerDevice sixteen;
+  return sixteen.get(device, [&] {
+           if (cudaFuncSetAttribute(Kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+             cudaGetLastError();
+             return false;
+           }
+           cudaLaunchConfig_t config{};
+           config.gridDim = dim3(kMaxClusterSplits);
+           config.blockDim = dim3(threads);
+           config.dynamicSmemBytes = smem;
+           cudaLaunchAttribute attr{};
+           attr.id = cudaLaunchAttributeClusterDimension;
+           attr.val.clusterDim.x = kMaxClusterSplits;
+           attr.val.clusterDim.y = 1;
+           attr.val.clusterDim.z = 1;
+           config.attrs = &attr;
+           config.numAttrs = 1;
+           int clusters = 0;
+           if (cudaOccupancyMaxActiveClusters(&clusters, Kernel, &config) != cudaSuccess) {
+             cudaGetLastError();
+             return false;
+           }
+           return clusters > 0;
+         })
+             ? kMaxClusterSplits
+             : 8;
+}
+
+// cudaLaunchKernelEx with the optional attributes: a programmatic dependent of the stream's previous
+// kernel, a cluster of `cluster` CTAs along x (1: none).
+template <class... Params, class... Args>
+cudaError_t launch(void (*kernel)(Params...), dim3 grid, int threads, int smem, cudaStream_t stream, bool dependent,
+                   int cluster, Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = dim3(unsigned(threads));
+  config.dynamicSmemBytes = std::size_t(smem);
+  config.stream = stream;
+  cudaLaunchAttribute attrs[2]{};
+  unsigned n = 0;
+  if (dependent) {
+    attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  if (cluster > 1) {
+    attrs[n].id = cudaLaunchAttributeClusterDimension;
+    attrs[n].val.clusterDim.x = unsigned(cluster);
+    attrs[n].val.clusterDim.y = 1;
+    attrs[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  config.attrs = attrs;
+  config.numAttrs = n;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
 template <int D, class Element, int kWarpsM>
-void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {
+LaunchInfo run_attention(const detail::KVCacheParams& p, const LaunchChoice& choice, cudaStream_t stream) {
   using Traits = DecodeTraits<D, Element, kWarpsM>;
   constexpr int kSmem = Traits::kSmemBytes;
+  constexpr int kThreads = Traits::kNThreads;
   const std::int64_t m_blocks = (p.seqlen_q * p.group_size() + Traits::kBlockM - 1) / Traits::kBlockM;
   const std::int64_t pairs = p.batch * p.heads_kv;
   const std::int64_t rows = p.batch * p.seqlen_q * p.heads_q;
@@ -67,63 +131,71 @@ void run_attention(const detail::KVCacheParams& p, cudaStream_t stream) {
                 " (sequence, kv head) pairs, " + std::to_string(rows) +
                 " output rows); accepted: at most 65535 row blocks and pairs, (2^31 - 1) / (D / 4) rows");
   }
-  auto kernel = &decode_kernel<Traits>;
-  const DeviceInfo info = device_info(p.device.index);
+  constexpr auto kernel = &decode_kernel<Traits>;
+  const int device = p.device.index;
+  const DeviceInfo info = device_info(device);
   if constexpr (kSmem > 48 * 1024) {
     static PerDevice smem_set;
-    smem_set.get(p.device.index, [&] {
+    smem_set.get(device, [&] {
       check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
                  "cudaFuncSetAttribute(KV-cache attention shared memory)");
       return true;
     });
   }
+  // sm_90 code on an sm_90 device: programmatic dependent launches and clusters.
+  const bool sm90 = info.cc_major >= 9 && built_for_sm90<kernel>(device);
+  const bool dependent = sm90 && choice.dependent_launch;
   int splits = p.num_splits;
   if (splits <= 0) {
     // Resident CTAs per SM: a property of the kernel and the device's architecture, asked once.
     static const int ctas_per_sm = [&] {
       int n = 0;
-      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, Traits::kNThreads, kSmem),
+      check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, kSmem),
                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
       return n;
     }();
     splits = auto_splits(m_blocks * pairs, p.cache_capacity, Traits::kBlockN, info.sms, ctas_per_sm);
   }
+  // The cluster sum only where forced (it is not yet timed against the sum kernel); the heuristic's
+  // split count is then capped at the largest cluster, a larger count given by the caller falls back.
+  bool cluster = false;
+  if (choice.sum == SplitSum::cluster && sm90 && splits > 1) {
+    const int most = max_cluster_splits<kernel>(device, kThreads, kSmem);
+    if (p.num_splits <= 0) splits = std::min(splits, most);
+    cluster = splits > 1 && splits <= most;
+  }
   const dim3 grid{unsigned(splits), unsigned(m_blocks), unsigned(pairs)};
-  if (splits == 1) {
-    kernel<<<grid, Traits::kNThreads, kSmem, stream>>>(p, nullptr);
-    check_cuda(cudaGetLastError(), "KV-cache attention kernel launch");
-    return;
+  if (splits == 1 || cluster) {
+    check_cuda(launch(kernel, grid, kThreads, kSmem, stream, dependent, cluster ? splits : 1, p, nullptr),
+               "KV-cache attention kernel launch");
+    return {splits, splits == 1 ? "one split" : "cluster"};
   }
   void* workspace = nullptr;
   check_cuda(cudaMallocAsync(&workspace, std::size_t(splits) * rows * D * sizeof(float), stream),
              "cudaMallocAsync(KV-cache split workspace)");
-  kernel<<<grid, Traits::kNThreads, kSmem, stream>>>(p, static_cast<float*>(workspace));
-  const cudaError_t launched = cudaGetLastError();
+  const cudaError_t launched =
+      launch(kernel, grid, kThreads, kSmem, stream, dependent, 1, p, static_cast<float*>(workspace));
   cudaError_t summed = cudaSuccess;
   if (launched == cudaSuccess) {
     // 256 / lanes float4 columns per CTA; on sm_90 a programmatic dependent of the attention.
     const int lanes = SumShape::lanes(splits);
     const std::int64_t ctas = (rows * (D / 4) + SumShape::kThreads / lanes - 1) / (SumShape::kThreads / lanes);
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(unsigned(ctas));
-    config.blockDim = dim3(SumShape::kThreads);
-    config.stream = stream;
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = &attr;
-    auto sum = lanes == 32 ? &sum_splits_kernel<D, Element, 32> : &sum_splits_kernel<D, Element, 4>;
-    config.numAttrs = info.cc_major >= 9 && dependent_launch_safe(sum, p.device.index) ? 1 : 0;
-    summed = cudaLaunchKernelEx(&config, sum, p, static_cast<const float*>(workspace), splits);
-    if (summed != cudaSuccess) cudaGetLastError();  // reported below, not again by the next call
+    constexpr auto sum32 = &sum_splits_kernel<D, Element, 32>;
+    constexpr auto sum4 = &sum_splits_kernel<D, Element, 4>;
+    const bool sum_dependent = info.cc_major >= 9 && (lanes == 32 ? built_for_sm90<sum32>(device)
+                                                                  : built_for_sm90<sum4>(device));
+    summed = launch(lanes == 32 ? sum32 : sum4, dim3(unsigned(ctas)), SumShape::kThreads, 0, stream, sum_dependent,
+                    1, p, static_cast<const float*>(workspace), splits);
   }
+  if (launched != cudaSuccess || summed != cudaSuccess) cudaGetLastError();  // reported below, not by the next call
   cudaFreeAsync(workspace, stream);
   check_cuda(launched, "KV-cache attention kernel launch");
   check_cuda(summed, "KV-cache split sum kernel launch");
+  return {splits, "kernel"};
 }
 
 template <int D, class Element>
-void run_kvcache(const detail::KVCacheParams& p) {
+LaunchInfo run_kvcache(const detail::KVCacheParams& p, const LaunchChoice& choice) {
   const auto stream = static_cast<cudaStream_t>(p.stream);
   if (p.k_new != nullptr && p.batch > 0 && p.seqlen_q > 0) {
     const std::int64_t chunks = (p.seqlen_q + AppendShape::kTokens - 1) / AppendShape::kTokens;
@@ -134,17 +206,13 @@ void run_kvcache(const detail::KVCacheParams& p) {
     append_kernel<D><<<dim3(unsigned(p.batch), unsigned(chunks)), AppendShape::kThreads, 0, stream>>>(p);
     check_cuda(cudaGetLastError(), "KV-cache append kernel launch");
   }
-  if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return;
+  if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return {};
   // Rows (Nq_new * Hq / Hkv) up to 16: the 4 warps split each key block; up to 32: two pairs of
   // warps, each pair a 32-key half; more: the warps split the rows (the same K/V bytes feed 64 rows).
   const std::int64_t rows = p.seqlen_q * p.group_size();
-  if (rows <= 16) {
-    run_attention<D, Element, 1>(p, stream);
-  } else if (rows <= 32) {
-    run_attention<D, Element, 2>(p, stream);
-  } else {
-    run_attention<D, Element, 4>(p, stream);
-  }
+  if (rows <= 16) return run_attention<D, Element, 1>(p, choice, stream);
+  if (rows <= 32) return run_attention<D, Element, 2>(p, choice, stream);
+  return run_attention<D, Element, 4>(p, choice, stream);
 }
 
 }  // namespace flashsigmoid::cuda::decode
