@@ -42,6 +42,23 @@ class PerDevice {
   std::atomic<std::uint64_t> asked_{0}, yes_{0};
 };
 
+// A non-negative number per device, worked out once per device index below 64.
+class PerDeviceCount {
+ public:
+  template <class Ask>
+  int get(int device, Ask&& ask) {
+    if (device < 0 || device >= 64) return ask();
+    const int stored = counts_[device].load(std::memory_order_acquire);
+    if (stored > 0) return stored - 1;
+    const int n = ask();
+    counts_[device].store(n + 1, std::memory_order_release);
+    return n;
+  }
+
+ private:
+  std::atomic<int> counts_[64] = {};  // n + 1; 0: not asked yet
+};
+
 // True when `Kernel` may be launched as a programmatic dependent or in a cluster on this device: only
 // code built for sm_90 or later has the wait on the prerequisite grid and the cluster barriers; a
 // kernel JIT-compiled from an older PTX target would read memory still being written.
@@ -147,13 +164,14 @@ LaunchInfo run_attention(const detail::KVCacheParams& p, const LaunchChoice& cho
   const bool dependent = sm90 && choice.dependent_launch;
   int splits = p.num_splits;
   if (splits <= 0) {
-    // Resident CTAs per SM: a property of the kernel and the device's architecture, asked once.
-    static const int ctas_per_sm = [&] {
+    // Resident CTAs per SM: a property of the kernel and the device, asked once per device.
+    static PerDeviceCount resident;
+    const int ctas_per_sm = resident.get(device, [&] {
       int n = 0;
       check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, kSmem),
                  "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
       return n;
-    }();
+    });
     splits = auto_splits(m_blocks * pairs, p.cache_capacity, Traits::kBlockN, info.sms, ctas_per_sm);
   }
   // The cluster sum only where forced (it is not yet timed against the sum kernel); the heuristic's
