@@ -8,11 +8,11 @@
 // is timed; the same 10 calls again as one replayed CUDA graph (no host time between calls), and the
 // host's time to enqueue one call. Every sequence holds the full cache length; --append also
 // writes Nq_new new keys per sequence (append + attend). Each row names the split count that ran
-// and how the splits were added; --split-sum and --dependent-launch force the launch choices
-// (src/cuda/decode/launch.hpp) for comparing them in one process.
+// and how they were added; --dependent-launch on|off forces the launch choice
+// (src/cuda/decode/launch.hpp) for comparing both in one process.
 //   usage: flashsigmoid_cuda_decode_bench [--reps N] [--quick] [--dtype bf16|fp16] [--append]
 //                                         [--splits N] [--shape B:CACHE:HQ:HKV:NQ:PAGE]
-//                                         [--split-sum auto|kernel|cluster] [--dependent-launch on|off]
+//                                         [--dependent-launch on|off]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -68,7 +68,6 @@ int main(int argc, char** argv) {
   int splits = 0;
   std::string dtype_arg = "bf16";
   std::string shape_arg;
-  std::string sum_arg = "auto";
   std::string dependent_arg;  // empty: the library's default
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
@@ -77,22 +76,13 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) shape_arg = argv[++i];
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--append")) append = true;
-    else if (!std::strcmp(argv[i], "--split-sum") && i + 1 < argc) sum_arg = argv[++i];
     else if (!std::strcmp(argv[i], "--dependent-launch") && i + 1 < argc) dependent_arg = argv[++i];
     else {
       std::fprintf(stderr, "unknown argument %s; accepted: --reps N, --quick, --dtype bf16|fp16, --append, "
-                   "--splits N, --shape B:CACHE:HQ:HKV:NQ:PAGE, --split-sum auto|kernel|cluster, "
-                   "--dependent-launch on|off\n", argv[i]);
+                   "--splits N, --shape B:CACHE:HQ:HKV:NQ:PAGE, --dependent-launch on|off\n", argv[i]);
       return 2;
     }
   }
-  using flashsigmoid::cuda::decode::SplitSum;
-  if (sum_arg != "auto" && sum_arg != "kernel" && sum_arg != "cluster") {
-    std::fprintf(stderr, "--split-sum takes auto, kernel or cluster; got %s\n", sum_arg.c_str());
-    return 2;
-  }
-  flashsigmoid::cuda::kernel_choice().decode.sum =
-      sum_arg == "kernel" ? SplitSum::kernel : (sum_arg == "cluster" ? SplitSum::cluster : SplitSum::automatic);
   if (!dependent_arg.empty() && dependent_arg != "on" && dependent_arg != "off") {
     std::fprintf(stderr, "--dependent-launch takes on or off; got %s\n", dependent_arg.c_str());
     return 2;
@@ -207,9 +197,9 @@ int main(int argc, char** argv) {
   }
   const std::string splits_str = splits == 0 ? "auto" : std::to_string(splits);
   std::printf("# flashsigmoid CUDA KV-cache %s, %s (%d SMs, %d MB L2), %s, D %d, median of %d reps, splits %s, "
-              "split sum %s, dependent launch %s\n",
+              "dependent launch %s\n",
               append ? "append + attention" : "attention", prop.name, prop.multiProcessorCount,
-              prop.l2CacheSize >> 20, dtype_arg.c_str(), D, reps, splits_str.c_str(), sum_arg.c_str(),
+              prop.l2CacheSize >> 20, dtype_arg.c_str(), D, reps, splits_str.c_str(),
               dependent_launch ? "on" : "off");
   std::printf("# device-to-device cudaMemcpy: %.0f GB/s (read + written)\n", copy_gbs);
   std::printf("%4s %7s %4s %4s %3s %5s %5s %10s %9s %7s %10s %7s %8s %6s %9s\n", "B", "cache", "Hq", "Hkv", "Nq",

@@ -208,15 +208,6 @@ TEST(GpuKVCacheMisc, BadSequencesThreeSplits) {
   check_bad_sequences(3);
 }
 
-// Three splits added as a cluster (sm_90 code and device; elsewhere the sum kernel runs again).
-TEST(GpuKVCacheMisc, BadSequencesClusterSum) {
-  FS_SKIP_WITHOUT_GPU();
-  flashsigmoid::cuda::KernelChoice choice = flashsigmoid::cuda::kernel_choice();
-  choice.decode.sum = flashsigmoid::cuda::decode::SplitSum::cluster;
-  flashsigmoid::cuda::ScopedKernelChoice scope(choice);
-  check_bad_sequences(3);
-}
-
 // A dense cache row index out of range: that sequence gives NaN and is not appended.
 TEST(GpuKVCacheMisc, BadCacheBatchIdx) {
   FS_SKIP_WITHOUT_GPU();
@@ -285,6 +276,34 @@ TEST(GpuKVCacheMisc, NaNPropagation) {
     }
   }
   EXPECT_LE(flashsigmoid::testing::rel_l2(ref_ok, out_ok), fs_gpu::tolerance(c.dtype));
+}
+
+// The same case with and without the attention launched as a programmatic dependent (sm_90), one
+// split and four: the same bits.
+TEST(GpuKVCacheMisc, DependentLaunchChangesNoBit) {
+  FS_SKIP_WITHOUT_GPU();
+  KVCase c = paged_gqa_case("dependent_launch");
+  FS_SKIP_WITHOUT_DECODE_DIM(c);
+  c.cached = {700, 64};
+  const std::uint64_t seed = fs_kv::test_seed();
+  SCOPED_TRACE(fs_kv::describe(c) + ", seed " + std::to_string(seed));
+  const KVProblem p = fs_kv::make_kv_problem(c, seed);
+  const std::vector<double> ref = p.reference();
+  const std::vector<double> plain = p.reference(true);
+  for (int splits : {1, 4}) {
+    std::vector<unsigned char> out[2];
+    for (bool dependent : {false, true}) {
+      flashsigmoid::cuda::KernelChoice choice = flashsigmoid::cuda::kernel_choice();
+      choice.decode.dependent_launch = dependent;
+      flashsigmoid::cuda::ScopedKernelChoice scope(choice);
+      DeviceKV d(p);
+      d.run(splits);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << cudaGetErrorString(cudaGetLastError());
+      expect_matches(p, d, ref, plain, "splits " + std::to_string(splits) + ", dependent " + std::to_string(dependent));
+      out[dependent] = d.out.download();
+    }
+    EXPECT_TRUE(out[0] == out[1]) << "splits " << splits << ": the dependent launch changed the output";
+  }
 }
 
 // Append + attention with split partials captured in a CUDA graph (no host sync, no allocation

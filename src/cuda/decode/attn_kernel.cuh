@@ -3,8 +3,7 @@
 // once through a kStages-deep cp.async pipeline and multiplies them with all of its rows (every
 // query head of the GQA group, every new token): S = Q K^T and O += P V on the tensor cores, P =
 // sigmoid(transform(S)) in registers. Partial sums over disjoint key ranges simply add (no
-// softmax statistics), so a split writes its fp32 partial O and sum_splits adds them in a fixed order,
-// or, launched as a cluster of its splits (sm_90), the cluster adds them in shared memory.
+// softmax statistics), so a split writes its fp32 partial O and sum_splits adds them in a fixed order.
 #pragma once
 
 #include <cmath>
@@ -15,7 +14,6 @@
 
 #include "common/score_transform.hpp"
 #include "cuda/common/sigmoid.cuh"
-#include "cuda/decode/cluster_sum.cuh"
 #include "cuda/decode/sequence.cuh"
 #include "cuda/decode/splits.hpp"
 #include "cuda/decode/traits.cuh"
@@ -61,9 +59,8 @@ __device__ __forceinline__ void wait_for_prerequisite_grid() {
 #endif
 }
 
-// workspace: null with one split or a cluster of the splits (O is written in the input dtype), else
-// [splits, B, Nq_new, Hq, D] fp32 partials, every element written by its split (zeros when the split
-// has no visible key).
+// workspace: null with one split (O is written in the input dtype), else [splits, B, Nq_new, Hq, D]
+// fp32 partials, every element written by its split (zeros when the split has no visible key).
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNThreads)
     decode_kernel(const __grid_constant__ detail::KVCacheParams p, float* workspace) {
@@ -307,7 +304,6 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   const bool pages_ok =
       pages_in_range(p, b, split_begin(n_pages, split, splits), split_begin(n_pages, split + 1, splits));
   const bool bad = __syncthreads_or(page_fault) || !pages_ok || !seq_ok;
-  const bool clustered = cluster_ctas() > 1;
   for (int c = tid; c < rows * kVecs; c += kThreads) {
     const int r = c / kVecs;
     const int col = (c % kVecs) * 8;
@@ -328,11 +324,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     const int m = m0 + r;
     const int i = m / group;
     const std::int64_t h = head_of(m);
-    if (clustered) {  // into warp 0's slot of this vector, which only this thread reads
-      float4* dst = reinterpret_cast<float4*>(sacc + r * kAccStride + col);
-      dst[0] = make_float4(v[0], v[1], v[2], v[3]);
-      dst[1] = make_float4(v[4], v[5], v[6], v[7]);
-    } else if (workspace != nullptr) {
+    if (workspace != nullptr) {
       float4* dst = reinterpret_cast<float4*>(
           workspace + (((std::int64_t(split) * p.batch + b) * nq + i) * p.heads_q + h) * D + col);
       dst[0] = make_float4(v[0], v[1], v[2], v[3]);
@@ -340,14 +332,6 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     } else {
       store8(static_cast<Element*>(p.o) + p.o_stride.offset(b, i, h) + col, v);
     }
-  }
-  if (clustered) {
-    cluster_sum<kThreads>(
-        rows, kVecs, [&](int r, int col) { return sacc + r * kAccStride + col; },
-        [&](int r, int col, const float (&v)[8]) {
-          const int m = m0 + r;
-          store8(static_cast<Element*>(p.o) + p.o_stride.offset(b, m / group, head_of(m)) + col, v);
-        });
   }
 }
 

@@ -1,6 +1,5 @@
 // Host side of the KV-cache path: append, then attention (one split writes O directly; several
-// write fp32 partials into a workspace that sum_splits adds, or, as a cluster on sm_90, add them
-// through shared memory). Everything is enqueued on p.stream:
+// write fp32 partials into a workspace that sum_splits adds). Everything is enqueued on p.stream:
 // no host synchronisation, and the workspace (cudaMallocAsync / cudaFreeAsync on that stream) has
 // a size that depends only on the shapes and the number of splits, so a call can be captured in
 // a CUDA graph.
@@ -59,9 +58,9 @@ class PerDeviceCount {
   std::atomic<int> counts_[64] = {};  // n + 1; 0: not asked yet
 };
 
-// True when `Kernel` may be launched as a programmatic dependent or in a cluster on this device: only
-// code built for sm_90 or later has the wait on the prerequisite grid and the cluster barriers; a
-// kernel JIT-compiled from an older PTX target would read memory still being written.
+// True when `Kernel` may be launched as a programmatic dependent on this device: only code built for
+// sm_90 or later has the wait on the prerequisite grid; a kernel JIT-compiled from an older PTX target
+// would read memory still being written.
 template <auto Kernel>
 bool built_for_sm90(int device) {
   static PerDevice safe;
@@ -73,64 +72,20 @@ bool built_for_sm90(int device) {
   });
 }
 
-// The largest cluster of the attention's splits on this device: 16 where a 16-CTA cluster of this
-// kernel fits (a non-portable size, allowed once per device), else the portable 8.
-template <auto Kernel>
-int max_cluster_splits(int device, int threads, int smem) {
-  static PerDevice sixteen;
-  return sixteen.get(device, [&] {
-           if (cudaFuncSetAttribute(Kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
-             cudaGetLastError();
-             return false;
-           }
-           cudaLaunchConfig_t config{};
-           config.gridDim = dim3(kMaxClusterSplits);
-           config.blockDim = dim3(threads);
-           config.dynamicSmemBytes = smem;
-           cudaLaunchAttribute attr{};
-           attr.id = cudaLaunchAttributeClusterDimension;
-           attr.val.clusterDim.x = kMaxClusterSplits;
-           attr.val.clusterDim.y = 1;
-           attr.val.clusterDim.z = 1;
-           config.attrs = &attr;
-           config.numAttrs = 1;
-           int clusters = 0;
-           if (cudaOccupancyMaxActiveClusters(&clusters, Kernel, &config) != cudaSuccess) {
-             cudaGetLastError();
-             return false;
-           }
-           return clusters > 0;
-         })
-             ? kMaxClusterSplits
-             : 8;
-}
-
-// cudaLaunchKernelEx with the optional attributes: a programmatic dependent of the stream's previous
-// kernel, a cluster of `cluster` CTAs along x (1: none).
+// cudaLaunchKernelEx, optionally as a programmatic dependent of the stream's previous kernel.
 template <class... Params, class... Args>
 cudaError_t launch(void (*kernel)(Params...), dim3 grid, int threads, int smem, cudaStream_t stream, bool dependent,
-                   int cluster, Args&&... args) {
+                   Args&&... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = dim3(unsigned(threads));
   config.dynamicSmemBytes = std::size_t(smem);
   config.stream = stream;
-  cudaLaunchAttribute attrs[2]{};
-  unsigned n = 0;
-  if (dependent) {
-    attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attrs[n].val.programmaticStreamSerializationAllowed = 1;
-    ++n;
-  }
-  if (cluster > 1) {
-    attrs[n].id = cudaLaunchAttributeClusterDimension;
-    attrs[n].val.clusterDim.x = unsigned(cluster);
-    attrs[n].val.clusterDim.y = 1;
-    attrs[n].val.clusterDim.z = 1;
-    ++n;
-  }
-  config.attrs = attrs;
-  config.numAttrs = n;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attr;
+  config.numAttrs = dependent ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
@@ -159,9 +114,7 @@ LaunchInfo run_attention(const detail::KVCacheParams& p, const LaunchChoice& cho
       return true;
     });
   }
-  // sm_90 code on an sm_90 device: programmatic dependent launches and clusters.
-  const bool sm90 = info.cc_major >= 9 && built_for_sm90<kernel>(device);
-  const bool dependent = sm90 && choice.dependent_launch;
+  const bool dependent = choice.dependent_launch && info.cc_major >= 9 && built_for_sm90<kernel>(device);
   int splits = p.num_splits;
   if (splits <= 0) {
     // Resident CTAs per SM: a property of the kernel and the device, asked once per device.
@@ -174,25 +127,16 @@ LaunchInfo run_attention(const detail::KVCacheParams& p, const LaunchChoice& cho
     });
     splits = auto_splits(m_blocks * pairs, p.cache_capacity, Traits::kBlockN, info.sms, ctas_per_sm);
   }
-  // The cluster sum only where forced (it is not yet timed against the sum kernel); the heuristic's
-  // split count is then capped at the largest cluster, a larger count given by the caller falls back.
-  bool cluster = false;
-  if (choice.sum == SplitSum::cluster && sm90 && splits > 1) {
-    const int most = max_cluster_splits<kernel>(device, kThreads, kSmem);
-    if (p.num_splits <= 0) splits = std::min(splits, most);
-    cluster = splits > 1 && splits <= most;
-  }
   const dim3 grid{unsigned(splits), unsigned(m_blocks), unsigned(pairs)};
-  if (splits == 1 || cluster) {
-    check_cuda(launch(kernel, grid, kThreads, kSmem, stream, dependent, cluster ? splits : 1, p, nullptr),
-               "KV-cache attention kernel launch");
-    return {splits, splits == 1 ? "one split" : "cluster"};
+  if (splits == 1) {
+    check_cuda(launch(kernel, grid, kThreads, kSmem, stream, dependent, p, nullptr), "KV-cache attention kernel launch");
+    return {1, "one split"};
   }
   void* workspace = nullptr;
   check_cuda(cudaMallocAsync(&workspace, std::size_t(splits) * rows * D * sizeof(float), stream),
              "cudaMallocAsync(KV-cache split workspace)");
   const cudaError_t launched =
-      launch(kernel, grid, kThreads, kSmem, stream, dependent, 1, p, static_cast<float*>(workspace));
+      launch(kernel, grid, kThreads, kSmem, stream, dependent, p, static_cast<float*>(workspace));
   cudaError_t summed = cudaSuccess;
   if (launched == cudaSuccess) {
     // 256 / lanes float4 columns per CTA; on sm_90 a programmatic dependent of the attention.
@@ -203,7 +147,7 @@ LaunchInfo run_attention(const detail::KVCacheParams& p, const LaunchChoice& cho
     const bool sum_dependent = info.cc_major >= 9 && (lanes == 32 ? built_for_sm90<sum32>(device)
                                                                   : built_for_sm90<sum4>(device));
     summed = launch(lanes == 32 ? sum32 : sum4, dim3(unsigned(ctas)), SumShape::kThreads, 0, stream, sum_dependent,
-                    1, p, static_cast<const float*>(workspace), splits);
+                    p, static_cast<const float*>(workspace), splits);
   }
   if (launched != cudaSuccess || summed != cudaSuccess) cudaGetLastError();  // reported below, not by the next call
   cudaFreeAsync(workspace, stream);

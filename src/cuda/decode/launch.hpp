@@ -5,26 +5,15 @@
 
 namespace flashsigmoid::cuda::decode {
 
-// How a call with several splits adds their fp32 partials.
-enum class SplitSum {
-  automatic,  // the heuristic's choice (launch.cuh)
-  kernel,     // partials in a workspace, added by a second kernel (every architecture)
-  cluster,    // sm_90: the splits of one (row block, sequence x kv head) form a thread-block cluster and
-              // add their partials through distributed shared memory: no workspace, one kernel; up to
-              // kMaxClusterSplits splits (more fall back to the kernel)
-};
-
 // The launch choices that the GPU tests and the benchmark may force (cuda::KernelChoice); every other
 // caller gets the defaults.
 struct LaunchChoice {
-  SplitSum sum = SplitSum::automatic;
   // sm_90: the attention kernel launched as a programmatic dependent of the stream's previous kernel
-  // (its launch and start overlap that kernel's tail; it waits for it before reading memory). Off
-  // until timed on a GPU.
-  bool dependent_launch = false;
+  // (its launch and start overlap that kernel's tail; it waits for it before reading memory).
+  bool dependent_launch = true;
 };
 
-// What a call ran: its split count and how the splits were added ("one split", "kernel", "cluster").
+// What a call ran: its split count and how the splits were added ("one split", "kernel").
 struct LaunchInfo {
   int splits = 0;
   const char* sum = "none";

@@ -19,8 +19,6 @@ FS_HD std::int64_t split_begin(std::int64_t n, std::int64_t part, std::int64_t p
 // bandwidth, bounds small caches) and at most kMaxAutoSplits. Shapes and the SM count only, never
 // the sequence lengths (they are on the device): the workspace size then depends on shapes alone.
 inline constexpr int kMaxAutoSplits = 256;
-// The most splits that one thread-block cluster adds in shared memory (sm_90's non-portable limit).
-inline constexpr int kMaxClusterSplits = 16;
 
 inline int auto_splits(std::int64_t ctas, std::int64_t capacity, int block_n, int sms, int ctas_per_sm) {
   const std::int64_t slots = std::int64_t(sms) * std::max(ctas_per_sm, 1);
