@@ -57,6 +57,37 @@ torch.library.register_fake("flashsigmoid::fwd_kvcache", _fwd_kvcache_fake, lib=
 _fwd_kvcache = torch.ops.flashsigmoid.fwd_kvcache.default
 
 
+def _predicate(module, name: str):
+    """torch's predicate `name`, or one that is always true (take the dispatcher) where this torch lacks it."""
+    fn = getattr(module, name, None)
+    return fn if fn is not None else (lambda: True)
+
+
+# What watches or rewrites ops: torch.compile, dispatch and function modes, functorch transforms,
+# autocast, the profiler. Looked up once: a decode step's host time is microseconds.
+_WATCHERS = (
+    torch.compiler.is_compiling,
+    _predicate(torch._C, "_len_torch_dispatch_stack"),
+    _predicate(torch._C, "_is_torch_function_mode_enabled"),
+    _predicate(torch._C, "_are_functorch_transforms_active"),
+    _predicate(torch._C, "_is_any_autocast_enabled"),
+    _predicate(torch._C._autograd, "_profiler_enabled"),
+)
+
+
+def _direct_call_ok(tensors) -> bool:
+    """True when calling the implementation directly does exactly what the dispatcher would: plain
+    tensors and no watcher. The dispatcher costs a few us of a ~15 us decode step on the host, which
+    bounds a decode loop that is not captured in a CUDA graph."""
+    for watching in _WATCHERS:
+        if watching():
+            return False
+    for t in tensors:
+        if t is not None and type(t) is not Tensor:
+            return False
+    return True
+
+
 class _NoBackward(torch.autograd.Function):
     """Identity on the op's output that gives it a grad_fn when an input requires grad, so that a
     backward through the KV-cache attention fails loudly instead of leaving gradients out."""
@@ -131,8 +162,10 @@ def sigmoid_attn_with_kvcache(
     if isinstance(num_splits, bool) or not isinstance(num_splits, int):
         raise TypeError(f"flashsigmoid: num_splits must be an int (0 = heuristic); got {type(num_splits).__name__}")
     wl, wr = _window_args(window)
-    out = _fwd_kvcache(q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, bool(causal),
-                       _scale_arg(scale), bias_mode, bias_value, bias_t, wl, wr, alibi_slopes, num_splits)
+    args = (q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, bool(causal), _scale_arg(scale),
+            bias_mode, bias_value, bias_t, wl, wr, alibi_slopes, num_splits)
+    tensors = (q, k_cache, v_cache, k, v, cache_seqlens, block_table, cache_batch_idx, bias_t, alibi_slopes)
+    out = _fwd_kvcache_impl(*args) if _direct_call_ok(tensors) else _fwd_kvcache(*args)
     if torch.is_grad_enabled():
         needs = [t for t in (q, k_cache, v_cache, k, v, bias_t, alibi_slopes)
                  if isinstance(t, Tensor) and t.requires_grad]  # not fx proxies (symbolic tracing)

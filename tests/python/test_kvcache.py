@@ -206,6 +206,53 @@ def test_compile_fullgraph_decode_step():
     assert torch.equal(torch.nan_to_num(vc2), torch.nan_to_num(vc))
 
 
+class _CountingOp:
+    """Stands in for the registered op in flashsigmoid._kvcache, counting the calls that take it."""
+
+    def __init__(self, op):
+        self.op, self.calls = op, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.op(*args)
+
+
+class _PassThroughMode(torch.utils._python_dispatch.TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_eager_calls_skip_the_dispatcher_only_when_nothing_watches(monkeypatch):
+    """Plain eager calls go straight to the implementation (the dispatcher's host time is a large share
+    of a decode step); under a dispatch mode, autocast or the profiler the registered op runs, and
+    both paths give the same bits and the same caches."""
+    from flashsigmoid import _kvcache
+    counting = _CountingOp(_kvcache._fwd_kvcache)
+    monkeypatch.setattr(_kvcache, "_fwd_kvcache", counting)
+    q, kc, vc, kn, vn, seqlens, table = _small_problem()
+    kc, vc = torch.nan_to_num(kc), torch.nan_to_num(vc)
+
+    def call(kc, vc):
+        return fs.sigmoid_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=seqlens, block_table=table,
+                                            causal=True, bias=-2.0, num_splits=2)
+
+    kc0, vc0 = kc.clone(), vc.clone()
+    direct = call(kc0, vc0)
+    assert counting.calls == 0
+    watched = []
+    for name, ctx in (("dispatch mode", _PassThroughMode()), ("autocast", torch.autocast("cpu")),
+                      ("profiler", torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]))):
+        kc1, vc1 = kc.clone(), vc.clone()
+        before = counting.calls
+        with ctx as prof:
+            out = call(kc1, vc1)
+        assert counting.calls == before + 1, name
+        assert torch.equal(out, direct), name
+        assert torch.equal(kc1, kc0) and torch.equal(vc1, vc0), name
+        watched.append(prof)
+    assert any("flashsigmoid::fwd_kvcache" in e.name for e in watched[2].events())
+
+
 def _bytes(t):
     return t.view(torch.uint8).clone()
 
@@ -254,10 +301,15 @@ def test_bad_input_leaves_cache_unchanged(breakage, match):
 
 def test_registration():
     """Tagged PT2-compliant (torch.compile may insist); a meta tensor among real ones is an error, not an
-    uninitialised output from the fake kernel."""
+    uninitialised output from the fake kernel: through the registered op (its fake kernel's check) and
+    through the public function's direct call (the C++ validation)."""
     assert torch.Tag.pt2_compliant_tag in torch.ops.flashsigmoid.fwd_kvcache.default.tags
     q, kc, vc, kn, vn, seqlens, table = _small_problem()
+    args = (q, kc.to("meta"), vc, None, None, seqlens, table, None, False, None, fs._C.BIAS_SCALAR, -1.0, None,
+            -1, -1, None, 0)
     with pytest.raises(fs.FlashSigmoidError, match="k_cache is on meta but q is on cpu"):
+        torch.ops.flashsigmoid.fwd_kvcache.default(*args)
+    with pytest.raises(fs.FlashSigmoidError, match="k_cache is on device type 'meta'; accepted: cpu, cuda"):
         fs.sigmoid_attn_with_kvcache(q, kc.to("meta"), vc, cache_seqlens=seqlens, block_table=table, bias=-1.0)
 
 
