@@ -3,7 +3,9 @@
 A decode step over a short cache is microseconds of work, so un-captured decode from Python is bound
 by what the host spends per call. This times, on a tiny decode step (B 1, 16 cached keys, one
 new token, paged cache), best of several rounds of back-to-back calls:
-  public    flashsigmoid.sigmoid_attn_with_kvcache(...)
+  public    flashsigmoid.sigmoid_attn_with_kvcache(...)   (plain eager: the implementation called directly)
+  dispatch  the same with the direct call turned off (through the registered op, as under torch.compile,
+            autocast, the profiler or a dispatch mode)
   op        torch.ops.flashsigmoid.fwd_kvcache.default(...)   (the dispatcher and the Python kernel)
   C++       flashsigmoid._C.forward_with_kvcache(...) on prepared descriptors (validation + kernel)
 On CUDA the GPU work is queued asynchronously, so these are the host's costs (the stream is synced
@@ -19,7 +21,7 @@ import time
 import torch
 
 import flashsigmoid as fs
-from flashsigmoid import _C, _ops
+from flashsigmoid import _C, _kvcache, _ops
 
 
 def best_us(fn, calls, rounds, sync):
@@ -60,17 +62,23 @@ def main(argv=None):
     opts = _ops._options(q, None, None, 0, 0, False, None, _C.BIAS_SCALAR, -5.0, None, -1, -1, None)
     out_view = _ops._describe(out, "out")
 
+    public = lambda: fs.sigmoid_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens, block_table=table, bias=-5.0)
     layers = {
-        "public": lambda: fs.sigmoid_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens, block_table=table,
-                                                       bias=-5.0),
+        "public": public,
+        "dispatch": public,
         "op": lambda: torch.ops.flashsigmoid.fwd_kvcache.default(*op_args),
         "C++": lambda: _C.forward_with_kvcache(*views[:4], views[4], none, none, none, out_view, opts, 0),
     }
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
     print(f"device {args.device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}; "
           f"B {B}, 16 keys, {Hq}:{Hkv}, D {D}, bf16, page {page}; best of {args.rounds} x {args.calls} calls")
+    direct = _kvcache._direct_call_ok
     for layer, fn in layers.items():
-        print(f"  {layer:7s} {best_us(fn, args.calls, args.rounds, sync):7.2f} us per call")
+        _kvcache._direct_call_ok = (lambda tensors: False) if layer == "dispatch" else direct
+        try:
+            print(f"  {layer:8s} {best_us(fn, args.calls, args.rounds, sync):7.2f} us per call")
+        finally:
+            _kvcache._direct_call_ok = direct
 
 
 if __name__ == "__main__":

@@ -429,3 +429,17 @@ def test_decode_bench_smoke(tmp_path):
     rows = json.load(open(tmp_path / "smoke.json"))["rows"]
     assert len(rows) == 2 and all(row["fs_ms"] and row["fs_ms"] > 0 for row in rows), rows
     assert "| B | N |" in (tmp_path / "smoke.md").read_text()
+
+
+def test_op_overhead_smoke():
+    """bench/op_overhead.py times every layer (few calls) and restores the direct call afterwards."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, os.path.join(root, "bench", "op_overhead.py"), "--calls", "20",
+                        "--rounds", "2"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for layer in ("public", "dispatch", "op", "C++"):
+        assert any(line.split()[:1] == [layer] and line.endswith("us per call") for line in r.stdout.splitlines()), \
+            r.stdout
