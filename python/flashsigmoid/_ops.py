@@ -45,6 +45,12 @@ def _new_like(t: Tensor) -> Tensor:
     return out
 
 
+# The current stream of a device as an integer, without building a torch.cuda.Stream object (a few us
+# per call on the host); the public, slower path where this torch lacks the function.
+_current_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or (
+    lambda index: torch.cuda.current_stream(index).cuda_stream)
+
+
 def _device_guard(q: Tensor):
     """CUDA: make q's device current for the launch (the stream passed belongs to it)."""
     if q.device.type == "cuda":
@@ -86,7 +92,7 @@ def _options(
     o.max_seqlen_q = max_seqlen_q
     o.max_seqlen_k = max_seqlen_k
     if q.device.type == "cuda":
-        o.stream = torch.cuda.current_stream(q.device).cuda_stream
+        o.stream = _current_raw_stream(q.device.index)
     else:
         o.num_threads = torch.get_num_threads()  # honour torch.set_num_threads on the CPU backend
     return o
