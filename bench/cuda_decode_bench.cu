@@ -7,8 +7,8 @@
 // after warm-up, rotating over enough cache copies that together exceed 3x the L2 so L2 is not what
 // is timed; the same 10 calls again as one replayed CUDA graph (no host time between calls), and the
 // host's time to enqueue one call. Every sequence holds the full cache length; --append also
-// writes Nq_new new keys per sequence (append + attend). Each row names the split count that ran
-// and how they were added; --dependent-launch on|off forces the launch choice
+// writes Nq_new new keys per sequence (append + attend). Each row names the split count that ran,
+// how they were added and whether the attention was a dependent launch; --dependent-launch on|off forces the launch choice
 // (src/cuda/decode/launch.hpp) for comparing both in one process.
 //   usage: flashsigmoid_cuda_decode_bench [--reps N] [--quick] [--dtype bf16|fp16] [--append]
 //                                         [--splits N] [--shape B:CACHE:HQ:HKV:NQ:PAGE]
@@ -202,8 +202,8 @@ int main(int argc, char** argv) {
               prop.l2CacheSize >> 20, dtype_arg.c_str(), D, reps, splits_str.c_str(),
               dependent_launch ? "on" : "off");
   std::printf("# device-to-device cudaMemcpy: %.0f GB/s (read + written)\n", copy_gbs);
-  std::printf("%4s %7s %4s %4s %3s %5s %5s %10s %9s %7s %10s %7s %8s %6s %9s\n", "B", "cache", "Hq", "Hkv", "Nq",
-              "page", "sets", "us", "GB/s", "% copy", "graph us", "% copy", "host us", "splits", "sum");
+  std::printf("%4s %7s %4s %4s %3s %5s %5s %10s %9s %7s %10s %7s %8s %6s %9s %4s\n", "B", "cache", "Hq", "Hkv",
+              "Nq", "page", "sets", "us", "GB/s", "% copy", "graph us", "% copy", "host us", "splits", "sum", "dep");
 
   const flashsigmoid::Device device{flashsigmoid::DeviceType::cuda, dev};
   std::mt19937 gen(1234);
@@ -287,9 +287,9 @@ int main(int argc, char** argv) {
       const double gbs = bytes / (ms * 1e-3) * 1e-9;
       const double graph_gbs = bytes / (graph_ms * 1e-3) * 1e-9;
       const auto ran = flashsigmoid::cuda::last_kvcache_launch();
-      std::printf("%4d %7d %4d %4d %3d %5d %5d %10.1f %9.0f %6.1f%% %10.1f %6.1f%% %8.1f %6d %9s\n", s.B, s.cache,
-                  s.Hq, s.Hkv, s.Nq, s.page, sets, ms * 1e3, gbs, 100.0 * gbs / copy_gbs, graph_ms * 1e3,
-                  100.0 * graph_gbs / copy_gbs, host_us, ran.splits, ran.sum);
+      std::printf("%4d %7d %4d %4d %3d %5d %5d %10.1f %9.0f %6.1f%% %10.1f %6.1f%% %8.1f %6d %9s %4s\n", s.B,
+                  s.cache, s.Hq, s.Hkv, s.Nq, s.page, sets, ms * 1e3, gbs, 100.0 * gbs / copy_gbs, graph_ms * 1e3,
+                  100.0 * graph_gbs / copy_gbs, host_us, ran.splits, ran.sum, ran.dependent ? "yes" : "no");
     }
     check(cudaDeviceSynchronize(), "benchmark run");
     for (int i = 0; i < sets; ++i) {

@@ -63,10 +63,12 @@ def _predicate(module, name: str):
     return fn if fn is not None else (lambda: True)
 
 
-# What watches or rewrites ops: torch.compile, dispatch and function modes, functorch transforms,
-# autocast, the profiler. Looked up once: a decode step's host time is microseconds.
+# What watches or rewrites ops: torch.compile, dispatch and function modes (torch.set_default_device
+# is one), functorch transforms, autocast, the profiler, torch.jit.trace. Looked up once: a decode
+# step's host time is microseconds.
 _WATCHERS = (
     torch.compiler.is_compiling,
+    lambda: torch._C._get_tracing_state() is not None,
     _predicate(torch._C, "_len_torch_dispatch_stack"),
     _predicate(torch._C, "_is_torch_function_mode_enabled"),
     _predicate(torch._C, "_are_functorch_transforms_active"),
@@ -77,11 +79,14 @@ _WATCHERS = (
 
 def _direct_call_ok(tensors) -> bool:
     """True when calling the implementation directly does exactly what the dispatcher would: plain
-    tensors and no watcher. The dispatcher costs a few us of a ~15 us decode step on the host, which
-    bounds a decode loop that is not captured in a CUDA graph."""
+    tensors, q not on meta (the dispatcher's fake kernel propagates shapes there) and no watcher. The
+    dispatcher costs a few us of a ~15 us decode step on the host, which bounds a decode loop that is
+    not captured in a CUDA graph."""
     for watching in _WATCHERS:
         if watching():
             return False
+    if tensors[0].is_meta:
+        return False
     for t in tensors:
         if t is not None and type(t) is not Tensor:
             return False

@@ -86,7 +86,9 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, int threads, int smem, 
   attr.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &attr;
   config.numAttrs = dependent ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  const cudaError_t launched = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  if (launched != cudaSuccess) cudaGetLastError();  // reported by the caller, not by the next launch check
+  return launched;
 }
 
 template <int D, class Element, int kWarpsM>
@@ -130,7 +132,7 @@ LaunchInfo run_attention(const detail::KVCacheParams& p, const LaunchChoice& cho
   const dim3 grid{unsigned(splits), unsigned(m_blocks), unsigned(pairs)};
   if (splits == 1) {
     check_cuda(launch(kernel, grid, kThreads, kSmem, stream, dependent, p, nullptr), "KV-cache attention kernel launch");
-    return {1, "one split"};
+    return {1, "one split", dependent};
   }
   void* workspace = nullptr;
   check_cuda(cudaMallocAsync(&workspace, std::size_t(splits) * rows * D * sizeof(float), stream),
@@ -149,11 +151,10 @@ LaunchInfo run_attention(const detail::KVCacheParams& p, const LaunchChoice& cho
     summed = launch(lanes == 32 ? sum32 : sum4, dim3(unsigned(ctas)), SumShape::kThreads, 0, stream, sum_dependent,
                     p, static_cast<const float*>(workspace), splits);
   }
-  if (launched != cudaSuccess || summed != cudaSuccess) cudaGetLastError();  // reported below, not by the next call
   cudaFreeAsync(workspace, stream);
   check_cuda(launched, "KV-cache attention kernel launch");
   check_cuda(summed, "KV-cache split sum kernel launch");
-  return {splits, "kernel"};
+  return {splits, "kernel", dependent};
 }
 
 template <int D, class Element>

@@ -13,10 +13,12 @@ struct LaunchChoice {
   bool dependent_launch = true;
 };
 
-// What a call ran: its split count and how the splits were added ("one split", "kernel").
+// What a call ran: its split count, how the splits were added ("one split", "kernel") and whether the
+// attention was launched as a programmatic dependent.
 struct LaunchInfo {
   int splits = 0;
   const char* sum = "none";
+  bool dependent = false;
 };
 
 // Appends k_new / v_new into the cache (when given), then attends; everything on p.stream.
