@@ -22,40 +22,23 @@
 
 namespace flashsigmoid::cuda::decode {
 
-// A yes / no answer per device, worked out once per device index below 64 (a decode step takes
-// microseconds, and runtime queries per call add up); `ask` may throw, and is then asked again.
+// A non-negative number (or a yes / no answer) per device, worked out once per device index below 64
+// (a decode step takes microseconds, and runtime queries per call add up); `ask` may throw, and is
+// then asked again.
 class PerDevice {
  public:
   template <class Ask>
-  bool get(int device, Ask&& ask) {
-    if (device < 0 || device >= 64) return ask();
-    const std::uint64_t bit = std::uint64_t(1) << device;
-    if ((asked_.load(std::memory_order_acquire) & bit) == 0) {
-      if (ask()) yes_.fetch_or(bit, std::memory_order_acq_rel);
-      asked_.fetch_or(bit, std::memory_order_acq_rel);
-    }
-    return (yes_.load(std::memory_order_acquire) & bit) != 0;
-  }
-
- private:
-  std::atomic<std::uint64_t> asked_{0}, yes_{0};
-};
-
-// A non-negative number per device, worked out once per device index below 64.
-class PerDeviceCount {
- public:
-  template <class Ask>
   int get(int device, Ask&& ask) {
-    if (device < 0 || device >= 64) return ask();
-    const int stored = counts_[device].load(std::memory_order_acquire);
+    if (device < 0 || device >= 64) return int(ask());
+    const int stored = values_[device].load(std::memory_order_acquire);
     if (stored > 0) return stored - 1;
-    const int n = ask();
-    counts_[device].store(n + 1, std::memory_order_release);
+    const int n = int(ask());
+    values_[device].store(n + 1, std::memory_order_release);
     return n;
   }
 
  private:
-  std::atomic<int> counts_[64] = {};  // n + 1; 0: not asked yet
+  std::atomic<int> values_[64] = {};  // n + 1; 0: not asked yet
 };
 
 // True when `Kernel` may be launched as a programmatic dependent on this device: only code built for
@@ -69,7 +52,7 @@ bool built_for_sm90(int device) {
     const cudaError_t got = cudaFuncGetAttributes(&a, Kernel);
     if (got != cudaSuccess) cudaGetLastError();  // not left for the next launch check to find
     return got == cudaSuccess && a.ptxVersion >= 90 && a.binaryVersion >= 90;
-  });
+  }) != 0;
 }
 
 // cudaLaunchKernelEx, optionally as a programmatic dependent of the stream's previous kernel.
@@ -120,7 +103,7 @@ LaunchInfo run_attention(const detail::KVCacheParams& p, const LaunchChoice& cho
   int splits = p.num_splits;
   if (splits <= 0) {
     // Resident CTAs per SM: a property of the kernel and the device, asked once per device.
-    static PerDeviceCount resident;
+    static PerDevice resident;
     const int ctas_per_sm = resident.get(device, [&] {
       int n = 0;
       check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, kSmem),
