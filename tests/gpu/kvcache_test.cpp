@@ -393,4 +393,49 @@ TEST(GpuKVCacheErrors, TooManyOutputRows) {
   cudaFree(mem);
 }
 
+// A page stride the attention kernel cannot address (2^31 elements, over one page so nothing past the
+// allocation is named): an Error before the append is enqueued, and both caches keep every byte.
+TEST(GpuKVCacheErrors, PageStrideTooLargeWritesNothing) {
+  FS_SKIP_WITHOUT_GPU();
+  const KVCase c = misc_case("page_stride");
+  FS_SKIP_WITHOUT_DECODE_DIM(c);
+  using flashsigmoid::TensorView;
+  const std::int64_t D = c.D, ps = 16, H = 2, B = 1;
+  const flashsigmoid::Device gpu{flashsigmoid::DeviceType::cuda, 0};
+  const std::size_t cache_bytes = std::size_t(ps * H * D) * 2;
+  std::vector<unsigned char> pattern(cache_bytes);
+  for (std::size_t i = 0; i < pattern.size(); ++i) pattern[i] = static_cast<unsigned char>(i * 7 + 3);
+  void *kc = nullptr, *vc = nullptr, *small = nullptr;
+  FS_CUDA_OK(cudaMalloc(&kc, cache_bytes));
+  FS_CUDA_OK(cudaMalloc(&vc, cache_bytes));
+  FS_CUDA_OK(cudaMalloc(&small, 1 << 16));
+  FS_CUDA_OK(cudaMemcpy(kc, pattern.data(), cache_bytes, cudaMemcpyHostToDevice));
+  FS_CUDA_OK(cudaMemcpy(vc, pattern.data(), cache_bytes, cudaMemcpyHostToDevice));
+  FS_CUDA_OK(cudaMemset(small, 0, 1 << 16));  // seqlens 0, page ids 0, new keys 0
+  auto* bytes = static_cast<unsigned char*>(small);
+  flashsigmoid::KVCache cache;
+  cache.k_cache = TensorView::contiguous(kc, DType::bfloat16, {1, ps, H, D}, gpu);
+  cache.k_cache.stride[0] = std::int64_t(1) << 31;
+  cache.v_cache = TensorView::contiguous(vc, DType::bfloat16, {1, ps, H, D}, gpu);
+  cache.cache_seqlens = TensorView::contiguous(bytes, DType::int32, {B}, gpu);
+  cache.block_table = TensorView::contiguous(bytes + 256, DType::int32, {B, 1}, gpu);
+  cache.k_new = TensorView::contiguous(bytes + 512, DType::bfloat16, {B, 1, H, D}, gpu);
+  cache.v_new = TensorView::contiguous(bytes + 4096, DType::bfloat16, {B, 1, H, D}, gpu);
+  const TensorView q = TensorView::contiguous(bytes + 8192, DType::bfloat16, {B, 1, 2 * H, D}, gpu);
+  const TensorView out = TensorView::contiguous(bytes + 16384, DType::bfloat16, {B, 1, 2 * H, D}, gpu);
+  flashsigmoid::Options o;
+  o.bias_mode = flashsigmoid::BiasMode::scalar;
+  fs_gpu::expect_error([&] { flashsigmoid::forward_with_kvcache(q, cache, out, o, 0); },
+                       "elements between pages");
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  for (void* mem : {kc, vc}) {
+    std::vector<unsigned char> after(cache_bytes);
+    FS_CUDA_OK(cudaMemcpy(after.data(), mem, cache_bytes, cudaMemcpyDeviceToHost));
+    EXPECT_EQ(after, pattern) << (mem == kc ? "k_cache" : "v_cache") << " changed by a rejected call";
+  }
+  cudaFree(kc);
+  cudaFree(vc);
+  cudaFree(small);
+}
+
 }  // namespace

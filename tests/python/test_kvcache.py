@@ -381,8 +381,10 @@ def test_cuda_values_and_cache(case, dtype, D):
 @cuda
 def test_cuda_graph_capture_decode():
     """A decode step captured in a CUDA graph and replayed for several tokens gives the eager results."""
-    D = 64
-    _skip_unbuilt(D)
+    built = fs.cuda_head_dims()
+    if not built:
+        pytest.skip("no CUDA head dim is built")
+    D = 64 if 64 in built else built[0]
     B, Hq, Hkv, ps, steps, dt = 2, 8, 2, 16, 5, torch.bfloat16
     k_cache = torch.randn(64, ps, Hkv, D, device="cuda", dtype=dt)
     v_cache = torch.randn_like(k_cache)

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include <cutlass/array.h>
+#include <cutlass/fast_math.h>
 #include <cutlass/numeric_conversion.h>
 
 #include "common/score_transform.hpp"
@@ -137,7 +138,9 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   constexpr int kRowsPerThread = BN / kRowsPerPass;
   constexpr bool kPrefetchPages = kRowsPerThread <= 8;
   const bool paged = p.block_table != nullptr;
-  const cutlass::FastDivmod page_div(paged && kPrefetchPages ? int(p.page_size) : 1);
+  const cutlass::FastDivmod page_div(paged ? int(p.page_size) : 1);
+  const std::int32_t* page_ids = paged ? p.block_table + b * p.block_table_stride : nullptr;
+  const KVRowBase kv_base(p, sc, hk, vec_col, static_cast<const Element*>(nullptr));
   struct BlockPages {
     std::int32_t id[kRowsPerThread];
   };
@@ -146,34 +149,37 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     CUTE_UNROLL
     for (int k = 0; k < kRowsPerThread; ++k) {
       const int t = n * BN + row0 + k * kRowsPerPass;
-      pg.id[k] = paged && t < sc.len_k ? page_id(p, page_div, b, t) : 0;
+      int idx = 0, slot;
+      if (paged) page_div(idx, slot, t);
+      pg.id[k] = paged && t < sc.len_k ? page_ids[idx] : 0;
     }
     return pg;
   };
+  // Page ids at or past this are out of range (negative ones too, as unsigned); block_table is int32.
+  const std::uint32_t page_limit = std::uint32_t(std::min<std::int64_t>(p.num_pages, std::int64_t(1) << 31));
   auto load_kv = [&](int n, int stage, const BlockPages& pg) {
-    // Unrolled where the page ids sit in registers; D 256 keeps a loop (registers again).
+    // Unrolled where the page ids sit in registers; D 256 keeps a loop (registers again). Branch-free:
+    // a row's address is a few selects and two wide multiply-adds.
 #pragma unroll(kPrefetchPages ? kRowsPerThread : 1)
     for (int k = 0; k < kRowsPerThread; ++k) {
       const int r = row0 + k * kRowsPerPass;
       const int t = n * BN + r;
-      const Element* ks = static_cast<const Element*>(p.k);
-      const Element* vs = static_cast<const Element*>(p.v);
-      bool valid = t < sc.len_k;
-      if (valid) {
-        KeySlot slot;
-        if constexpr (kPrefetchPages) {
-          slot = paged ? paged_slot(p, page_div, t, pg.id[k]) : KeySlot{sc.row, t, true};
-        } else {
-          slot = locate_key(p, b, sc, t);
-        }
-        if (slot.ok) {
-          ks += element_offset(p.k_stride, slot, hk) + vec_col;
-          vs += element_offset(p.v_stride, slot, hk) + vec_col;
-        } else {
-          page_fault = true;
-          valid = false;
-        }
+      const bool in_seq = t < sc.len_k;
+      int idx, in_page;
+      page_div(idx, in_page, t);
+      std::int32_t id = 0;
+      if constexpr (kPrefetchPages) {
+        id = pg.id[k];
+      } else if (paged && in_seq) {
+        id = page_ids[idx];
       }
+      const bool page_ok = !paged || std::uint32_t(id) < page_limit;
+      page_fault |= in_seq && !page_ok;
+      const bool valid = in_seq && page_ok;
+      const std::uint32_t page = paged && valid ? std::uint32_t(id) : 0u;
+      const std::uint32_t slot = valid ? std::uint32_t(paged ? in_page : t) : 0u;
+      const Element* ks = kv_base.key<Element>(page, slot);
+      const Element* vs = kv_base.value<Element>(page, slot);
       cp_async_zfill(&sK(r % BNW, vec_col, r / BNW, stage), ks, valid);
       cp_async_zfill(&sV(r % BNW, vec_col, r / BNW, stage), vs, valid);
     }
@@ -187,19 +193,26 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   Tensor acc_o = partition_fragment_C(mma, Shape<Int<BM>, Int<D>>{});
   clear(acc_o);
 
+  // Pipeline: one cp.async group per key block (Q rides with the first), always committed so the
+  // wait count is the same in every iteration; block it + kStages - 1 is issued while block it is
+  // multiplied.
+  BlockPages next_pages{};  // rows past the sequence read nothing
   if (n_blocks > 0) {
-    // Pipeline: one cp.async group per key block (Q rides with the first), always committed so the
-    // wait count is the same in every iteration; block it + kStages - 1 is issued while block it
-    // is multiplied.
     load_q();
     CUTE_UNROLL
     for (int s = 0; s < kStages - 1; ++s) {
       if (s < n_blocks) load_kv(n_begin + s, s, kPrefetchPages ? fetch_pages(n_begin + s) : BlockPages{});
       cp_async_fence();
     }
-    BlockPages next_pages{};  // rows past the sequence read nothing
     if constexpr (kPrefetchPages) next_pages = fetch_pages(n_begin + kStages - 1);
-
+  }
+  // Every page id of this split's share of the sequence is checked, also those the masks skip, so a
+  // bad id anywhere turns the whole sequence to NaN (every row sums every split). Read once the
+  // prologue's loads are issued, so its round trip overlaps theirs; the epilogue uses the verdict.
+  const std::int64_t n_pages = pages_of(p, sc.len_k);
+  const bool page_bad =
+      pages_out_of_range(p, b, split_begin(n_pages, split, splits), split_begin(n_pages, split + 1, splits));
+  if (n_blocks > 0) {
     Tensor tSrQ = thr_mma.partition_fragment_A(sQ);
     Tensor tSrK = thr_mma.partition_fragment_B(sK(_, _, 0, 0));
     Tensor tOrVt = thr_mma.partition_fragment_B(sVt(_, _, 0, 0));
@@ -297,13 +310,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       sacc[(wn * BM + int(get<0>(tOcO(i)))) * kAccStride + int(get<1>(tOcO(i)))] = acc_o(i);
     }
   }
-  // Every page id of this split's share of the sequence is checked, also those the masks skip, so a
-  // bad id anywhere turns the whole sequence to NaN (every row sums every split). Checked last: the
-  // ids are in cache by now, and no barrier waits for them before the loads start.
-  const std::int64_t n_pages = pages_of(p, sc.len_k);
-  const bool pages_ok =
-      pages_in_range(p, b, split_begin(n_pages, split, splits), split_begin(n_pages, split + 1, splits));
-  const bool bad = __syncthreads_or(page_fault) || !pages_ok || !seq_ok;
+  const bool bad = __syncthreads_or(page_fault || page_bad) || !seq_ok;
   for (int c = tid; c < rows * kVecs; c += kThreads) {
     const int r = c / kVecs;
     const int col = (c % kVecs) * 8;

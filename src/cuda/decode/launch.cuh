@@ -82,12 +82,6 @@ LaunchInfo run_attention(const detail::KVCacheParams& p, const LaunchChoice& cho
   const std::int64_t m_blocks = (p.seqlen_q * p.group_size() + Traits::kBlockM - 1) / Traits::kBlockM;
   const std::int64_t pairs = p.batch * p.heads_kv;
   const std::int64_t rows = p.batch * p.seqlen_q * p.heads_q;
-  if (m_blocks > 65535 || pairs > 65535 || rows > 0x7fffffff / (D / 4)) {
-    throw Error("flashsigmoid: KV-cache attention grid too large (" + std::to_string(m_blocks) +
-                " row blocks of Nq_new * Hq / Hkv rows, " + std::to_string(pairs) +
-                " (sequence, kv head) pairs, " + std::to_string(rows) +
-                " output rows); accepted: at most 65535 row blocks and pairs, (2^31 - 1) / (D / 4) rows");
-  }
   constexpr auto kernel = &decode_kernel<Traits>;
   const int device = p.device.index;
   const DeviceInfo info = device_info(device);
@@ -140,9 +134,37 @@ LaunchInfo run_attention(const detail::KVCacheParams& p, const LaunchChoice& cho
   return {splits, "kernel", dependent};
 }
 
+// What the kernels cannot take, rejected before anything is enqueued (the append writes the cache).
+inline void check_shape(const detail::KVCacheParams& p, int block_m, int head_dim) {
+  const std::int64_t m_blocks = (p.seqlen_q * p.group_size() + block_m - 1) / block_m;
+  const std::int64_t pairs = p.batch * p.heads_kv;
+  const std::int64_t rows = p.batch * p.seqlen_q * p.heads_q;
+  if (m_blocks > 65535 || pairs > 65535 || rows > 0x7fffffff / (head_dim / 4)) {
+    throw Error("flashsigmoid: KV-cache attention grid too large (" + std::to_string(m_blocks) +
+                " row blocks of Nq_new * Hq / Hkv rows, " + std::to_string(pairs) +
+                " (sequence, kv head) pairs, " + std::to_string(rows) +
+                " output rows); accepted: at most 65535 row blocks and pairs, (2^31 - 1) / (D / 4) rows");
+  }
+  // The attention kernel addresses a key with 32-bit row and page strides (sequence.cuh).
+  constexpr std::int64_t kMax = 0x7fffffff;
+  const bool paged = p.block_table != nullptr;
+  for (const detail::OperandStrides* st : {&p.k_stride, &p.v_stride}) {
+    if (st->row > kMax || (paged && st->batch > kMax)) {
+      throw Error("flashsigmoid: a KV-cache stride of " + std::to_string(std::max(st->row, paged ? st->batch : 0)) +
+                  " elements between " + (st->row > kMax ? "keys" : "pages") +
+                  "; accepted on cuda: below 2^31 elements between keys and between pages");
+    }
+  }
+}
+
 template <int D, class Element>
 LaunchInfo run_kvcache(const detail::KVCacheParams& p, const LaunchChoice& choice) {
   const auto stream = static_cast<cudaStream_t>(p.stream);
+  // Rows (Nq_new * Hq / Hkv) up to 16: the 4 warps split each key block; up to 32: two pairs of
+  // warps, each pair a 32-key half; more: the warps split the rows (the same K/V bytes feed 64 rows).
+  const std::int64_t rows = p.seqlen_q * p.group_size();
+  const int warps_m = rows <= 16 ? 1 : (rows <= 32 ? 2 : 4);
+  check_shape(p, 16 * warps_m, D);
   if (p.k_new != nullptr && p.batch > 0 && p.seqlen_q > 0) {
     const std::int64_t chunks = (p.seqlen_q + AppendShape::kTokens - 1) / AppendShape::kTokens;
     if (chunks > 65535) {
@@ -153,11 +175,8 @@ LaunchInfo run_kvcache(const detail::KVCacheParams& p, const LaunchChoice& choic
     check_cuda(cudaGetLastError(), "KV-cache append kernel launch");
   }
   if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return {};
-  // Rows (Nq_new * Hq / Hkv) up to 16: the 4 warps split each key block; up to 32: two pairs of
-  // warps, each pair a 32-key half; more: the warps split the rows (the same K/V bytes feed 64 rows).
-  const std::int64_t rows = p.seqlen_q * p.group_size();
-  if (rows <= 16) return run_attention<D, Element, 1>(p, choice, stream);
-  if (rows <= 32) return run_attention<D, Element, 2>(p, choice, stream);
+  if (warps_m == 1) return run_attention<D, Element, 1>(p, choice, stream);
+  if (warps_m == 2) return run_attention<D, Element, 2>(p, choice, stream);
   return run_attention<D, Element, 4>(p, choice, stream);
 }
 

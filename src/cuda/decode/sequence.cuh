@@ -6,8 +6,6 @@
 
 #include <cstdint>
 
-#include <cutlass/fast_math.h>
-
 #include "common/params.hpp"
 
 namespace flashsigmoid::cuda::decode {
@@ -52,32 +50,56 @@ __device__ __forceinline__ KeySlot locate_key(const detail::KVCacheParams& p, st
   return {page, t - idx * ps, page >= 0 && page < p.num_pages};
 }
 
-// Key t of a paged sequence whose page id was loaded beforehand (the attention kernel fetches a key
-// block's page ids one iteration before its loads, so no cp.async waits on a block_table read).
-__device__ __forceinline__ KeySlot paged_slot(const detail::KVCacheParams& p, const cutlass::FastDivmod& page_div,
-                                              int t, std::int32_t page) {
-  int idx, slot;
-  page_div(idx, slot, t);
-  return {page, slot, page >= 0 && page < p.num_pages};
+// d = a * b + c with a 32 x 32 -> 64-bit multiply (one IMAD.WIDE.U32).
+__device__ __forceinline__ std::uint64_t mad_wide(std::uint32_t a, std::uint32_t b, std::uint64_t c) {
+  std::uint64_t d;
+  asm("mad.wide.u32 %0, %1, %2, %3;" : "=l"(d) : "r"(a), "r"(b), "l"(c));
+  return d;
 }
 
-// The page id of key t of sequence b (t < the sequence's length, so inside its block_table row).
-__device__ __forceinline__ std::int32_t page_id(const detail::KVCacheParams& p, const cutlass::FastDivmod& page_div,
-                                                std::int64_t b, int t) {
-  int idx, slot;
-  page_div(idx, slot, t);
-  return p.block_table[b * p.block_table_stride + idx];
-}
+// Where the attention kernel's thread reads its K and V rows: the (sequence, kv head, column) part
+// of the address computed once, so that a key costs two wide multiply-adds (page, slot) instead of
+// 64-bit index arithmetic with the strides re-read per row, which was most of a short decode CTA's
+// instructions. Byte strides fit in 32 bits (elements below 2^31 at 2 bytes, checked on the host by
+// check_shape); a dense cache is one page (id 0) whose slot is the key's position. Page 0 slot 0 is
+// always a mapped address once the sequence passed load_seq: zero-filled rows name it.
+struct KVRowBase {
+  std::uint64_t k, v;                       // byte addresses of (page 0, slot 0)
+  std::uint32_t k_page, k_row, v_page, v_row;  // byte strides
+
+  template <class Element>
+  __device__ __forceinline__ KVRowBase(const detail::KVCacheParams& p, const SeqCache& s, std::int64_t head, int col,
+                                       const Element*) {
+    constexpr std::uint32_t kBytes = sizeof(Element);
+    const std::int64_t row = p.block_table == nullptr ? s.row : 0;
+    k = reinterpret_cast<std::uint64_t>(static_cast<const Element*>(p.k) +
+                                        (row * p.k_stride.batch + head * p.k_stride.head + col));
+    v = reinterpret_cast<std::uint64_t>(static_cast<const Element*>(p.v) +
+                                        (row * p.v_stride.batch + head * p.v_stride.head + col));
+    k_page = std::uint32_t(p.k_stride.batch) * kBytes;
+    v_page = std::uint32_t(p.v_stride.batch) * kBytes;
+    k_row = std::uint32_t(p.k_stride.row) * kBytes;
+    v_row = std::uint32_t(p.v_stride.row) * kBytes;
+  }
+  template <class Element>
+  __device__ __forceinline__ const Element* key(std::uint32_t page, std::uint32_t slot) const {
+    return reinterpret_cast<const Element*>(mad_wide(page, k_page, mad_wide(slot, k_row, k)));
+  }
+  template <class Element>
+  __device__ __forceinline__ const Element* value(std::uint32_t page, std::uint32_t slot) const {
+    return reinterpret_cast<const Element*>(mad_wide(page, v_page, mad_wide(slot, v_row, v)));
+  }
+};
 
 __device__ __forceinline__ std::int64_t element_offset(const detail::OperandStrides& st, const KeySlot& k,
                                                        std::int64_t head) {
   return k.page * st.batch + k.slot * st.row + head * st.head;
 }
 
-// Block-wide: true when every page id of pages [begin, end) of sequence b is in range (dense
-// caches have none). Every thread of the block must call it.
-__device__ __forceinline__ bool pages_in_range(const detail::KVCacheParams& p, std::int64_t b, std::int64_t begin,
-                                               std::int64_t end) {
+// Per thread: true when a page id of pages [begin, end) of sequence b that this thread reads is out
+// of range (dense caches have none). The ids are split over the block's threads.
+__device__ __forceinline__ bool pages_out_of_range(const detail::KVCacheParams& p, std::int64_t b, std::int64_t begin,
+                                                   std::int64_t end) {
   bool bad = false;
   if (p.block_table != nullptr) {
     // No short-circuit: the loads of one unrolled batch are then independent and in flight together.
@@ -87,7 +109,14 @@ __device__ __forceinline__ bool pages_in_range(const detail::KVCacheParams& p, s
       bad |= (page < 0) | (page >= p.num_pages);
     }
   }
-  return !__syncthreads_or(bad);
+  return bad;
+}
+
+// Block-wide: true when every page id of pages [begin, end) of sequence b is in range. Every thread
+// of the block must call it.
+__device__ __forceinline__ bool pages_in_range(const detail::KVCacheParams& p, std::int64_t b, std::int64_t begin,
+                                               std::int64_t end) {
+  return !__syncthreads_or(pages_out_of_range(p, b, begin, end));
 }
 
 // Pages that hold keys [0, len_k) (0 for a dense cache).
