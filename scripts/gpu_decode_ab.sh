@@ -16,13 +16,23 @@ export FLASHSIGMOID_CUDA_ARCHS="${FLASHSIGMOID_CUDA_ARCHS:-90a}" FLASHSIGMOID_HE
 SHAPES="${AB_SHAPES:-1:1024:32:8:1:16 1:32768:32:8:1:16 4:8192:32:8:1:16 1:32768:8:1:1:16 1:8192:32:8:8:16}"
 BASE_TREE=/tmp/decode_ab_base
 rm -rf "$BASE_TREE" && mkdir -p "$BASE_TREE"
-tar --exclude=./build-gpu -cf - . | tar -xf - -C "$BASE_TREE"
+tar --exclude='./build*' -cf - . | tar -xf - -C "$BASE_TREE"
 cp -r "$OVERLAY"/. "$BASE_TREE"/
+# The benchmark lives with the GPU tests, which need GoogleTest: the base gets its own copy built from
+# .deps/googletest where the machine has none (gpu_check.sh builds another for this tree).
+gtest_prefix=()
+if ! cmake --find-package -DNAME=GTest -DCOMPILER_ID=GNU -DLANGUAGE=CXX -DMODE=EXIST >/dev/null 2>&1; then
+  cmake -S .deps/googletest -B /tmp/decode_ab_gtest_build -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_GMOCK=OFF \
+    -DCMAKE_INSTALL_PREFIX=/tmp/decode_ab_gtest -DCMAKE_POSITION_INDEPENDENT_CODE=ON > /dev/null &&
+    cmake --build /tmp/decode_ab_gtest_build -j16 > /dev/null && cmake --install /tmp/decode_ab_gtest_build > /dev/null ||
+    { echo "GoogleTest for the base build failed" >&2; exit 1; }
+  gtest_prefix=(-DCMAKE_PREFIX_PATH=/tmp/decode_ab_gtest)
+fi
 (
   cd "$BASE_TREE" &&
     cmake -S . -B build -G Ninja -DFLASHSIGMOID_CUDA=ON -DFLASHSIGMOID_CUDA_BACKWARD=OFF -DFLASHSIGMOID_HOPPER=OFF \
       -DFLASHSIGMOID_CUDA_ARCHS="$FLASHSIGMOID_CUDA_ARCHS" -DFLASHSIGMOID_HEAD_DIMS="$FLASHSIGMOID_HEAD_DIMS" \
-      -DFLASHSIGMOID_BUILD_TESTS=ON -DFLASHSIGMOID_BUILD_CLI=OFF > "$OUT/base_build.txt" 2>&1 &&
+      -DFLASHSIGMOID_BUILD_TESTS=ON -DFLASHSIGMOID_BUILD_CLI=OFF "${gtest_prefix[@]}" > "$OUT/base_build.txt" 2>&1 &&
     cmake --build build -j8 --target flashsigmoid_cuda_decode_bench >> "$OUT/base_build.txt" 2>&1
   echo "base build rc=$?" >> "$OUT/base_build.txt"
 ) &

@@ -28,6 +28,8 @@ DeviceInfo device_info(int device_index) {
              "cudaDeviceGetAttribute(multiprocessor count)");
   check_cuda(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device_index), "cudaDeviceGetAttribute(L2 cache size)");
   info.l2_bytes = l2;
+  check_cuda(cudaDeviceGetAttribute(&info.smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_index),
+             "cudaDeviceGetAttribute(shared memory per block)");
   std::lock_guard<std::mutex> lock(mutex);
   if (std::size_t(device_index) >= cache.size()) cache.resize(std::size_t(device_index) + 1);
   cache[device_index] = info;

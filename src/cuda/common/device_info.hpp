@@ -11,6 +11,7 @@ struct DeviceInfo {
   int cc_minor = 0;
   int sms = 0;                  // multiprocessors
   std::int64_t l2_bytes = 0;    // L2 cache size
+  int smem_per_block = 0;       // the most dynamic shared memory a block may opt in to, bytes
   bool is_sm90() const { return cc_major == 9 && cc_minor == 0; }
 };
 

@@ -110,9 +110,12 @@ __global__ void __launch_bounds__(Traits::kNThreads)
     n_blocks = int(split_begin(n, split + 1, splits) - split_begin(n, split, splits));
   }
 
-  Element* smem_q = reinterpret_cast<Element*>(smem_raw);
-  Element* smem_k = smem_q + cosize(typename Traits::SmemLayoutQ{});
+  // Q kept in registers is read from shared memory once, before the last stage's first load: it then
+  // lives in V's last stage (traits.cuh), else in front of the stages.
+  constexpr int kStageElems = BN * D;
+  Element* smem_k = reinterpret_cast<Element*>(smem_raw) + (Traits::kQInRegisters ? 0 : cosize(typename Traits::SmemLayoutQ{}));
   Element* smem_v = smem_k + cosize(typename Traits::SmemLayoutKV{});
+  Element* smem_q = Traits::kQInRegisters ? smem_v + (kStages - 1) * kStageElems : reinterpret_cast<Element*>(smem_raw);
   Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutQ{});    // (BM, D)
   Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKV{});   // (BNW, D, warp, stage)
   Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Traits::SmemLayoutKV{});
@@ -138,7 +141,8 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   constexpr int kRowsPerThread = BN / kRowsPerPass;
   constexpr bool kPrefetchPages = kRowsPerThread <= 8;
   const bool paged = p.block_table != nullptr;
-  const cutlass::FastDivmod page_div(paged ? int(p.page_size) : 1);
+  // Positions are below 2^31, so a larger page size divides like INT32_MAX (one page).
+  const cutlass::FastDivmod page_div(paged ? int(std::min<std::int64_t>(p.page_size, INT32_MAX)) : 1);
   const std::int32_t* page_ids = paged ? p.block_table + b * p.block_table_stride : nullptr;
   const KVRowBase kv_base(p, sc, hk, vec_col, static_cast<const Element*>(nullptr));
   struct BlockPages {
@@ -204,7 +208,9 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       if (s < n_blocks) load_kv(n_begin + s, s, kPrefetchPages ? fetch_pages(n_begin + s) : BlockPages{});
       cp_async_fence();
     }
-    if constexpr (kPrefetchPages) next_pages = fetch_pages(n_begin + kStages - 1);
+    if constexpr (kPrefetchPages) {
+      if (kStages - 1 < n_blocks) next_pages = fetch_pages(n_begin + kStages - 1);
+    }
   }
   // Every page id of this split's share of the sequence is checked, also those the masks skip, so a
   // bad id anywhere turns the whole sequence to NaN (every row sums every split). Read once the
@@ -244,7 +250,10 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       cp_async_wait<kStages - 2>();  // block it (and Q) landed for this thread ...
       __syncthreads();               // ... and for every thread; stage (it - 1) % kStages is free
       if constexpr (Traits::kQInRegisters) {
-        if (it == 0) copy(s2r_q, tSsQ, s2r_q_thr.retile_D(tSrQ));
+        if (it == 0) {
+          copy(s2r_q, tSsQ, s2r_q_thr.retile_D(tSrQ));
+          __syncthreads();  // every thread has its Q before the last stage (Q's bytes) is loaded
+        }
       }
       if (it + kStages - 1 < n_blocks) {
         const int n = n_begin + it + kStages - 1;

@@ -135,7 +135,16 @@ LaunchInfo run_attention(const detail::KVCacheParams& p, const LaunchChoice& cho
 }
 
 // What the kernels cannot take, rejected before anything is enqueued (the append writes the cache).
-inline void check_shape(const detail::KVCacheParams& p, int block_m, int head_dim) {
+inline void check_shape(const detail::KVCacheParams& p, int block_m, int head_dim, int smem_bytes) {
+  if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return;  // nothing is launched
+  const DeviceInfo info = device_info(p.device.index);
+  if (smem_bytes > info.smem_per_block) {
+    throw Error("flashsigmoid: the KV-cache attention at head_dim " + std::to_string(head_dim) + " needs " +
+                std::to_string(smem_bytes) + " bytes of shared memory per block; this GPU (sm_" +
+                std::to_string(info.cc_major) + std::to_string(info.cc_minor) + ") allows " +
+                std::to_string(info.smem_per_block) + "; accepted: head dims 64 and 128 on every sm_80+ GPU, 256 " +
+                "where a block may have 160 KB (A100, H100 class)");
+  }
   const std::int64_t m_blocks = (p.seqlen_q * p.group_size() + block_m - 1) / block_m;
   const std::int64_t pairs = p.batch * p.heads_kv;
   const std::int64_t rows = p.batch * p.seqlen_q * p.heads_q;
@@ -149,9 +158,10 @@ inline void check_shape(const detail::KVCacheParams& p, int block_m, int head_di
   constexpr std::int64_t kMax = 0x7fffffff;
   const bool paged = p.block_table != nullptr;
   for (const detail::OperandStrides* st : {&p.k_stride, &p.v_stride}) {
-    if (st->row > kMax || (paged && st->batch > kMax)) {
-      throw Error("flashsigmoid: a KV-cache stride of " + std::to_string(std::max(st->row, paged ? st->batch : 0)) +
-                  " elements between " + (st->row > kMax ? "keys" : "pages") +
+    const bool keys = st->row > kMax;
+    if (keys || (paged && st->batch > kMax)) {
+      throw Error("flashsigmoid: a KV-cache stride of " + std::to_string(keys ? st->row : st->batch) +
+                  " elements between " + (keys ? "keys" : "pages") +
                   "; accepted on cuda: below 2^31 elements between keys and between pages");
     }
   }
@@ -164,7 +174,10 @@ LaunchInfo run_kvcache(const detail::KVCacheParams& p, const LaunchChoice& choic
   // warps, each pair a 32-key half; more: the warps split the rows (the same K/V bytes feed 64 rows).
   const std::int64_t rows = p.seqlen_q * p.group_size();
   const int warps_m = rows <= 16 ? 1 : (rows <= 32 ? 2 : 4);
-  check_shape(p, 16 * warps_m, D);
+  const int smem = warps_m == 1   ? DecodeTraits<D, Element, 1>::kSmemBytes
+                   : warps_m == 2 ? DecodeTraits<D, Element, 2>::kSmemBytes
+                                  : DecodeTraits<D, Element, 4>::kSmemBytes;
+  check_shape(p, 16 * warps_m, D, smem);
   if (p.k_new != nullptr && p.batch > 0 && p.seqlen_q > 0) {
     const std::int64_t chunks = (p.seqlen_q + AppendShape::kTokens - 1) / AppendShape::kTokens;
     if (chunks > 65535) {

@@ -61,8 +61,8 @@ __device__ __forceinline__ std::uint64_t mad_wide(std::uint32_t a, std::uint32_t
 // of the address computed once, so that a key costs two wide multiply-adds (page, slot) instead of
 // 64-bit index arithmetic with the strides re-read per row, which was most of a short decode CTA's
 // instructions. Byte strides fit in 32 bits (elements below 2^31 at 2 bytes, checked on the host by
-// check_shape); a dense cache is one page (id 0) whose slot is the key's position. Page 0 slot 0 is
-// always a mapped address once the sequence passed load_seq: zero-filled rows name it.
+// check_shape); a dense cache is one page (id 0) whose slot is the key's position. Zero-filled rows
+// (past the sequence, or a bad page id) name page 0 slot 0 and read nothing (cp.async src-size 0).
 struct KVRowBase {
   std::uint64_t k, v;                       // byte addresses of (page 0, slot 0)
   std::uint32_t k_page, k_row, v_page, v_row;  // byte strides

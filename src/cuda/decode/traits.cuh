@@ -6,8 +6,8 @@
 // are arranged kWarpsM along the rows by kWarpsN along the keys: with few rows (decode, M <= 16)
 // the warps take different key slices of each kBlockN-key block and their partial O are summed
 // once at the end; with more rows (append, large groups) they stack along M as in the forward.
-// Shared memory: Q (kBlockM x D) + kStages stages of K and V (kBlockN x D each, cp.async), the
-// stages reused at the end for the fp32 cross-warp sum.
+// Shared memory: kStages stages of K and V (kBlockN x D each, cp.async), reused at the end for the
+// fp32 cross-warp sum, and Q (kBlockM x D): inside V's last stage when Q moves to registers.
 #pragma once
 
 #include "cuda/common/mma_copy.cuh"
@@ -57,7 +57,11 @@ struct DecodeTraits {
   static constexpr int kSmemQ = kBlockM * kHeadDim * int(sizeof(Element));
   static constexpr int kSmemKV = kStages * kBlockN * kHeadDim * int(sizeof(Element));  // K or V
   static constexpr int kSmemAcc = kWarpsN * kBlockM * kAccStride * int(sizeof(float));
-  static constexpr int kSmemBytes = kSmemQ + (2 * kSmemKV > kSmemAcc ? 2 * kSmemKV : kSmemAcc);
+  // Q held in registers is staged in V's last stage (the kernel reads it before that stage's first
+  // load): D 128 then takes 96 KB, which fits the 99 KB per block of sm_86 / sm_89 / sm_120.
+  static_assert(kBlockM <= kBlockN, "Q fits one stage");
+  static constexpr int kSmemBytes =
+      (kQInRegisters ? 0 : kSmemQ) + (2 * kSmemKV > kSmemAcc ? 2 * kSmemKV : kSmemAcc);
   static_assert(kSmemBytes <= 166912, "must fit sm_80's 163 KB of shared memory per block");
 };
 
