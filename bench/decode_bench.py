@@ -170,15 +170,16 @@ def shapes(args):
         batches, lengths = [1, 4], [1024, 32768]
     else:
         batches, lengths = [1, 8, 32, 128], [1024, 8192, 32768, 131072]
+    # --batches / --lengths / --nq replace the set's values (a value outside it is timed, not dropped).
+    batches, lengths, nqs = args.batches or batches, args.lengths or lengths, args.nq or [1, 8]
     out = []
     for hq, hkv in [(32, 8), (8, 1)]:
-        for nq in [1, 8]:
+        for nq in nqs:
             for ps in [16, 256]:
                 for B in batches:
                     for N in lengths:
                         out.append((B, N, hq, hkv, 128, ps, nq))
-    keep = {"B": args.batches, "N": args.lengths, "nq": args.nq}
-    return [s for s in out if all(v is None or s[i] in v for i, v in zip((0, 1, 6), keep.values()))]
+    return out
 
 
 def git_commit():
@@ -269,9 +270,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="B {1, 4}, N {1k, 32k}")
     p.add_argument("--smoke", action="store_true", help="two tiny shapes: a check of the plumbing (tests)")
     ints = lambda text: {int(x) for x in text.split(",")}  # noqa: E731
-    p.add_argument("--batches", type=ints, default=None, help="only these B (comma-separated)")
-    p.add_argument("--lengths", type=ints, default=None, help="only these cache lengths N")
-    p.add_argument("--nq", type=ints, default=None, help="only these Nq_new")
+    p.add_argument("--batches", type=ints, default=None, help="these B (comma-separated), instead of the set's")
+    p.add_argument("--lengths", type=ints, default=None, help="these cache lengths N, instead of the set's")
+    p.add_argument("--nq", type=ints, default=None, help="these Nq_new, instead of 1 and 8")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--reps", type=int, default=None, help="timed calls per measurement (default 50 cuda, 10 cpu)")
     p.add_argument("--warmup", type=int, default=3)
