@@ -113,9 +113,10 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   // Q kept in registers is read from shared memory once, before the last stage's first load: it then
   // lives in V's last stage (traits.cuh), else in front of the stages.
   constexpr int kStageElems = BN * D;
-  Element* smem_k = reinterpret_cast<Element*>(smem_raw) + (Traits::kQInRegisters ? 0 : cosize(typename Traits::SmemLayoutQ{}));
+  Element* const smem = reinterpret_cast<Element*>(smem_raw);
+  Element* smem_k = smem + (Traits::kQInRegisters ? 0 : cosize(typename Traits::SmemLayoutQ{}));
   Element* smem_v = smem_k + cosize(typename Traits::SmemLayoutKV{});
-  Element* smem_q = Traits::kQInRegisters ? smem_v + (kStages - 1) * kStageElems : reinterpret_cast<Element*>(smem_raw);
+  Element* smem_q = Traits::kQInRegisters ? smem_v + (kStages - 1) * kStageElems : smem;
   Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Traits::SmemLayoutQ{});    // (BM, D)
   Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Traits::SmemLayoutKV{});   // (BNW, D, warp, stage)
   Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Traits::SmemLayoutKV{});
