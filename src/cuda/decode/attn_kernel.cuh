@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(Traits::kNThreads)
   // Positions are below 2^31, so a larger page size divides like INT32_MAX (one page).
   const cutlass::FastDivmod page_div(paged ? int(std::min<std::int64_t>(p.page_size, INT32_MAX)) : 1);
   const std::int32_t* page_ids = paged ? p.block_table + b * p.block_table_stride : nullptr;
-  const KVRowBase kv_base(p, sc, hk, vec_col, static_cast<const Element*>(nullptr));
+  const KVRowBase<Element> kv_base(p, sc, hk, vec_col);
   struct BlockPages {
     std::int32_t id[kRowsPerThread];
   };
@@ -183,8 +183,8 @@ __global__ void __launch_bounds__(Traits::kNThreads)
       const bool valid = in_seq && page_ok;
       const std::uint32_t page = paged && valid ? std::uint32_t(id) : 0u;
       const std::uint32_t slot = valid ? std::uint32_t(paged ? in_page : t) : 0u;
-      const Element* ks = kv_base.key<Element>(page, slot);
-      const Element* vs = kv_base.value<Element>(page, slot);
+      const Element* ks = kv_base.key(page, slot);
+      const Element* vs = kv_base.value(page, slot);
       cp_async_zfill(&sK(r % BNW, vec_col, r / BNW, stage), ks, valid);
       cp_async_zfill(&sV(r % BNW, vec_col, r / BNW, stage), vs, valid);
     }

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "cuda/common/check.hpp"
@@ -74,14 +75,22 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, int threads, int smem, 
   return launched;
 }
 
+// The attention's grid: row blocks of block_m rows (Nq_new * Hq / Hkv rows per pair), (sequence, kv
+// head) pairs, and the output rows that the split sum addresses.
+struct AttnGrid {
+  std::int64_t m_blocks, pairs, rows;
+};
+inline AttnGrid attn_grid(const detail::KVCacheParams& p, int block_m) {
+  return {(p.seqlen_q * p.group_size() + block_m - 1) / block_m, p.batch * p.heads_kv,
+          p.batch * p.seqlen_q * p.heads_q};
+}
+
 template <int D, class Element, int kWarpsM>
 LaunchInfo run_attention(const detail::KVCacheParams& p, const LaunchChoice& choice, cudaStream_t stream) {
   using Traits = DecodeTraits<D, Element, kWarpsM>;
   constexpr int kSmem = Traits::kSmemBytes;
   constexpr int kThreads = Traits::kNThreads;
-  const std::int64_t m_blocks = (p.seqlen_q * p.group_size() + Traits::kBlockM - 1) / Traits::kBlockM;
-  const std::int64_t pairs = p.batch * p.heads_kv;
-  const std::int64_t rows = p.batch * p.seqlen_q * p.heads_q;
+  const auto [m_blocks, pairs, rows] = attn_grid(p, Traits::kBlockM);
   constexpr auto kernel = &decode_kernel<Traits>;
   const int device = p.device.index;
   const DeviceInfo info = device_info(device);
@@ -134,9 +143,9 @@ LaunchInfo run_attention(const detail::KVCacheParams& p, const LaunchChoice& cho
   return {splits, "kernel", dependent};
 }
 
-// What the kernels cannot take, rejected before anything is enqueued (the append writes the cache).
+// What the attention kernel cannot take, rejected before anything is enqueued (the append writes the
+// cache).
 inline void check_shape(const detail::KVCacheParams& p, int block_m, int head_dim, int smem_bytes) {
-  if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return;  // nothing is launched
   const DeviceInfo info = device_info(p.device.index);
   if (smem_bytes > info.smem_per_block) {
     throw Error("flashsigmoid: the KV-cache attention at head_dim " + std::to_string(head_dim) + " needs " +
@@ -145,9 +154,7 @@ inline void check_shape(const detail::KVCacheParams& p, int block_m, int head_di
                 std::to_string(info.smem_per_block) + "; accepted: head dims 64 and 128 on every sm_80+ GPU, 256 " +
                 "where a block may have 160 KB (A100, H100 class)");
   }
-  const std::int64_t m_blocks = (p.seqlen_q * p.group_size() + block_m - 1) / block_m;
-  const std::int64_t pairs = p.batch * p.heads_kv;
-  const std::int64_t rows = p.batch * p.seqlen_q * p.heads_q;
+  const auto [m_blocks, pairs, rows] = attn_grid(p, block_m);
   if (m_blocks > 65535 || pairs > 65535 || rows > 0x7fffffff / (head_dim / 4)) {
     throw Error("flashsigmoid: KV-cache attention grid too large (" + std::to_string(m_blocks) +
                 " row blocks of Nq_new * Hq / Hkv rows, " + std::to_string(pairs) +
@@ -173,11 +180,18 @@ LaunchInfo run_kvcache(const detail::KVCacheParams& p, const LaunchChoice& choic
   // Rows (Nq_new * Hq / Hkv) up to 16: the 4 warps split each key block; up to 32: two pairs of
   // warps, each pair a 32-key half; more: the warps split the rows (the same K/V bytes feed 64 rows).
   const std::int64_t rows = p.seqlen_q * p.group_size();
-  const int warps_m = rows <= 16 ? 1 : (rows <= 32 ? 2 : 4);
-  const int smem = warps_m == 1   ? DecodeTraits<D, Element, 1>::kSmemBytes
-                   : warps_m == 2 ? DecodeTraits<D, Element, 2>::kSmemBytes
-                                  : DecodeTraits<D, Element, 4>::kSmemBytes;
-  check_shape(p, 16 * warps_m, D, smem);
+  auto with_warps_m = [&](auto&& f) {
+    if (rows <= 16) return f(std::integral_constant<int, 1>{});
+    if (rows <= 32) return f(std::integral_constant<int, 2>{});
+    return f(std::integral_constant<int, 4>{});
+  };
+  const bool attends = p.batch > 0 && p.seqlen_q > 0 && p.heads_q > 0;
+  if (attends) {
+    with_warps_m([&](auto w) {
+      using Traits = DecodeTraits<D, Element, decltype(w)::value>;
+      check_shape(p, Traits::kBlockM, D, Traits::kSmemBytes);
+    });
+  }
   if (p.k_new != nullptr && p.batch > 0 && p.seqlen_q > 0) {
     const std::int64_t chunks = (p.seqlen_q + AppendShape::kTokens - 1) / AppendShape::kTokens;
     if (chunks > 65535) {
@@ -187,10 +201,8 @@ LaunchInfo run_kvcache(const detail::KVCacheParams& p, const LaunchChoice& choic
     append_kernel<D><<<dim3(unsigned(p.batch), unsigned(chunks)), AppendShape::kThreads, 0, stream>>>(p);
     check_cuda(cudaGetLastError(), "KV-cache append kernel launch");
   }
-  if (p.batch == 0 || p.seqlen_q == 0 || p.heads_q == 0) return {};
-  if (warps_m == 1) return run_attention<D, Element, 1>(p, choice, stream);
-  if (warps_m == 2) return run_attention<D, Element, 2>(p, choice, stream);
-  return run_attention<D, Element, 4>(p, choice, stream);
+  if (!attends) return {};
+  return with_warps_m([&](auto w) { return run_attention<D, Element, decltype(w)::value>(p, choice, stream); });
 }
 
 }  // namespace flashsigmoid::cuda::decode

@@ -63,13 +63,12 @@ __device__ __forceinline__ std::uint64_t mad_wide(std::uint32_t a, std::uint32_t
 // instructions. Byte strides fit in 32 bits (elements below 2^31 at 2 bytes, checked on the host by
 // check_shape); a dense cache is one page (id 0) whose slot is the key's position. Zero-filled rows
 // (past the sequence, or a bad page id) name page 0 slot 0 and read nothing (cp.async src-size 0).
+template <class Element>
 struct KVRowBase {
-  std::uint64_t k, v;                       // byte addresses of (page 0, slot 0)
+  std::uint64_t k, v;                          // byte addresses of (page 0, slot 0)
   std::uint32_t k_page, k_row, v_page, v_row;  // byte strides
 
-  template <class Element>
-  __device__ __forceinline__ KVRowBase(const detail::KVCacheParams& p, const SeqCache& s, std::int64_t head, int col,
-                                       const Element*) {
+  __device__ __forceinline__ KVRowBase(const detail::KVCacheParams& p, const SeqCache& s, std::int64_t head, int col) {
     constexpr std::uint32_t kBytes = sizeof(Element);
     const std::int64_t row = p.block_table == nullptr ? s.row : 0;
     k = reinterpret_cast<std::uint64_t>(static_cast<const Element*>(p.k) +
@@ -81,11 +80,9 @@ struct KVRowBase {
     k_row = std::uint32_t(p.k_stride.row) * kBytes;
     v_row = std::uint32_t(p.v_stride.row) * kBytes;
   }
-  template <class Element>
   __device__ __forceinline__ const Element* key(std::uint32_t page, std::uint32_t slot) const {
     return reinterpret_cast<const Element*>(mad_wide(page, k_page, mad_wide(slot, k_row, k)));
   }
-  template <class Element>
   __device__ __forceinline__ const Element* value(std::uint32_t page, std::uint32_t slot) const {
     return reinterpret_cast<const Element*>(mad_wide(page, v_page, mad_wide(slot, v_row, v)));
   }
